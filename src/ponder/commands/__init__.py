@@ -1,0 +1,1 @@
+"""One module per `ponder` subcommand; see ponder.cli."""

@@ -1,0 +1,258 @@
+"""The values that flow between engines, scorers, strategies and the eval harness.
+
+Everything here is a frozen dataclass: a strategy can hand a Completion or a
+SequenceState to another call without worrying that someone mutates it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+# A prompt is raw text, chat messages ({"role", "content"} mappings, rendered with the
+# model's chat template), or token ids that are used exactly as given.
+Prompt = str | Sequence[Mapping[str, str]] | Sequence[int]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Compute spent, in tokens: the one budget unit shared by every strategy.
+
+    prompt_tokens: prompt tokens a request was conditioned on (counted once per request,
+        not once per sample, as OpenAI bills n > 1).
+    generated_tokens: tokens sampled.
+    forward_tokens: every token pushed through the model, prefill and re-prefill included;
+        this is what prefix reuse saves.
+    scorer_tokens: tokens pushed through a scorer (reward model, judge, likelihood).
+    calls: engine requests made.
+    wall_seconds: wall time; in a batched call it is shared out by forward tokens.
+    """
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    forward_tokens: int = 0
+    scorer_tokens: int = 0
+    calls: int = 0
+    wall_seconds: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return Usage(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    @property
+    def total_tokens(self) -> int:
+        """Every token this cost: forward passes of the policy plus the scorer."""
+        return self.forward_tokens + self.scorer_tokens
+
+    @staticmethod
+    def sum(parts: Sequence[Usage] | Any) -> Usage:
+        total = Usage()
+        for part in parts:
+            total = total + part
+        return total
+
+    def to_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. temperature 0 means greedy; top_k 0 and top_p 1 and min_p 0 mean off.
+
+    logprobs: how many top log-probabilities (model, T=1) to return per generated token.
+    stop: strings that end a completion; the text is cut before the first match.
+    seed: makes the samples of a request reproducible whatever else shares the batch.
+    ignore_eos: keep sampling past end-of-sequence (benchmarks use it for fixed lengths).
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: int = 0
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        elif not isinstance(self.stop, tuple):
+            object.__setattr__(self, "stop", tuple(self.stop))
+        _check_int("n", self.n, 1, "ask for at least one sample")
+        _check_int("max_tokens", self.max_tokens, 1, "ask for at least one new token")
+        _check_int("top_k", self.top_k, 0, "use 0 to turn top-k off")
+        _check_int("logprobs", self.logprobs, 0, "use 0 for none")
+        if not _is_real(self.temperature) or self.temperature < 0:
+            raise ValueError(
+                f"temperature must be a number >= 0 (0 means greedy), got {self.temperature!r}"
+            )
+        if not _is_real(self.top_p) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 turns it off), got {self.top_p!r}")
+        if not _is_real(self.min_p) or not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1] (0 turns it off), got {self.min_p!r}")
+        if any(not isinstance(s, str) or s == "" for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(name: str, value: Any, low: int, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low} ({hint}), got {value!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class SequenceState:
+    """A point a later request can continue from: the full token sequence so far and,
+    when the engine kept it, its key/value cache for a prefix of those tokens.
+
+    States are immutable, so forking is just reusing one. `truncate` and `extend` return
+    new states that share the cached prefix instead of recomputing it.
+    """
+
+    token_ids: tuple[int, ...]
+    cache: Any = field(default=None, repr=False)  # engine-specific; covers token_ids[:cached]
+    cached: int = 0
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def truncate(self, length: int) -> SequenceState:
+        """The state after the first `length` tokens (0 < length <= len(self))."""
+        if not 0 < length <= len(self.token_ids):
+            raise ValueError(
+                f"truncate length must be in [1, {len(self.token_ids)}], got {length}"
+            )
+        return SequenceState(self.token_ids[:length], self.cache, min(self.cached, length))
+
+    def extend(self, token_ids: Sequence[int]) -> SequenceState:
+        """The state with `token_ids` appended (their cache is computed when next used)."""
+        return SequenceState(self.token_ids + tuple(token_ids), self.cache, self.cached)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """A prompt, or a state to continue from, plus how to sample.
+
+    With `state`, generation continues after state.token_ids and `prompt` must be None.
+    keep_state: keep each completion's key/value cache in Completion.state so a later
+        request continues without recomputing (costs memory; tree search and MCMC use it).
+    """
+
+    prompt: Prompt | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+    state: SequenceState | None = None
+    keep_state: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.state is None):
+            raise ValueError("a GenerateRequest needs exactly one of prompt or state")
+        if self.prompt is not None and len(self.prompt) == 0:
+            raise ValueError("the prompt is empty: give some text, messages or token ids")
+        if self.state is not None and len(self.state) == 0:
+            raise ValueError("the state to continue from has no tokens")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sample.
+
+    logprobs: log p(token | prefix) under the model at temperature 1.
+    sampling_logprobs: log q(token | prefix) under the distribution actually sampled from
+        (after temperature, top-k, top-p, min-p; 0.0 for greedy, which is a point mass).
+    top_logprobs: per step, the model's top-k {token_id: logprob} when asked for.
+    state: prompt + generated tokens, to continue from.
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    sampling_logprobs: tuple[float, ...]
+    finish_reason: str  # "stop" (stop string), "eos" or "length"
+    usage: Usage
+    state: SequenceState
+    top_logprobs: tuple[dict[int, float], ...] | None = None
+    seed: int | None = None
+
+    @property
+    def sum_logprob(self) -> float:
+        return float(sum(self.logprobs))
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.sum_logprob / len(self.logprobs) if self.logprobs else 0.0
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one GenerateRequest produced: its n completions and their total Usage.
+
+    usage = the shared prefill (counted once) + every completion's own decode usage.
+    """
+
+    completions: tuple[Completion, ...]
+    usage: Usage
+    prompt_token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score `continuation` after `prompt` (text is tokenized separately and joined)."""
+
+    prompt: Prompt
+    continuation: str | Sequence[int]
+    params: SamplingParams | None = None  # also return log q under this distribution
+
+    def __post_init__(self) -> None:
+        if len(self.prompt) == 0:
+            raise ValueError("the prompt to score after is empty")
+        if len(self.continuation) == 0:
+            raise ValueError("the continuation to score is empty")
+
+
+@dataclass(frozen=True)
+class Scored:
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    sampling_logprobs: tuple[float, ...] | None
+    usage: Usage
+
+    @property
+    def sum_logprob(self) -> float:
+        return float(sum(self.logprobs))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate answer a strategy considered."""
+
+    text: str
+    answer: str | None
+    score: float | None = None
+    tokens: int = 0
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a strategy returns for one problem."""
+
+    problem_id: str
+    answer: str | None
+    candidates: tuple[Candidate, ...]
+    usage: Usage
+    trace: Mapping[str, Any] = field(default_factory=dict)
