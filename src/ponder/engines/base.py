@@ -1,0 +1,63 @@
+"""The Engine protocol every backend implements, and what a backend can say it supports.
+
+Engines are batch in, batch out: `generate` takes a sequence of requests and returns one
+Generation per request, in order, whatever the sizes. Strategies check `capabilities`
+before relying on something optional and fail with `require` naming what is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Protocol, runtime_checkable
+
+from ponder.types import GenerateRequest, Generation, Prompt, Scored, ScoreRequest
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    logprobs: bool = True  # sampled tokens' log-probabilities under the model (T=1)
+    sampling_logprobs: bool = True  # ... and under the sampling distribution
+    top_logprobs: bool = False  # the model's top-k log-probabilities per step
+    score: bool = True  # log-probabilities of given continuations
+    states: bool = False  # continue from a Completion's state
+    kv_reuse: bool = False  # ... without recomputing the prefix
+    early_stop: bool = False  # a per-sample stop predicate inside the decode loop
+    streaming: bool = False  # on_token callbacks while decoding
+
+    def missing(self, *needed: str) -> list[str]:
+        names = {f.name for f in fields(self)}
+        unknown = [n for n in needed if n not in names]
+        if unknown:
+            raise ValueError(f"unknown capabilities {unknown}; known: {sorted(names)}")
+        return [n for n in needed if not getattr(self, n)]
+
+
+# on_token(request_index, sample_index, token_id, text_delta)
+TokenCallback = Callable[[int, int, int, str], None]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    def generate(
+        self, requests: Sequence[GenerateRequest], on_token: TokenCallback | None = None
+    ) -> list[Generation]: ...
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[Scored]: ...
+
+    def tokenize(self, prompt: Prompt) -> list[int]: ...
+
+    def detokenize(self, token_ids: Sequence[int]) -> str: ...
+
+
+def require(engine: Engine, what: str, *needed: str) -> None:
+    """Raise a clear error when `engine` lacks capabilities that `what` needs."""
+    missing = engine.capabilities.missing(*needed)
+    if missing:
+        raise ValueError(
+            f"{what} needs engine capabilities {missing}, which the {engine.name!r} engine "
+            "does not have; use the native engine (--engine hf) or one that supports them"
+        )

@@ -1,0 +1,436 @@
+"""The native engine: torch + transformers with ponder's own batched decode loop.
+
+Why not `model.generate`: we need both log-probabilities of every sampled token (under the
+model and under the sampling distribution), per-sample seeds that do not depend on batch
+neighbours, samples leaving the batch as they finish and new requests joining, and states a
+later request continues from without recomputing the prefix. All of that lives here.
+
+One generate() call works like this: requests are admitted while the batch has room; each
+admitted request's prompt (or state) is prefilled once, then repeated n times; every step
+feeds the last token of every live sample together; finished samples leave the batch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ponder.engines import kv as kvlib
+from ponder.engines.base import Capabilities, TokenCallback
+from ponder.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve
+from ponder.sampling import process_logits, sample_rows, sample_seed
+from ponder.types import (
+    Completion,
+    GenerateRequest,
+    Generation,
+    Prompt,
+    SamplingParams,
+    Scored,
+    ScoreRequest,
+    SequenceState,
+    Usage,
+)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+class HFEngine:
+    """Native engine on any transformers causal LM, on CPU or CUDA, in fp32, bf16 or fp16.
+
+    max_batch_size: samples decoded together; more wait and join as others finish.
+    """
+
+    name = "hf"
+    capabilities = Capabilities(
+        logprobs=True, sampling_logprobs=True, top_logprobs=True, score=True,
+        states=True, kv_reuse=True, early_stop=False, streaming=True,
+    )
+
+    def __init__(self, model: str | None = None, dtype: str = "float32",
+                 device: str | None = None, max_batch_size: int = 64,
+                 score_batch_tokens: int = 8192):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model_name = model or DEFAULT_MODEL
+        self.model, self.tokenizer = load_model_and_tokenizer(
+            resolve(self.model_name), DTYPES[dtype], device
+        )
+        self.dtype = dtype
+        self._setup(device, max_batch_size, score_batch_tokens)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, name: str = "custom", max_batch_size: int = 64,
+                   score_batch_tokens: int = 8192) -> HFEngine:
+        """Wrap an already-loaded model (tests build tiny random ones this way)."""
+        engine = cls.__new__(cls)
+        engine.model, engine.tokenizer, engine.model_name = model.eval(), tokenizer, name
+        engine.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        engine._setup(str(next(model.parameters()).device), max_batch_size, score_batch_tokens)
+        return engine
+
+    def _setup(self, device: str, max_batch_size: int, score_batch_tokens: int) -> None:
+        self.device = torch.device(device)
+        self.max_batch_size = max_batch_size
+        self.score_batch_tokens = score_batch_tokens
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+        eos = {self.tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self.eos_ids = frozenset(i for i in eos if i is not None)
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
+
+    # ---- text <-> tokens -------------------------------------------------------------
+
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        """Text -> ids (with the tokenizer's BOS, if any); chat messages -> the chat
+        template with a generation prompt; token ids pass through unchanged."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        items = list(prompt)
+        if items and all(isinstance(t, int) and not isinstance(t, bool) for t in items):
+            vocab = self.model.config.vocab_size
+            if any(t < 0 or t >= vocab for t in items):
+                raise ValueError(f"token ids must be in [0, {vocab})")
+            return items
+        if items and all(isinstance(m, dict) and "role" in m and "content" in m for m in items):
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ValueError(
+                    f"model {self.model_name!r} has no chat template: pass raw text instead"
+                )
+            text = self.tokenizer.apply_chat_template(items, tokenize=False,
+                                                      add_generation_prompt=True)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        raise ValueError(
+            "a prompt must be text, a list of {'role', 'content'} messages, or token ids"
+        )
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    # ---- generation -------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerateRequest],
+                 on_token: TokenCallback | None = None) -> list[Generation]:
+        """One Generation per request, in order. See the module docstring for how."""
+        requests = list(requests)
+        if not all(isinstance(r, GenerateRequest) for r in requests):
+            raise ValueError("generate() takes a sequence of GenerateRequest")
+        started = time.perf_counter()
+        jobs = [self._job(i, r) for i, r in enumerate(requests)]
+        pending = list(reversed(jobs))
+        batch: kvlib.KVBatch | None = None
+        live: list[_Sample] = []
+        logits = torch.empty(0)
+        while pending or live:
+            admitted = []
+            while pending and (not live and not admitted or
+                               len(live) + sum(j.params.n for j in admitted)
+                               + pending[-1].params.n <= self.max_batch_size):
+                admitted.append(pending.pop())
+            if admitted:
+                new_logits, new_batch, new_samples = self._prefill(admitted)
+                batch = new_batch if batch is None or not live else kvlib.concat(batch, new_batch)
+                logits = new_logits if not live else torch.cat([logits, new_logits])
+                live += new_samples
+            next_tokens = self._sample_step(logits, live, on_token)
+            keep = [i for i, s in enumerate(live) if not s.done]
+            for i, sample in enumerate(live):
+                if sample.done:
+                    self._finish(sample, batch, i)
+            live = [live[i] for i in keep]
+            if not live:
+                batch = None
+                continue
+            if len(keep) < batch.size:
+                batch = batch.select(torch.tensor(keep, device=self.device))
+                next_tokens = next_tokens[keep]
+            ones = torch.ones(len(live), 1, dtype=torch.long, device=self.device)
+            step_logits, batch = kvlib.forward(self.model, batch, next_tokens.unsqueeze(1), ones)
+            logits = step_logits[:, -1]
+            for sample in live:
+                sample.forward_tokens += 1
+        return self._collect(jobs, time.perf_counter() - started)
+
+    def _job(self, index: int, request: GenerateRequest) -> _Job:
+        params = request.params
+        if request.state is not None:
+            ids, cache, cached = list(request.state.token_ids), request.state.cache, request.state.cached
+        else:
+            ids, cache, cached = self.tokenize(request.prompt), None, 0
+        if len(ids) >= self.max_positions:
+            raise ValueError(
+                f"request {index}: the prompt has {len(ids)} tokens, more than the model's "
+                f"context of {self.max_positions}"
+            )
+        # At least the last prefix token must go through the model to give the next logits.
+        cached = min(cached, len(ids) - 1) if cache is not None else 0
+        base_seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8)) >> 1
+        return _Job(index, request, params, ids, cache, cached, base_seed)
+
+    def _prefill(self, jobs: list[_Job]):
+        """Feed each job's uncached prefix once; repeat the rows n times for the samples."""
+        batch = kvlib.from_row_caches(
+            [(j.cache if j.cached else (), j.cached) for j in jobs], self.device
+        )
+        fresh = [j.ids[j.cached:] for j in jobs]
+        width = max(len(f) for f in fresh)
+        input_ids = torch.zeros(len(jobs), width, dtype=torch.long, device=self.device)
+        input_mask = torch.zeros_like(input_ids)
+        for row, f in enumerate(fresh):
+            input_ids[row, width - len(f):] = torch.tensor(f, device=self.device)
+            input_mask[row, width - len(f):] = 1
+        logits, batch = kvlib.forward(self.model, batch, input_ids, input_mask)
+        rows, samples = [], []
+        for row, job in enumerate(jobs):
+            job.prefill_tokens = len(fresh[row])
+            for j in range(job.params.n):
+                rows.append(row)
+                samples.append(_Sample(job, j, self._generator(job, j), self._detok()))
+        index = torch.tensor(rows, device=self.device)
+        return logits[:, -1].index_select(0, index), batch.select(index), samples
+
+    def _generator(self, job: _Job, j: int) -> torch.Generator | None:
+        if job.params.greedy:
+            return None
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(sample_seed(job.seed, j))
+        return gen
+
+    def _detok(self) -> _Detokenizer:
+        return _Detokenizer(self.tokenizer)
+
+    def _sample_step(self, logits: torch.Tensor, live: list[_Sample],
+                     on_token: TokenCallback | None) -> torch.Tensor:
+        """Sample one token for every live sample and record it; mark finished ones."""
+        params = [s.job.params for s in live]
+        processed = process_logits(
+            logits,
+            temperature=torch.tensor([p.temperature for p in params]),
+            top_k=torch.tensor([p.top_k for p in params]),
+            top_p=torch.tensor([p.top_p for p in params]),
+            min_p=torch.tensor([p.min_p for p in params]),
+        )
+        uniforms = torch.tensor(
+            [torch.rand(1, generator=s.generator, dtype=torch.float64).item()
+             if s.generator is not None else 0.0 for s in live],
+            dtype=torch.float64,
+        )
+        tokens = sample_rows(processed, uniforms.to(processed.device))
+        model_lp = logits.log_softmax(dim=-1)
+        chosen_model = model_lp.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
+        chosen_sampling = processed.log_softmax(dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
+        top_k = max(p.logprobs for p in params)
+        top = model_lp.topk(top_k, dim=-1) if top_k else None
+        token_list = tokens.tolist()
+        for i, sample in enumerate(live):
+            p = sample.job.params
+            tok = token_list[i]
+            sample.token_ids.append(tok)
+            sample.logprobs.append(chosen_model[i])
+            sample.sampling_logprobs.append(0.0 if p.greedy else chosen_sampling[i])
+            if p.logprobs:
+                ids = top.indices[i, : p.logprobs].tolist()
+                vals = top.values[i, : p.logprobs].tolist()
+                sample.top_logprobs.append(dict(zip(ids, vals, strict=True)))
+            if tok in self.eos_ids and not p.ignore_eos:
+                sample.finish("eos")
+                continue
+            delta = sample.detok.push(tok)
+            if on_token is not None:
+                on_token(sample.job.index, sample.index, tok, delta)
+            if p.stop and sample.detok.cut_at_stop(p.stop, len(delta)):
+                sample.finish("stop")
+            elif (len(sample.token_ids) >= p.max_tokens
+                  or len(sample.job.ids) + len(sample.token_ids) >= self.max_positions):
+                sample.finish("length")
+        return tokens
+
+    def _finish(self, sample: _Sample, batch: kvlib.KVBatch, row: int) -> None:
+        job = sample.job
+        token_ids = tuple(job.ids) + tuple(sample.token_ids)
+        if job.request.keep_state:
+            layers, cached = batch.row_cache(row)
+            sample.state = SequenceState(token_ids, layers, cached)
+        else:
+            sample.state = SequenceState(token_ids)
+
+    def _collect(self, jobs: list[_Job], wall: float) -> list[Generation]:
+        total_forward = sum(j.prefill_tokens + sum(s.forward_tokens for s in j.samples)
+                            for j in jobs) or 1
+        share = wall / total_forward
+        out = []
+        for job in jobs:
+            completions = []
+            for s in sorted(job.samples, key=lambda s: s.index):
+                usage = Usage(generated_tokens=len(s.token_ids), forward_tokens=s.forward_tokens,
+                              wall_seconds=s.forward_tokens * share)
+                completions.append(Completion(
+                    text=s.detok.text, token_ids=tuple(s.token_ids), logprobs=tuple(s.logprobs),
+                    sampling_logprobs=tuple(s.sampling_logprobs), finish_reason=s.finish_reason,
+                    usage=usage, state=s.state,
+                    top_logprobs=tuple(s.top_logprobs) if job.params.logprobs else None,
+                    seed=None if job.params.greedy else sample_seed(job.seed, s.index),
+                ))
+            prefill = Usage(prompt_tokens=len(job.ids), forward_tokens=job.prefill_tokens,
+                            calls=1, wall_seconds=job.prefill_tokens * share)
+            usage = prefill + Usage.sum(c.usage for c in completions)
+            out.append(Generation(tuple(completions), usage, tuple(job.ids)))
+        return out
+
+    # ---- scoring ----------------------------------------------------------------------
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[Scored]:
+        """Per-token log-probabilities of each continuation after its prompt, batched.
+
+        Prompt and continuation are tokenized separately and joined, so the scored tokens
+        are exactly the continuation's own tokens.
+        """
+        requests = list(requests)
+        started = time.perf_counter()
+        rows = []
+        for r in requests:
+            if not isinstance(r, ScoreRequest):
+                raise ValueError("score() takes a sequence of ScoreRequest")
+            cont = r.continuation
+            cont_ids = (self.tokenizer.encode(cont, add_special_tokens=False)
+                        if isinstance(cont, str) else list(cont))
+            if not cont_ids:
+                raise ValueError(f"the continuation {cont!r} has no tokens")
+            rows.append((self.tokenize(r.prompt), cont_ids, r.params))
+        results: list[Scored | None] = [None] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+        for chunk in self._score_chunks(order, rows):
+            for i, scored in zip(chunk, self._score_batch([rows[i] for i in chunk]), strict=True):
+                results[i] = scored
+        wall = time.perf_counter() - started
+        total = sum(s.usage.forward_tokens for s in results) or 1
+        return [Scored(s.token_ids, s.logprobs, s.sampling_logprobs,
+                       Usage(prompt_tokens=s.usage.prompt_tokens,
+                             forward_tokens=s.usage.forward_tokens, calls=1,
+                             wall_seconds=wall * s.usage.forward_tokens / total))
+                for s in results]
+
+    def _score_chunks(self, order: list[int], rows) -> list[list[int]]:
+        chunks, current, longest = [], [], 0
+        for i in order:
+            length = len(rows[i][0]) + len(rows[i][1])
+            if current and max(longest, length) * (len(current) + 1) > self.score_batch_tokens:
+                chunks.append(current)
+                current, longest = [], 0
+            current.append(i)
+            longest = max(longest, length)
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def _score_batch(self, rows) -> list[Scored]:
+        seqs = [p + c for p, c, _ in rows]
+        width = max(len(s) for s in seqs)
+        keep = max(len(c) for _, c, _ in rows) + 1
+        input_ids = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
+        input_mask = torch.zeros_like(input_ids)
+        for row, seq in enumerate(seqs):
+            input_ids[row, width - len(seq):] = torch.tensor(seq, device=self.device)
+            input_mask[row, width - len(seq):] = 1
+        empty = kvlib.KVBatch.empty(len(seqs), self.device)
+        logits, _ = kvlib.forward(self.model, empty, input_ids, input_mask, logits_to_keep=keep)
+        out = []
+        for row, (prompt, cont, params) in enumerate(rows):
+            # logits[:, t] predicts the token after position t; the last column predicts
+            # past the end, so the continuation's predictors end one before it.
+            pred = logits[row, keep - 1 - len(cont): keep - 1]
+            target = torch.tensor(cont, device=self.device).unsqueeze(1)
+            model_lp = pred.log_softmax(dim=-1).gather(1, target).squeeze(1)
+            sampling_lp = None
+            if params is not None:
+                processed = process_logits(pred, params.temperature, params.top_k,
+                                           params.top_p, params.min_p)
+                sampling_lp = tuple(processed.log_softmax(dim=-1).gather(1, target).squeeze(1).tolist())
+                if params.greedy:  # a point mass: log q is 0 on the argmax, -inf elsewhere
+                    sampling_lp = tuple(0.0 if v == 0.0 else float("-inf") for v in sampling_lp)
+            out.append(Scored(tuple(cont), tuple(model_lp.tolist()), sampling_lp,
+                              Usage(prompt_tokens=len(prompt),
+                                    forward_tokens=len(prompt) + len(cont))))
+        return out
+
+
+@dataclass(eq=False)
+class _Job:
+    index: int
+    request: GenerateRequest
+    params: SamplingParams
+    ids: list[int]
+    cache: tuple
+    cached: int
+    seed: int
+    prefill_tokens: int = 0
+    samples: list[_Sample] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Sample:
+    job: _Job
+    index: int
+    generator: torch.Generator | None
+    detok: _Detokenizer
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    sampling_logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    forward_tokens: int = 0
+    finish_reason: str | None = None
+    state: SequenceState | None = None
+
+    def __post_init__(self) -> None:
+        self.job.samples.append(self)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def finish(self, reason: str) -> None:
+        self.finish_reason = reason
+
+
+class _Detokenizer:
+    """Incremental decoding: text grows only by whole characters, so a multi-byte character
+    split across tokens is emitted once complete, and a stop string that spans tokens is
+    seen as soon as its last character arrives."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+        self.text = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        after = decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            delta = after[len(before):]
+            self.prefix, self.read = self.read, len(self.ids)
+            self.text += delta
+            return delta
+        return ""
+
+    def cut_at_stop(self, stops: tuple[str, ...], new_chars: int) -> bool:
+        """If a stop string now appears, cut the text before its first occurrence."""
+        window = max(len(s) for s in stops) + new_chars
+        start = max(0, len(self.text) - window)
+        hits = [i for s in stops if (i := self.text.find(s, start)) >= 0]
+        if not hits:
+            return False
+        self.text = self.text[: min(hits)]
+        return True

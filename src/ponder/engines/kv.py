@@ -1,0 +1,170 @@
+"""A batch of sequences' key/value caches as plain tensors, and the forward pass over it.
+
+Rows are left-padded to a common length; the attention mask marks real tokens, and may have
+holes in the middle (a cached prefix, padding, then new tokens), which transformers' masks
+handle because position ids are passed explicitly. Owning the tensors, rather than keeping a
+transformers Cache object, lets rows leave the batch, join it, and be saved per sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+# Per layer: (keys, values), each [batch, kv_heads, length, head_dim].
+LayerKV = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class KVBatch:
+    kv: list[LayerKV] | None  # None while empty (nothing fed yet)
+    mask: torch.Tensor  # [batch, length] long, 1 = real token
+    next_pos: torch.Tensor  # [batch] long: position id of each row's next token
+
+    @property
+    def size(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.mask.shape[1]
+
+    @staticmethod
+    def empty(batch: int, device) -> KVBatch:
+        return KVBatch(
+            None,
+            torch.zeros(batch, 0, dtype=torch.long, device=device),
+            torch.zeros(batch, dtype=torch.long, device=device),
+        )
+
+    def select(self, rows: torch.Tensor) -> KVBatch:
+        """Keep (or repeat) the given rows, then drop leading columns no row uses."""
+        mask = self.mask.index_select(0, rows)
+        kv = None
+        if self.kv is not None:
+            kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.kv]
+        batch = KVBatch(kv, mask, self.next_pos.index_select(0, rows))
+        return batch.trim()
+
+    def trim(self) -> KVBatch:
+        used = self.mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else self.length
+        if start == 0:
+            return self
+        kv = None
+        if self.kv is not None:
+            kv = [(k[:, :, start:], v[:, :, start:]) for k, v in self.kv]
+        return KVBatch(kv, self.mask[:, start:], self.next_pos)
+
+    def row_cache(self, row: int) -> tuple[tuple[LayerKV, ...], int]:
+        """One row's cache without padding: per layer ([heads, n, dim], [heads, n, dim]), n."""
+        keep = self.mask[row].bool()
+        if self.kv is None:
+            return (), 0
+        layers = tuple((k[row][:, keep].clone(), v[row][:, keep].clone()) for k, v in self.kv)
+        return layers, int(keep.sum())
+
+
+def left_pad_length(batch: KVBatch, length: int) -> KVBatch:
+    """Pad on the left so the batch has `length` columns."""
+    extra = length - batch.length
+    if extra <= 0:
+        return batch
+    mask = torch.cat([batch.mask.new_zeros(batch.size, extra), batch.mask], dim=1)
+    kv = None
+    if batch.kv is not None:
+        kv = []
+        for k, v in batch.kv:
+            pad = k.new_zeros(k.shape[0], k.shape[1], extra, k.shape[3])
+            kv.append((torch.cat([pad, k], dim=2), torch.cat([pad, v], dim=2)))
+    return KVBatch(kv, mask, batch.next_pos)
+
+
+def concat(a: KVBatch, b: KVBatch) -> KVBatch:
+    """Stack two batches' rows; the shorter is left-padded to the longer."""
+    if a.size == 0:
+        return b
+    if b.size == 0:
+        return a
+    if (a.kv is None) != (b.kv is None):
+        raise ValueError("cannot join an empty batch with a fed one")
+    length = max(a.length, b.length)
+    a, b = left_pad_length(a, length), left_pad_length(b, length)
+    kv = None
+    if a.kv is not None:
+        kv = [
+            (torch.cat([ka, kb]), torch.cat([va, vb]))
+            for (ka, va), (kb, vb) in zip(a.kv, b.kv, strict=True)
+        ]
+    return KVBatch(
+        kv, torch.cat([a.mask, b.mask]), torch.cat([a.next_pos, b.next_pos])
+    )
+
+
+def from_row_caches(caches: list[tuple[tuple[LayerKV, ...], int]], device) -> KVBatch:
+    """Build a batch from per-sequence caches (layers, length); length 0 = nothing cached."""
+    lengths = [n for _, n in caches]
+    longest = max(lengths)
+    batch = len(caches)
+    mask = torch.zeros(batch, longest, dtype=torch.long, device=device)
+    next_pos = torch.tensor(lengths, dtype=torch.long, device=device)
+    if longest == 0:
+        return KVBatch(None, mask, next_pos)
+    template = next(layers for layers, n in caches if n > 0)
+    kv = []
+    for layer, (k0, _) in enumerate(template):
+        heads, _, dim = k0.shape
+        keys = k0.new_zeros(batch, heads, longest, dim)
+        values = k0.new_zeros(batch, heads, longest, dim)
+        for row, (layers, n) in enumerate(caches):
+            if n:
+                keys[row, :, longest - n :] = layers[layer][0][:, :n]
+                values[row, :, longest - n :] = layers[layer][1][:, :n]
+        kv.append((keys, values))
+    for row, n in enumerate(lengths):
+        mask[row, longest - n :] = 1
+    return KVBatch(kv, mask, next_pos)
+
+
+def _cache_from(kv: list[LayerKV] | None) -> DynamicCache:
+    """Wrap our tensors as a transformers cache without copying them (DynamicCache's own
+    constructor copies every layer once more)."""
+    cache = DynamicCache()
+    if kv is None:
+        return cache
+    layers = []
+    for keys, values in kv:
+        layer = DynamicLayer()
+        layer.dtype, layer.device = keys.dtype, keys.device
+        layer.keys, layer.values, layer.is_initialized = keys, values, True
+        layers.append(layer)
+    cache.layers = layers
+    return cache
+
+
+def forward(model, batch: KVBatch, input_ids: torch.Tensor, input_mask: torch.Tensor,
+            logits_to_keep: int = 1) -> tuple[torch.Tensor, KVBatch]:
+    """Feed left-padded `input_ids` [batch, n] after the cached tokens.
+
+    Returns the logits of the last `logits_to_keep` positions [batch, keep, vocab] (float32)
+    and the batch with the new tokens' keys and values appended.
+    """
+    mask = torch.cat([batch.mask, input_mask], dim=1)
+    offsets = input_mask.cumsum(dim=1) - 1
+    positions = (batch.next_pos.unsqueeze(1) + offsets).clamp(min=0)
+    cache = _cache_from(batch.kv)
+    with torch.inference_mode():
+        out = model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+    kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    next_pos = batch.next_pos + input_mask.sum(dim=1)
+    return out.logits.float(), KVBatch(kv, mask, next_pos)

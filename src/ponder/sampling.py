@@ -1,0 +1,106 @@
+"""Logit processors as pure tensor functions, and inverse-CDF sampling with per-row generators.
+
+Every function takes logits of shape [batch, vocab] and per-row settings (a scalar applies to
+every row; a 1-D tensor gives one value per row), and returns new logits where removed tokens
+are -inf. The order is the one vLLM and transformers use: temperature first, then top-k,
+top-p and min-p on the tempered distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def _per_row(value, logits: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(value, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
+
+
+def apply_temperature(logits: torch.Tensor, temperature) -> torch.Tensor:
+    """Divide by temperature. Rows with temperature 0 (greedy) keep only their argmax."""
+    t = _per_row(temperature, logits).expand(logits.shape[0], 1)
+    if (t < 0).any():
+        raise ValueError("temperature must be >= 0 (0 means greedy)")
+    greedy = t == 0
+    out = logits / torch.where(greedy, torch.ones_like(t), t)
+    if greedy.any():
+        argmax_only = torch.full_like(logits, NEG_INF)
+        argmax_only.scatter_(1, logits.argmax(dim=-1, keepdim=True), 0.0)
+        out = torch.where(greedy, argmax_only, out)
+    return out
+
+
+def top_k_filter(logits: torch.Tensor, k) -> torch.Tensor:
+    """Keep the k highest logits per row (k = 0 keeps all). Ties at the k-th value are kept."""
+    k = torch.as_tensor(k, device=logits.device).reshape(-1).expand(logits.shape[0])
+    if (k < 0).any():
+        raise ValueError("top_k must be >= 0 (0 turns it off)")
+    vocab = logits.shape[-1]
+    k = torch.where((k == 0) | (k > vocab), torch.full_like(k, vocab), k)
+    sorted_logits = logits.sort(dim=-1, descending=True).values
+    kth = sorted_logits.gather(1, (k - 1).reshape(-1, 1).long())
+    return logits.masked_fill(logits < kth, NEG_INF)
+
+
+def top_p_filter(logits: torch.Tensor, p) -> torch.Tensor:
+    """Nucleus: keep the smallest set of top tokens whose probability reaches p (p = 1 keeps
+    all). A token is kept when the mass strictly above it is below p, so the top token
+    always survives."""
+    p = _per_row(p, logits)
+    if ((p <= 0) | (p > 1)).any():
+        raise ValueError("top_p must be in (0, 1]")
+    probs = logits.softmax(dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_above = sorted_probs.cumsum(dim=-1) - sorted_probs
+    remove_sorted = mass_above >= p
+    remove = torch.zeros_like(remove_sorted).scatter(1, order, remove_sorted)
+    return logits.masked_fill(remove, NEG_INF)
+
+
+def min_p_filter(logits: torch.Tensor, min_p) -> torch.Tensor:
+    """Keep tokens whose probability is at least min_p times the top token's (0 keeps all)."""
+    min_p = _per_row(min_p, logits)
+    if ((min_p < 0) | (min_p > 1)).any():
+        raise ValueError("min_p must be in [0, 1]")
+    probs = logits.softmax(dim=-1)
+    threshold = min_p * probs.max(dim=-1, keepdim=True).values
+    return logits.masked_fill(probs < threshold, NEG_INF)
+
+
+def process_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
+    """The distribution actually sampled from, as logits (removed tokens are -inf).
+
+    Filters whose settings are off for every row are skipped: sorting a 50k vocabulary
+    each step is the costliest part of sampling.
+    """
+    out = apply_temperature(logits.float(), temperature)
+    if torch.as_tensor(top_k).ne(0).any():
+        out = top_k_filter(out, top_k)
+    if torch.as_tensor(top_p).lt(1).any():
+        out = top_p_filter(out, top_p)
+    if torch.as_tensor(min_p).gt(0).any():
+        out = min_p_filter(out, min_p)
+    return out
+
+
+def sample_rows(processed_logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling: row i takes the first token whose cumulative probability
+    exceeds uniforms[i] in [0, 1). Drawing the uniforms from per-row generators makes a
+    row's token independent of what else is in the batch."""
+    probs = processed_logits.double().softmax(dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    targets = (uniforms.double().reshape(-1, 1) * cdf[:, -1:]).contiguous()
+    tokens = torch.searchsorted(cdf, targets, right=True).reshape(-1)
+    # Guard the float edge where the target equals the total mass.
+    return tokens.clamp(max=processed_logits.shape[-1] - 1)
+
+
+SEED_STRIDE = 0x9E3779B97F4A7C15  # odd, so distinct sample indices give distinct seeds
+SEED_MOD = 2**63
+
+
+def sample_seed(request_seed: int, index: int) -> int:
+    """Seed of sample `index` of a request. Sample 0 uses the request seed itself, so a
+    recorded per-sample seed reproduces that sample with n=1."""
+    return (request_seed + index * SEED_STRIDE) % SEED_MOD
