@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,11 +110,15 @@ def _is_converted(cache: Path) -> bool:
 def load_model_and_tokenizer(source: ModelSource, dtype, device: str):
     """Load (model, tokenizer); GGUF sources are converted once to a safetensors cache."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     if source.cache_dir is not None and _is_converted(source.cache_dir):
         path, gguf = str(source.cache_dir), None
+        hf_logging.disable_progress_bar()  # a sub-second load needs no progress bar
     else:
         path, gguf = source.path, source.gguf_file
+        print(f"ponder: converting {source.name} to a safetensors cache (once, ~20 s)",
+              file=sys.stderr)
     kwargs = {"gguf_file": gguf} if gguf else {}
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)

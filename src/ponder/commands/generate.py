@@ -1,0 +1,72 @@
+"""`ponder generate`: sample completions of one prompt and show their log-probabilities."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ponder.commands._common import (
+    add_engine_args,
+    add_sampling_args,
+    engine_from_args,
+    sampling_from_args,
+)
+
+EPILOG = """examples:
+  ponder generate "What is 12 + 35?"                       greedy-ish chat answer, streamed
+  ponder generate "What is 12 + 35?" --n 4 --temperature 0.8 --seed 1
+  ponder generate "Q: What is 2 + 3?\\nA:" --raw --temperature 0 --stop "\\n"
+  ponder generate "Hi" --json                               one JSON object per completion
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="sample completions of a prompt",
+                       description="Sample completions of PROMPT and print each with its summed "
+                                   "log-probability under the model. With --n 1 the text "
+                                   "streams as it is generated.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("prompt", help="the prompt; sent as a user chat message unless --raw")
+    p.add_argument("--raw", action="store_true",
+                   help="send the prompt as raw text, without the chat template")
+    p.add_argument("--json", action="store_true", help="print one JSON object per completion")
+    add_sampling_args(p, temperature_default=0.7)
+    add_engine_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ponder.types import GenerateRequest
+
+    if not args.prompt.strip():
+        raise ValueError("the prompt is empty: give some text to complete")
+    params = sampling_from_args(args)  # validates before the model loads
+    prompt = args.prompt if args.raw else [{"role": "user", "content": args.prompt}]
+    engine = engine_from_args(args)
+    stream = params.n == 1 and not args.json
+
+    def on_token(_request, _sample, _token, delta):
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+
+    [generation] = engine.generate([GenerateRequest(prompt, params)],
+                                   on_token=on_token if stream else None)
+    for i, c in enumerate(generation.completions):
+        if args.json:
+            print(json.dumps({"index": i, "text": c.text, "finish_reason": c.finish_reason,
+                              "sum_logprob": c.sum_logprob, "tokens": len(c.token_ids),
+                              "seed": c.seed}))
+            continue
+        if stream:
+            print()
+        else:
+            print(f"--- sample {i}")
+            print(c.text)
+        print(f"[logprob {c.sum_logprob:.3f} | {len(c.token_ids)} tokens | "
+              f"finish {c.finish_reason}]", file=sys.stderr if stream else sys.stdout)
+    u = generation.usage
+    if not args.json:
+        print(f"usage: {u.prompt_tokens} prompt, {u.generated_tokens} generated, "
+              f"{u.forward_tokens} forward tokens, {u.wall_seconds:.1f} s", file=sys.stderr)
+    return 0

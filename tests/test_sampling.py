@@ -1,0 +1,120 @@
+"""Logit processors on hand-made distributions: each keeps exactly the tokens it should."""
+
+import math
+
+import pytest
+import torch
+
+from ponder.sampling import (
+    apply_temperature,
+    min_p_filter,
+    process_logits,
+    sample_rows,
+    sample_seed,
+    top_k_filter,
+    top_p_filter,
+)
+from ponder.types import SamplingParams
+
+PROBS = [0.5, 0.3, 0.12, 0.06, 0.02]
+
+
+def logits_of(probs):
+    return torch.tensor([[math.log(p) for p in probs]])
+
+
+def kept(logits):
+    return set(torch.isfinite(logits[0]).nonzero().flatten().tolist())
+
+
+@pytest.mark.parametrize("k, expected", [(1, {0}), (2, {0, 1}), (4, {0, 1, 2, 3}), (0, {0, 1, 2, 3, 4}),
+                                         (99, {0, 1, 2, 3, 4})])
+def test_top_k_keeps_the_k_likeliest(k, expected):
+    assert kept(top_k_filter(logits_of(PROBS), k)) == expected
+
+
+@pytest.mark.parametrize("p, expected", [
+    (0.5, {0}),            # the top token alone reaches 0.5
+    (0.51, {0, 1}),
+    (0.8, {0, 1}),         # 0.5 + 0.3 reaches 0.8
+    (0.81, {0, 1, 2}),
+    (0.95, {0, 1, 2, 3}),
+    (1.0, {0, 1, 2, 3, 4}),
+    (0.01, {0}),           # the top token always survives
+])
+def test_top_p_keeps_the_smallest_nucleus(p, expected):
+    assert kept(top_p_filter(logits_of(PROBS), p)) == expected
+
+
+@pytest.mark.parametrize("min_p, expected", [
+    (0.0, {0, 1, 2, 3, 4}),
+    (0.1, {0, 1, 2, 3}),   # threshold 0.05: drops 0.02
+    (0.2, {0, 1, 2}),      # threshold 0.10
+    (0.7, {0}),            # threshold 0.35
+])
+def test_min_p_keeps_tokens_above_a_fraction_of_the_top(min_p, expected):
+    assert kept(min_p_filter(logits_of(PROBS), min_p)) == expected
+
+
+def test_temperature_zero_is_argmax_and_temperature_scales():
+    logits = logits_of(PROBS)
+    assert kept(apply_temperature(logits, 0.0)) == {0}
+    halved = apply_temperature(logits, 0.5).softmax(-1)[0]
+    expected = torch.tensor([p**2 for p in PROBS])
+    assert torch.allclose(halved, expected / expected.sum(), atol=1e-6)
+
+
+def test_per_row_settings_apply_row_by_row():
+    logits = torch.cat([logits_of(PROBS)] * 3)
+    out = process_logits(logits, temperature=torch.tensor([1.0, 0.0, 1.0]),
+                         top_k=torch.tensor([2, 0, 0]), top_p=torch.tensor([1.0, 1.0, 0.8]))
+    assert [kept(out[i : i + 1]) for i in range(3)] == [{0, 1}, {0}, {0, 1}]
+
+
+def test_filters_compose_in_order_temperature_then_top_k_then_top_p():
+    # At T=2 the distribution flattens, so top_p 0.8 needs more tokens than at T=1.
+    cold = process_logits(logits_of(PROBS), temperature=1.0, top_p=0.8)
+    hot = process_logits(logits_of(PROBS), temperature=2.0, top_p=0.8)
+    assert kept(cold) == {0, 1}
+    assert kept(hot) == {0, 1, 2}
+    assert kept(process_logits(logits_of(PROBS), temperature=2.0, top_k=2, top_p=0.99)) == {0, 1}
+
+
+def test_inverse_cdf_sampling_maps_uniforms_to_tokens():
+    logits = torch.cat([logits_of(PROBS)] * 5)
+    u = torch.tensor([0.0, 0.49, 0.51, 0.81, 0.999])
+    assert sample_rows(logits, u).tolist() == [0, 0, 1, 2, 4]
+    # Removed tokens are never chosen, whatever the uniform.
+    filtered = top_k_filter(logits, 2)
+    assert set(sample_rows(filtered, torch.linspace(0, 0.9999, 5)).tolist()) <= {0, 1}
+
+
+def test_sampling_frequencies_match_the_distribution():
+    gen = torch.Generator().manual_seed(0)
+    n = 40_000
+    logits = logits_of(PROBS).expand(n, -1)
+    counts = torch.bincount(sample_rows(logits, torch.rand(n, generator=gen)), minlength=5)
+    freq = counts.double() / n
+    assert torch.allclose(freq, torch.tensor(PROBS, dtype=torch.double), atol=0.01)
+
+
+def test_sample_seed_zero_index_is_the_request_seed():
+    assert sample_seed(1234, 0) == 1234
+    assert len({sample_seed(1234, j) for j in range(100)}) == 100
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"temperature": -0.1}, "temperature"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"n": 0}, "n must be"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"top_k": -1}, "top_k"),
+    ({"min_p": 2.0}, "min_p"),
+    ({"stop": ("",)}, "stop"),
+    ({"seed": "x"}, "seed"),
+    ({"temperature": float("nan")}, "temperature"),
+])
+def test_bad_sampling_params_raise_clear_errors(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        SamplingParams(**kwargs)
