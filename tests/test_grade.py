@@ -216,6 +216,12 @@ TRUE = [
     ("4210_5", "4210_{5}"),
     ("2516", "2516_8"),
     # wrappers
+    ("0.70710678", "\\frac{\\sqrt{2}}{2}"),
+    ("\\sqrt{8}", "2\\sqrt2"),
+    ("2^{10}", "1024"),
+    ("\\sqrt[3]{27}", "3"),
+    ("[6,31,-1]", "(6,31,-1)"),  # three or more: ( and [ both just mean an ordered tuple
+    ("(1, 2, 2\\sqrt{2})", "\\left(1,2,\\sqrt{8}\\right)"),
     ("\\boxed{5}", "5"),
     ("$\\frac{1}{2}$", "\\frac12"),
     ("\\(\\frac{1}{2}\\)", "0.5"),
@@ -317,6 +323,11 @@ FALSE = [
     ("C", "\\text{(E)}"),
     ("12", "\\text{(B)}"),
     ("53_8", "52_8"),
+    ("4210_4", "4210_{5}"),  # both give a base: it must agree
+    ("[8,-2]", "(8,-2)"),  # two elements: brackets matter (intervals vs points)
+    ("[1,2)", "[1,2]"),
+    ("0.7071", "\\frac{\\sqrt{2}}{2}"),  # too few places for an irrational
+    ("(1, 2, 3\\sqrt{2})", "\\left(1,2,\\sqrt{8}\\right)"),
     ("4211_5", "4210_{5}"),
     ("", "5"),
     ("5", ""),
@@ -495,7 +506,8 @@ def test_is_equiv_many_matches_one_by_one():
 def test_grade_reports_how():
     assert grade("0.5", "\\frac12").how == "string"
     assert grade("0.333333", "\\frac13").how == "numeric"
-    assert grade("\\sqrt{8}", "2\\sqrt{2}").how == "symbolic"
+    assert grade("\\sqrt{8}", "2\\sqrt{2}").how == "numeric"  # constants are evaluated
+    assert grade("2(k+1)", "2k+2").how == "symbolic"
     assert grade("", "1").how == "empty"
     assert grade("2^{10^{10}}", "1").how == "unsafe"
 

@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import lru_cache
 from typing import Any
@@ -117,6 +117,8 @@ def close_workers() -> None:
 
 def _decide(pred: str, gold: str, timeout: float) -> tuple[bool, str]:
     np_, ng = _normalize(pred), _normalize(gold)
+    if np_.base and ng.base and np_.base != ng.base:
+        return False, "string"  # 4210_4 vs 4210_5: the digits agree, the bases do not
     if np_.key and np_.key == ng.key:
         return True, "string"
     numeric = _compare_numbers(np_, ng)
@@ -155,16 +157,19 @@ def _unsafe(s: str) -> bool:
 # --------------------------------------------------------------------------- normalizing
 
 
-Number = tuple[Fraction, int | None]  # exact value, decimal places if written as a decimal
+# A value: exact (Fraction) for numbers as written, a float for evaluated constant
+# expressions like 3\\sqrt{13} or \\frac{\\pi}{2}; plus decimal places if written as a decimal.
+Number = tuple[Fraction | float, int | None]
 
 
 @dataclass(frozen=True)
 class _Norm:
     key: str
     percent: bool
-    number: Number | None = None  # the answer is one plain number
-    # the answer is a flat list of numbers: (opening bracket, values, closing bracket)
+    number: Number | None = None  # the answer is one number or constant expression
+    # the answer is a flat list of those: (opening bracket, values, closing bracket)
     numbers: tuple[str, tuple[Number, ...], str] | None = None
+    base: str | None = None  # 52_8 -> "8"
 
 
 def normalize_answer(answer: Any) -> str:
@@ -196,7 +201,7 @@ _SPACING = re.compile(r"\\[,;:! ]|\\q?quad|\\displaystyle|\\(?:big|Big|bigg|Bigg
 _DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree|°")
 _LEFT_RIGHT = re.compile(r"\\(?:left|right)\s*(?:\.|(?![A-Za-z]))")
 _ASSIGNMENT = re.compile(r"^(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?\w+\}?)?\s*(?:=|\\in(?![A-Za-z]))\s*")
-_BASE_SUBSCRIPT = re.compile(r"^(\d+)_\{?\d+\}?$")
+_BASE_SUBSCRIPT = re.compile(r"^(\d+)_\{?(\d+)\}?$")
 _FRAC_FIXES = (
     (re.compile(r"\\[dt]?frac\s*([0-9A-Za-z])\s*([0-9A-Za-z])"), r"\\frac{\1}{\2}"),
     (re.compile(r"\\[dt]?frac\s*(\{[^{}]*\})\s*([0-9A-Za-z])"), r"\\frac\1{\2}"),
@@ -245,10 +250,11 @@ def _normalize(raw: str) -> _Norm:
     if _THOUSANDS.match(s):
         s = s.replace(",", "")
     base = _BASE_SUBSCRIPT.match(s)
-    if base:  # 52_8: the digits are the answer, the base is in the question
+    if base:  # 52_8: the digits are the answer; a base given on both sides must agree
         s = base.group(1)
     s = s.lstrip("+")
-    return _canonical_numbers(s, percent)
+    norm = _canonical_numbers(s, percent)
+    return replace(norm, base=base.group(2)) if base else norm
 
 
 def _only_math(s: str) -> bool:
@@ -269,22 +275,37 @@ def _unwrap_text(s: str) -> str:
 
 def _canonical_numbers(s: str, percent: bool) -> _Norm:
     """A number becomes its exact fraction; a bare list of numbers is sorted (it is a set
-    of solutions); numbers inside (...) [...] \\{...\\} become exact fractions in place."""
+    of solutions); numbers inside (...) [...] \\{...\\} become exact fractions in place.
+    Constant expressions (3\\sqrt{13}, \\frac{\\pi}{2}) keep their text and get a value."""
     value = _parse_number(s)
     if value is not None:
-        return _Norm(_fraction_key(value[0]), percent, number=value)
+        return _Norm(_fraction_key(value[0]), percent, number=value)  # type: ignore[arg-type]
     seq = _split_sequence(s)
     if seq is None:
-        return _Norm(s, percent)
+        real = _evaluate(s)
+        return _Norm(s, percent, number=None if real is None else (real, None))
     left, items, right = seq
-    parsed = [_parse_number(item) for item in items]
-    if any(v is None for v in parsed):
-        return _Norm(s, percent)
-    values: list[Number] = parsed  # type: ignore[assignment]
+    values: list[Number | None] = []
+    texts: list[str] = []
+    for item in items:
+        exact = _parse_number(item)
+        if exact is not None:
+            values.append(exact)  # type: ignore[arg-type]
+            texts.append(_fraction_key(exact[0]))
+        else:
+            values.append(_as_value(_evaluate(item)))
+            texts.append(item)
+    if any(v is None for v in values):
+        return _Norm(left + ",".join(texts) + right, percent)
+    pairs = list(zip(values, texts, strict=True))
     if left in ("", "\\{"):  # unordered
-        values = sorted(values, key=lambda v: v[0])
-    key = left + ",".join(_fraction_key(v[0]) for v in values) + right
-    return _Norm(key, percent, numbers=(left, tuple(values), right))
+        pairs.sort(key=lambda vt: (float(vt[0][0]), vt[1]))  # type: ignore[index]
+    key = left + ",".join(t for _, t in pairs) + right
+    return _Norm(key, percent, numbers=(left, tuple(v for v, _ in pairs), right))  # type: ignore[misc]
+
+
+def _as_value(real: float | None) -> Number | None:
+    return None if real is None else (real, None)
 
 
 def _fraction_key(x: Fraction) -> str:
@@ -384,7 +405,8 @@ def _parse_number(s: str) -> Number | None:
 
 
 def _compare_numbers(a: _Norm, b: _Norm) -> bool | None:
-    """Exact verdict when both sides are numbers or flat lists of numbers, else None."""
+    """A verdict when both sides are numbers / constant expressions or flat lists of them;
+    None when math-verify must decide."""
     x, y = a.number, b.number
     if x is not None and y is not None:
         candidates = [y]
@@ -394,17 +416,155 @@ def _compare_numbers(a: _Norm, b: _Norm) -> bool | None:
     if a.numbers is None or b.numbers is None:
         return None
     (lx, vx, rx), (ly, vy, ry) = a.numbers, b.numbers
-    if (lx, rx) != (ly, ry):
-        return None  # (1,2) vs [1,2] vs 1,2: let math-verify judge
-    return len(vx) == len(vy) and all(_close(p, q) for p, q in zip(vx, vy, strict=True))
+    unordered_x, unordered_y = lx in ("", "\\{"), ly in ("", "\\{")
+    if unordered_x != unordered_y:
+        return None  # 1,2 vs (1,2): let math-verify judge
+    if len(vx) != len(vy):
+        return False
+    if not unordered_x and (lx, rx) != (ly, ry) and len(vx) == 2:
+        return False  # intervals: (3,4] vs (3,4); a point (1,2) vs an interval [1,2]
+    return all(_close(p, q) for p, q in zip(vx, vy, strict=True))
 
 
 def _close(x: Number, y: Number) -> bool:
     if x[0] == y[0]:
         return True
+    if isinstance(x[0], float) or isinstance(y[0], float):
+        fx, fy = float(x[0]), float(y[0])
+        if math.isinf(fx) or math.isinf(fy):
+            return False  # equal infinities were caught above
+        places = max(p for p in (x[1], y[1], -1) if p is not None)
+        if places >= 6 and abs(fx - fy) < 10.0**-places + 1e-12 * max(1.0, abs(fx)):
+            return True  # 1.732051 for \\sqrt{3}
+        # Two evaluated expressions: equal up to float rounding.
+        return places < 0 and abs(fx - fy) <= 1e-9 * max(1.0, abs(fx), abs(fy))
     # A decimal written to 6+ places stands for any value within one unit of its last place.
     places = max(p for p in (x[1], y[1], -1) if p is not None)
     return places >= 6 and abs(x[0] - y[0]) < Fraction(1, 10**places)
+
+
+# A small evaluator for constant LaTeX expressions (numbers, + - * / ^, \\frac, \\sqrt,
+# \\pi, \\infty, implicit products): most near misses (3\\sqrt{13} vs 3\\sqrt{14}) are
+# decided here in microseconds instead of by sympy. Anything else returns None.
+_TOKEN = re.compile(r"\\[A-Za-z]+|\d+(?:\.\d*)?|\.\d+|\S")
+_ATOM_START = re.compile(r"\d|\.\d|[{(]|\\(?:frac|sqrt|pi|infty)$")
+
+
+class _NotConstant(Exception):
+    pass
+
+
+def _evaluate(s: str) -> float | None:
+    if not s or len(s) > MAX_SYMBOLIC_CHARS or not re.search(r"\d|\\pi|\\infty", s):
+        return None
+    try:
+        parser = _Evaluator(_TOKEN.findall(s))
+        value = parser.expr()
+        if parser.i != len(parser.tokens):
+            return None
+    except (_NotConstant, ArithmeticError, ValueError, TypeError, RecursionError):
+        return None
+    if isinstance(value, complex) or math.isnan(value):
+        return None
+    return float(value)
+
+
+class _Evaluator:
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens, self.i = tokens, 0
+
+    def peek(self) -> str | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def take(self) -> str:
+        token = self.peek()
+        if token is None:
+            raise _NotConstant
+        self.i += 1
+        return token
+
+    def expect(self, token: str) -> None:
+        if self.take() != token:
+            raise _NotConstant
+
+    def expr(self) -> float:
+        value = self.term()
+        while self.peek() in ("+", "-"):
+            op, rhs = self.take(), self.term()
+            value = value + rhs if op == "+" else value - rhs
+        return value
+
+    def term(self) -> float:
+        value = self.unary()
+        while True:
+            token = self.peek()
+            if token in ("*", "\\cdot", "\\times"):
+                self.take()
+                value *= self.unary()
+            elif token in ("/", "\\div"):
+                self.take()
+                value /= self.unary()
+            elif token is not None and _ATOM_START.match(token):
+                value *= self.power()  # implicit product: 3\\sqrt{2}, 2\\pi
+            else:
+                return value
+
+    def unary(self) -> float:
+        if self.peek() == "-":
+            self.take()
+            return -self.unary()
+        if self.peek() == "+":
+            self.take()
+            return self.unary()
+        return self.power()
+
+    def power(self) -> float:
+        base = self.atom()
+        if self.peek() != "^":
+            return base
+        self.take()
+        sign = 1.0
+        if self.peek() == "-":
+            self.take()
+            sign = -1.0
+        exponent = sign * self.atom(single_digit=True)
+        if abs(exponent) > 1000 or abs(base) > 1e100:
+            raise _NotConstant  # leave huge powers alone
+        result = base**exponent
+        if isinstance(result, complex):
+            raise _NotConstant
+        return result
+
+    def atom(self, single_digit: bool = False) -> float:
+        token = self.take()
+        if token[0].isdigit() or token[0] == ".":
+            if single_digit and len(token) > 1 and token.isdigit():
+                self.i -= 1  # x^23 in LaTeX is x^2 times 3
+                self.tokens[self.i] = token[1:]
+                return float(token[0])
+            return float(token)
+        if token in ("{", "("):
+            value = self.expr()
+            self.expect("}" if token == "{" else ")")
+            return value
+        if token == "\\frac":
+            numerator = self.atom(single_digit=True)
+            return numerator / self.atom(single_digit=True)
+        if token == "\\sqrt":
+            degree = 2.0
+            if self.peek() == "[":
+                self.take()
+                degree = self.expr()
+                self.expect("]")
+            radicand = self.atom(single_digit=True)
+            if radicand < 0 or degree == 0:
+                raise _NotConstant
+            return radicand ** (1.0 / degree)
+        if token == "\\pi":
+            return math.pi
+        if token == "\\infty":
+            return math.inf
+        raise _NotConstant
 
 
 def _as_text(value: Any) -> str | None:
