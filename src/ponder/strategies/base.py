@@ -1,0 +1,85 @@
+"""What every strategy shares: the run() signature, per-problem seeds, and Result building.
+
+A strategy is a frozen config dataclass with a `name` and a
+`run(problems, engine, scorer=None, extract=..., render=...) -> list[Result]` method. It never
+imports an engine, a dataset or a grader: it gets an Engine, maybe a Scorer, a function that
+turns a problem into a prompt and one that extracts an answer from text.
+
+Strategies batch across problems: one engine call covers every problem's samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from ponder.tasks.datasets import Problem
+from ponder.tasks.extract import extract_answer
+from ponder.tasks.prompts import build_prompt
+from ponder.types import Candidate, Completion, Prompt, Result, SamplingParams, Usage
+
+Extract = Callable[[str], str | None]
+Render = Callable[[Problem], Prompt]
+
+
+def default_render(problem: Problem) -> Prompt:
+    """Chat messages asking for a boxed final answer."""
+    return build_prompt(problem, "boxed", chat=True)
+
+
+class Strategy(Protocol):
+    name: str
+
+    def run(self, problems: Sequence[Problem], engine, scorer=None,
+            extract: Extract = extract_answer, render: Render = default_render) -> list[Result]: ...
+
+
+def problem_seed(seed: int | None, problem_id: str, salt: str = "") -> int | None:
+    """A per-problem seed that depends only on the run seed and the problem id, so a resumed
+    or re-chunked run samples exactly what an uninterrupted one would."""
+    if seed is None:
+        return None
+    digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{salt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def sampling_for(params: SamplingParams, problem: Problem, salt: str = "", **changes) -> SamplingParams:
+    """`params` with the problem's own seed (and any other changes)."""
+    from dataclasses import replace
+
+    return replace(params, seed=problem_seed(params.seed, problem.id, salt), **changes)
+
+
+def candidates_from(completions: Sequence[Completion], extract: Extract,
+                    scores: Sequence[float | None] | None = None) -> tuple[Candidate, ...]:
+    scores = scores if scores is not None else [None] * len(completions)
+    return tuple(
+        Candidate(text=c.text, answer=extract(c.text), score=s, tokens=len(c.token_ids),
+                  meta={"finish_reason": c.finish_reason, "sum_logprob": c.sum_logprob,
+                        "mean_logprob": c.mean_logprob})
+        for c, s in zip(completions, scores, strict=True)
+    )
+
+
+def check_problems(problems: Sequence[Any]) -> list[Problem]:
+    problems = list(problems)
+    for p in problems:
+        if not isinstance(p, Problem):
+            raise ValueError(f"strategies take ponder.tasks.Problem objects, got {type(p).__name__}")
+    return problems
+
+
+def result(problem: Problem, answer: str | None, candidates: tuple[Candidate, ...],
+           usage: Usage, **trace: Any) -> Result:
+    return Result(problem_id=problem.id, answer=answer, candidates=candidates, usage=usage,
+                  trace=trace)
+
+
+def sample_all(problems: Sequence[Problem], engine, params: SamplingParams, render: Render,
+               salt: str = ""):
+    """One batched engine call: `params.n` samples for every problem, each with its own seed."""
+    from ponder.types import GenerateRequest
+
+    return engine.generate([GenerateRequest(render(p), sampling_for(params, p, salt))
+                            for p in problems])
