@@ -6,8 +6,7 @@
 #   - a torch already in the venv is kept;
 #   - PONDER_TORCH="torch==X ..." forces a spec (e.g. a CUDA build of your choice);
 #   - with an NVIDIA GPU (nvidia-smi works), the default PyPI torch, which is the CUDA build;
-#   - without one, the CPU build: a local wheel when pip's find-links has one, else PyTorch's
-#     CPU index.
+#   - without one, the CPU build (torch==2.13.0+cpu, else the newest from PyTorch's CPU index).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -25,8 +24,13 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
     pip_install torch
   else
     echo "install: no GPU, installing the CPU build of torch"
-    "$VPY" -m pip install -q --no-index "torch==2.13.0" 2>/dev/null ||
-      pip_install torch --index-url https://download.pytorch.org/whl/cpu
+    # "+cpu" names the CPU build: a local wheel where pip's find-links has one (as on the
+    # project's machines), else PyTorch's CPU index; torch's own dependencies come from PyPI.
+    "$VPY" -m pip install -q "torch==2.13.0+cpu" 2>&1 | grep -v "^WARNING: Location" ||
+      true
+    "$VPY" -c "import torch" 2>/dev/null ||
+      pip_install torch --index-url https://download.pytorch.org/whl/cpu \
+        --extra-index-url https://pypi.org/simple
   fi
   "$VPY" -c "import torch" || { echo "install: torch failed to install" >&2; exit 1; }
 fi
