@@ -26,7 +26,7 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
     echo "install: no GPU, installing the CPU build of torch"
     # "+cpu" names the CPU build: a local wheel where pip's find-links has one (as on the
     # project's machines), else PyTorch's CPU index, which also serves torch's dependencies.
-    "$VPY" -m pip install -q "torch==2.13.0+cpu" 2>&1 | grep -v "^WARNING: Location" ||
+    "$VPY" -m pip install -q numpy "torch==2.13.0+cpu" 2>&1 | grep -v "^WARNING: Location" ||
       true
     "$VPY" -c "import torch" 2>/dev/null ||
       pip_install torch --index-url https://download.pytorch.org/whl/cpu
