@@ -54,6 +54,12 @@ def _self_refine(params, extra):
     return SelfRefine(iterations=int(extra.get("iterations", 2)), params=params)
 
 
+def _code_consistency(params, _extra):
+    from ponder.strategies.code_consistency import CodeConsistency
+
+    return CodeConsistency(params)
+
+
 STRATEGIES: dict[str, Entry] = {
     "greedy": Entry(_single("greedy"), "one greedy (temperature 0) answer",
                     {"n": 1, "temperature": 0.0, "max_tokens": 512}),
@@ -70,6 +76,10 @@ STRATEGIES: dict[str, Entry] = {
     "self_refine": Entry(_self_refine, "draft, critique, revise; keep revisions that score higher",
                          {"n": 1, "temperature": 0.7, "max_tokens": 512},
                          extra_options=("iterations",)),
+    "code_consistency": Entry(_code_consistency,
+                              "code: programs that agree on the prompt's example inputs vote "
+                              "together (run in the sandbox)",
+                              {"n": 8, "temperature": 0.8, "max_tokens": 512}),
 }
 
 ALIASES = {"sc": "self_consistency", "bon": "best_of_n", "wbon": "weighted_best_of_n",

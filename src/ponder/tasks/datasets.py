@@ -46,8 +46,10 @@ _VENDORED: dict[str, tuple[str, str, str, str | None]] = {
     "aime24": ("aime24_test.jsonl", "problem", "answer", "id"),
     "amc23": ("amc23_test.jsonl", "problem", "answer", "id"),
 }
-_ALIASES = {"math-500": "math500", "math_500": "math500", "gsm-8k": "gsm8k"}
+_ALIASES = {"math-500": "math500", "math_500": "math500", "gsm-8k": "gsm8k",
+            "human-eval": "humaneval", "human_eval": "humaneval"}
 _ARITH = ("arith", "arith:1", "arith:2", "arith:3")
+_CODE = ("humaneval",)  # graded by running tests: see ponder.tasks.code
 # Field names tried, in order, when a user file's fields are not given.
 _QUESTION_FIELDS = ("question", "problem", "prompt", "input")
 _ANSWER_FIELDS = ("answer", "gold", "target")
@@ -56,7 +58,7 @@ _ID_FIELDS = ("id", "unique_id", "problem_id")
 
 def task_names() -> list[str]:
     """The built-in task names load_task accepts (besides paths to .jsonl files)."""
-    return [*_VENDORED, *_ARITH]
+    return [*_VENDORED, *_ARITH, *_CODE]
 
 
 def load_task(
@@ -114,6 +116,10 @@ def _load_all(
             )
         if key in _ARITH or key.startswith("arith:"):
             return _load_arith(key)
+        if key in _CODE:
+            from ponder.tasks.code.humaneval import load_humaneval
+
+            return load_humaneval()
     path = Path(name_or_path)
     if path.suffix.lower() in (".jsonl", ".json") or path.exists():
         if not path.is_file():
