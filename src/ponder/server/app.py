@@ -1,0 +1,299 @@
+"""The OpenAI-compatible app: `create_app(engine, ...)` returns a FastAPI app to run with
+uvicorn. All state lives on the app (app.state) and in closures; nothing is global, so one
+process can serve several apps (the server benchmark does).
+
+    POST /v1/chat/completions   POST /v1/completions   GET /v1/models   GET /health
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from ponder.server.batcher import EngineWorker, Job
+from ponder.server.errors import ApiError, error_body
+from ponder.server.limits import Counters, Gate, Limits, read_body
+from ponder.server.responses import (
+    FINISH,
+    Envelope,
+    StopHoldback,
+    chosen,
+    jsonable,
+    plain_choices,
+    plain_ponder,
+    sse,
+    strategy_ponder,
+    usage_json,
+)
+from ponder.server.routing import model_forms, prefix_patterns, resolve_strategy, split_model
+from ponder.server.schemas import Plan, parse_chat, parse_completion, parse_json
+from ponder.types import Usage
+
+log = logging.getLogger("ponder.server")
+
+
+def create_app(engine, *, served_name: str | None = None, api_key: str | None = None,
+               limits: Limits | None = None, gather_ms: float = 20.0,
+               max_batch_requests: int = 256, progress_seconds: float = 0.25) -> FastAPI:
+    """An app serving `engine` (used from one worker thread only).
+
+    served_name: the model name clients use (default: the engine's model name, without
+        folders). Strategy prefixes go in front of it: `sc8:<served_name>`.
+    api_key: when set, every request needs `Authorization: Bearer <api_key>`.
+    gather_ms: how long the worker waits after a request for others to batch with it.
+    max_batch_requests: most requests per engine round (1 serves them one at a time).
+    """
+    limits = limits or Limits()
+    model_name = str(getattr(engine, "model_name", "model"))
+    served_name = served_name or os.path.basename(model_name.rstrip("/")) or model_name
+    served = tuple(dict.fromkeys([served_name, model_name]))
+    counters = Counters()
+    worker = EngineWorker(engine, gather_ms / 1000, max_batch_requests, progress_seconds)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await worker.start()
+        try:
+            yield
+        finally:
+            await worker.stop()
+
+    app = FastAPI(title="ponder", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.worker, app.state.limits, app.state.counters = worker, limits, counters
+    app.state.served = served
+    app.add_middleware(Gate, api_key=api_key, limits=limits, counters=counters)
+    _add_error_handlers(app)
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        return parse_json(await read_body(request.stream(), limits.max_body_bytes))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await execute(parse_chat(await body_of(request), served, limits), worker)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await execute(parse_completion(await body_of(request), served, limits), worker)
+
+    @app.get("/v1/models")
+    async def models():
+        data = [_model(f["id"], f) for f in model_forms(served_name)]
+        unavailable = []
+        for pattern in prefix_patterns(served_name):
+            try:
+                resolve_strategy(pattern.split("[")[0])
+            except ApiError:
+                unavailable.append(pattern)
+        return {"object": "list", "data": data,
+                "ponder": {"accepted": prefix_patterns(served_name),
+                           "not_available_in_this_build": unavailable,
+                           "extra_body": "ponder: {strategy, n, scorer, return_candidates, "
+                                         "<strategy options>}"}}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        prefix, _ = split_model(model_id, served)
+        return _model(model_id, {"strategy": resolve_strategy(prefix) if prefix else None})
+
+    @app.get("/health")
+    async def health():
+        ok = worker.alive
+        return JSONResponse(
+            {"status": "ok" if ok else "error", "model": served_name,
+             "in_flight": counters.in_flight, "queued": worker.queued, "busy": worker.busy,
+             "batches": worker.batches, "recent_batch_sizes": list(worker.recent_sizes),
+             "served": counters.served},
+            status_code=200 if ok else 503)
+
+    return app
+
+
+def _model(model_id: str, form: dict) -> dict:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "ponder",
+            "ponder": {k: v for k, v in form.items() if k != "id"}}
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_request, exc: ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request, exc: RequestValidationError):
+        return JSONResponse(error_body(f"invalid request: {exc.errors()[:1]}"), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request, exc: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(error_body(str(exc.detail), param=None, code=code),
+                            status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request, exc: Exception):
+        log.error("unexpected error: %r", exc)
+        return JSONResponse(error_body("internal server error; the request was not served",
+                                       "server_error", code="internal_error"), status_code=500)
+
+
+# ---- running a request ------------------------------------------------------------------
+
+
+class Pending:
+    """The events of one request's jobs, in arrival order, with a way to wait for all of
+    them to be accepted first (so limit errors found on the worker still get a 400)."""
+
+    def __init__(self, jobs: list[Job], events: asyncio.Queue):
+        self.jobs, self.events, self.backlog = jobs, events, deque()
+
+    async def started(self) -> None:
+        waiting = {job.tag for job in self.jobs}
+        while waiting:
+            tag, kind, data = await self.events.get()
+            if kind == "error":
+                raise as_api_error(data)
+            if kind == "started":
+                waiting.discard(tag)
+            else:
+                self.backlog.append((tag, kind, data))
+
+    async def next(self):
+        return self.backlog.popleft() if self.backlog else await self.events.get()
+
+    async def results(self) -> list[Any]:
+        out: dict[int, Any] = {}
+        while len(out) < len(self.jobs):
+            tag, kind, data = await self.next()
+            if kind == "error":
+                raise as_api_error(data)
+            if kind == "done":
+                out[tag] = data
+        return [out[job.tag] for job in self.jobs]
+
+    def cancel(self) -> None:
+        for job in self.jobs:
+            job.cancelled = True
+
+
+def as_api_error(exc: BaseException) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    log.error("engine error: %r", exc)
+    return ApiError(500, f"the engine failed on this request: {type(exc).__name__}",
+                    type="server_error", code="engine_error")
+
+
+async def execute(plan: Plan, worker: EngineWorker):
+    events: asyncio.Queue = asyncio.Queue()
+    jobs = [Job(i, events, prompt, plan.budget, plan.stream, params=plan.params,
+                strategy=plan.strategy, scorer=plan.scorer, question=plan.question)
+            for i, prompt in enumerate(plan.prompts)]
+    pending = Pending(jobs, events)
+    for job in jobs:
+        worker.submit(job)
+    env = Envelope(plan.endpoint, plan.model)
+    try:
+        await pending.started()
+        if not plan.stream:
+            return JSONResponse(jsonable(_complete(plan, env, await pending.results())))
+    except BaseException:
+        pending.cancel()
+        raise
+    stream = _stream_plain(plan, env, pending) if plan.plain else _stream_strategy(plan, env,
+                                                                                    pending)
+    return StreamingResponse(_closing(stream, pending), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _complete(plan: Plan, env: Envelope, done: list[Any]) -> dict:
+    if plan.plain:
+        choices = [env.choice(i, text, finish)
+                   for i, (text, finish) in enumerate(plain_choices(done))]
+        usage = Usage.sum(g.usage for g in done)
+        ponder = plain_ponder(plan.strategy_name, done) if plan.return_candidates else None
+        return env.body(choices, usage=usage_json(usage), ponder=ponder)
+    [result] = done
+    text, finish = chosen(result, plan.params.max_tokens)
+    return env.body([env.choice(0, text, finish)], usage=usage_json(result.usage),
+                    ponder=strategy_ponder(plan.strategy_name, result, True)
+                    if plan.return_candidates else None)
+
+
+async def _closing(stream, pending: Pending):
+    """Mark the jobs cancelled when the stream ends early (client gone), then end it."""
+    try:
+        async for part in stream:
+            yield part
+    finally:
+        pending.cancel()
+
+
+async def _stream_plain(plan: Plan, env: Envelope, pending: Pending):
+    n = plan.params.n
+    total = n * len(plan.prompts)
+    holds = [StopHoldback(plan.params.stop) for _ in range(total)]
+    for i in range(total):
+        yield sse(env.body([env.delta(i, "", role=True)], chunk=True))
+    done: dict[int, Any] = {}
+    while len(done) < len(plan.prompts):
+        tag, kind, data = await pending.next()
+        if kind == "token":
+            sample, delta = data
+            text = holds[tag * n + sample].push(delta)
+            if text:
+                yield sse(env.body([env.delta(tag * n + sample, text)], chunk=True))
+        elif kind == "done":
+            done[tag] = data
+            for sample, c in enumerate(data.completions):
+                index = tag * n + sample
+                rest = holds[index].finish(c.text)
+                if rest:
+                    yield sse(env.body([env.delta(index, rest)], chunk=True))
+                finish = FINISH.get(c.finish_reason, "stop")
+                yield sse(env.body([env.delta(index, finish=finish)], chunk=True))
+        elif kind == "error":
+            yield sse(as_api_error(data).body())
+            return
+    gens = [done[t] for t in sorted(done)]
+    usage = usage_json(Usage.sum(g.usage for g in gens)) if plan.include_usage else None
+    ponder = plain_ponder(plan.strategy_name, gens) if plan.return_candidates else None
+    if usage or ponder:
+        yield sse(env.body([], chunk=True, usage=usage, ponder=ponder))
+    yield sse("[DONE]")
+
+
+async def _stream_strategy(plan: Plan, env: Envelope, pending: Pending):
+    """Progress chunks while the strategy works (empty delta, a `ponder.progress` field),
+    then the chosen answer as content, then usage."""
+    yield sse(env.body([env.delta(0, "", role=True)], chunk=True,
+                       ponder={"progress": {"stage": "started", "strategy": plan.strategy_name}}))
+    while True:
+        _tag, kind, data = await pending.next()
+        if kind == "progress":
+            yield sse(env.body([env.delta(0)], chunk=True, ponder={"progress": data}))
+        elif kind == "error":
+            yield sse(as_api_error(data).body())
+            return
+        elif kind == "done":
+            break
+    result = data
+    text, finish = chosen(result, plan.params.max_tokens)
+    if text:
+        yield sse(env.body([env.delta(0, text)], chunk=True))
+    yield sse(env.body([env.delta(0, finish=finish)], chunk=True,
+                       ponder={"progress": {"stage": "done", "answer": result.answer}}))
+    usage = usage_json(result.usage) if plan.include_usage else None
+    ponder = strategy_ponder(plan.strategy_name, result, True) if plan.return_candidates else None
+    if usage or ponder:
+        yield sse(env.body([], chunk=True, usage=usage, ponder=ponder))
+    yield sse("[DONE]")
+

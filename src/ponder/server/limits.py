@@ -1,0 +1,141 @@
+"""What one request may ask for, and the gate every request passes first.
+
+The gate is plain ASGI middleware so it runs before any body is read: it checks the API
+key (constant-time), the concurrency limit (429) and the declared body size. The body's
+actual size is checked again while it is read (`read_body`), since Content-Length can be
+missing (chunked uploads) or wrong.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass, fields
+
+from ponder.server.errors import ApiError, LimitError
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request limits; each is a `ponder serve` flag of the same name.
+
+    max_n: samples one request may ask for (choices, or a strategy's n).
+    max_tokens: new tokens per sample.
+    default_max_tokens: new tokens per sample when a request does not say (default 256, or
+        max_tokens when lower).
+    max_request_tokens: every token one request may cost: each engine call's prompt, every
+        generated token and every token a scorer reads (what `usage.total_tokens` reports).
+    max_concurrent: requests in flight at once (queued or running); more get 429.
+    max_body_bytes: the largest request body accepted.
+    """
+
+    max_n: int = 16
+    max_tokens: int = 1024
+    default_max_tokens: int | None = None
+    max_request_tokens: int = 65536
+    max_concurrent: int = 64
+    max_body_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        if self.default_max_tokens is None and isinstance(self.max_tokens, int):
+            object.__setattr__(self, "default_max_tokens", min(256, self.max_tokens))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{f.name} must be an integer >= 1, got {value!r}")
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError(f"default_max_tokens ({self.default_max_tokens}) must not exceed "
+                             f"max_tokens ({self.max_tokens})")
+
+
+class Counters:
+    """Requests in flight; lives on app.state so /health can report it."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.served = 0
+        self.rejected = 0
+
+
+async def read_body(receive_stream, limit: int) -> bytes:
+    """The whole body, refusing as soon as it grows past `limit` bytes."""
+    parts, size = [], 0
+    async for chunk in receive_stream:
+        size += len(chunk)
+        if size > limit:
+            raise body_too_large(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def body_too_large(limit: int) -> LimitError:
+    return LimitError(f"the request body is larger than this server's limit of {limit} bytes "
+                      "(max_body_bytes, --max-body-bytes)", code="request_too_large")
+
+
+class Gate:
+    """ASGI middleware: API key, concurrency and declared body size, before any route runs."""
+
+    def __init__(self, app, *, api_key: str | None, limits: Limits, counters: Counters):
+        self.app, self.limits, self.counters = app, limits, counters
+        self.api_key = api_key.encode() if api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        error = self._check_key(headers) or self._check_length(headers)
+        if error is not None:
+            self.counters.rejected += 1
+            return await _send_error(send, error)
+        # Only generation requests take a slot; /health and /v1/models stay answerable.
+        counted = scope["method"] == "POST"
+        if counted:
+            if self.counters.in_flight >= self.limits.max_concurrent:
+                self.counters.rejected += 1
+                return await _send_error(send, LimitError(
+                    f"too many requests in flight: this server's limit is "
+                    f"{self.limits.max_concurrent} at once (max_concurrent, --max-concurrent); "
+                    "retry shortly", status=429, code="rate_limit_exceeded"))
+            self.counters.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if counted:
+                self.counters.in_flight -= 1
+                self.counters.served += 1
+
+    def _check_key(self, headers: dict[str, str]) -> ApiError | None:
+        if self.api_key is None:
+            return None
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        # compare_digest takes time independent of where the strings differ.
+        ok = hmac.compare_digest(token.strip().encode(), self.api_key)
+        if scheme.lower() == "bearer" and ok:
+            return None
+        return ApiError(401, "missing or wrong API key: send the header "
+                        "'Authorization: Bearer <key>' with the key this server was started "
+                        "with", type="invalid_request_error", code="invalid_api_key")
+
+    def _check_length(self, headers: dict[str, str]) -> ApiError | None:
+        length = headers.get("content-length")
+        if length is None:
+            return None
+        if not length.strip().isdigit():
+            return ApiError(400, f"invalid Content-Length header {length!r}",
+                            code="invalid_header")
+        if int(length) > self.limits.max_body_bytes:
+            return body_too_large(self.limits.max_body_bytes)
+        return None
+
+
+async def _send_error(send, error: ApiError) -> None:
+    payload = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(payload)).encode())]
+    if error.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    # The body may be unread: tell the client this connection will not be reused.
+    headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,225 @@
+"""Request bodies -> a validated Plan, or a 400 that names the field and what to change.
+
+Validation is written out by hand (see server.fields) rather than left to pydantic so that
+every mistake gets a message a user can act on and types are strict.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ponder.server.errors import LimitError, bad_request
+from ponder.server.fields import (
+    CHAT_ONLY,
+    COMMON,
+    COMPLETION_ONLY,
+    check_fields,
+    kind,
+    read_bool,
+    read_int,
+    read_messages,
+    read_number,
+    read_ponder,
+    read_stop,
+    read_stream_options,
+)
+from ponder.server.limits import Limits
+from ponder.server.routing import SINGLE_SAMPLE, Route, route
+from ponder.strategies import registry
+from ponder.types import Prompt, SamplingParams
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated request.
+
+    prompts: what to sample from (chat: one message list; completions: one per prompt).
+    params: sampling for plain requests (n = choices per prompt); for a strategy, its own.
+    strategy: a built strategy object, or None for plain sampling.
+    question: the text a strategy reasons about (the last user message, or the prompt).
+    """
+
+    endpoint: str
+    model: str
+    prompts: tuple[Prompt, ...]
+    question: str
+    params: SamplingParams
+    strategy: Any
+    strategy_name: str | None
+    scorer: str | None
+    stream: bool
+    include_usage: bool
+    return_candidates: bool
+    budget: int
+
+    @property
+    def plain(self) -> bool:
+        return self.strategy is None
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object; NaN, Infinity and non-objects are 400s."""
+    def no_constants(name: str):
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        data = json.loads(raw, parse_constant=no_constants)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise bad_request(f"the body is not valid JSON: {str(exc)[:200]}",
+                          code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise bad_request(f"the body must be a JSON object, got {kind(data)}",
+                          code="invalid_json")
+    return data
+
+
+def parse_chat(body: dict[str, Any], served: tuple[str, ...], limits: Limits) -> Plan:
+    check_fields(body, COMMON | CHAT_ONLY)
+    messages = read_messages(body.get("messages"))
+    if "max_completion_tokens" in body and "max_tokens" in body:
+        raise bad_request("give max_tokens or max_completion_tokens, not both", "max_tokens")
+    tokens_field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    question = users[-1] if users else messages[-1]["content"]
+    return _plan("chat", body, (messages,), question, tokens_field, served, limits)
+
+
+def parse_completion(body: dict[str, Any], served: tuple[str, ...], limits: Limits) -> Plan:
+    check_fields(body, COMMON | COMPLETION_ONLY)
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        prompts = (prompt,)
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        prompts = tuple(prompt)
+    else:
+        raise bad_request("'prompt' must be a string or a non-empty list of strings "
+                          f"(token-id prompts are not supported), got {kind(prompt)}", "prompt",
+                          "invalid_type")
+    if any(not p for p in prompts):
+        raise bad_request("'prompt' must not be empty", "prompt")
+    best_of = body.get("best_of")
+    if best_of is not None and best_of != body.get("n", 1):
+        raise bad_request("best_of is not supported: use a strategy instead, e.g. the model "
+                          f"'bon{best_of}:{served[0]}'", "best_of", "unsupported")
+    return _plan("completion", body, prompts, prompts[0], "max_tokens", served, limits)
+
+
+def _plan(endpoint, body, prompts, question, tokens_field, served, limits: Limits) -> Plan:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request(f"'model' must be a non-empty string, got {kind(model)}", "model",
+                          "invalid_type" if model is not None else "missing")
+    n = read_int(body, "n", 1, low=1)
+    max_tokens = read_int(body, tokens_field, limits.default_max_tokens, low=1)
+    sampling = {
+        "temperature": read_number(body, "temperature", None, 0.0, 2.0),
+        "top_p": read_number(body, "top_p", None, 0.0, 1.0, open_low=True),
+        "top_k": read_int(body, "top_k", None, low=0),
+        "min_p": read_number(body, "min_p", None, 0.0, 1.0),
+        "seed": read_int(body, "seed", None),
+    }
+    stop = read_stop(body.get("stop"))
+    ignore_eos = read_bool(body, "ignore_eos", False)
+    stream = read_bool(body, "stream", False)
+    include_usage = read_stream_options(body.get("stream_options"), stream)
+    if "user" in body and not isinstance(body["user"], str):
+        raise bad_request(f"'user' must be a string, got {kind(body['user'])}", "user",
+                          "invalid_type")
+    ponder = read_ponder(body.get("ponder"))
+    return_candidates = ponder.pop("return_candidates", False)
+    if max_tokens > limits.max_tokens:
+        raise LimitError(f"{tokens_field}={max_tokens} is over this server's limit of "
+                         f"{limits.max_tokens} new tokens per sample (max_tokens, --max-tokens)",
+                         param=tokens_field)
+    where = route(model, served, ponder)
+    given = {k: v for k, v in sampling.items() if v is not None}
+    if where.strategy is None or where.strategy in SINGLE_SAMPLE:
+        params = _plain_params(where, given, n, max_tokens, stop, ignore_eos)
+        samples = params.n * len(prompts)
+        _check_n(samples, limits, "n")
+        _check_budget(samples * max_tokens, limits)
+        return Plan(endpoint, model, prompts, question, params, None, where.strategy, None,
+                    stream, include_usage, return_candidates, limits.max_request_tokens)
+    if n != 1:
+        raise bad_request(f"n={n} asks for several choices, but a strategy returns one answer: "
+                          "set the strategy's samples with the prefix (e.g. 'sc8:') or "
+                          "ponder.n", "n")
+    if len(prompts) != 1:
+        raise bad_request("a strategy takes one prompt per request", "prompt")
+    if stop or ignore_eos:
+        field = "stop" if stop else "ignore_eos"
+        raise bad_request(f"'{field}' is not supported with strategies", field, "unsupported")
+    strategy = _build(where, given, max_tokens)
+    params = getattr(strategy, "params", None) or SamplingParams(max_tokens=max_tokens)
+    _check_n(_samples(strategy), limits, "ponder.n")
+    _check_budget(planned_tokens(strategy), limits)
+    return Plan(endpoint, model, prompts, question, params, strategy, where.strategy,
+                where.scorer, stream, include_usage, return_candidates, limits.max_request_tokens)
+
+
+def planned_tokens(strategy) -> int:
+    """Tokens a strategy will generate, at least, known from its config before it runs:
+    self-refine's drafts, critiques and revisions; n samples of max_tokens otherwise. Exact
+    for sampling strategies; search and MCMC spend more, and are held to the budget call by
+    call while they run (see server.metered)."""
+    params = getattr(strategy, "params", None)
+    max_tokens = params.max_tokens if params is not None else getattr(strategy, "max_tokens", 0)
+    iterations = getattr(strategy, "iterations", None)
+    critique = getattr(strategy, "critique_tokens", None)
+    if isinstance(iterations, int) and isinstance(critique, int):
+        return max_tokens * (1 + iterations) + critique * iterations
+    return _samples(strategy) * (max_tokens if isinstance(max_tokens, int) else 0)
+
+
+def _samples(strategy) -> int:
+    params = getattr(strategy, "params", None)
+    n = params.n if params is not None else getattr(strategy, "n", 1)
+    return n if isinstance(n, int) else 1
+
+
+def _plain_params(where: Route, given, n, max_tokens, stop, ignore_eos) -> SamplingParams:
+    values = {**given, "n": n, "max_tokens": max_tokens, "stop": stop, "ignore_eos": ignore_eos}
+    if where.strategy is not None:  # greedy: / sample: take the registry's defaults
+        defaults = registry.STRATEGIES[where.strategy].defaults
+        values = {**{k: v for k, v in defaults.items() if k != "max_tokens"}, **values}
+        if where.strategy == "greedy":
+            values["temperature"] = 0.0
+        for key, value in where.options.items():
+            if key != "n":
+                raise bad_request(f"strategy {where.strategy!r} does not take {key!r}",
+                                  f"ponder.{key}", "invalid_value")
+            values["n"] = value
+    try:
+        return SamplingParams(**values)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+
+
+def _build(where: Route, given, max_tokens):
+    from ponder.scorers.likelihood import make_scorer
+
+    try:
+        if where.scorer is not None:
+            make_scorer(where.scorer, None)  # validates the name; built later on the engine
+        return registry.make_strategy(where.strategy, **given, **where.options,
+                                      max_tokens=max_tokens)
+    except ValueError as exc:
+        raise bad_request(str(exc), "ponder") from None
+    except TypeError as exc:  # e.g. the same option given twice
+        raise bad_request(f"strategy {where.strategy!r}: {exc}", "ponder") from None
+
+
+def _check_n(samples: int, limits: Limits, param: str) -> None:
+    if samples > limits.max_n:
+        raise LimitError(f"{samples} samples asked for, over this server's limit of "
+                         f"{limits.max_n} per request (max_n, --max-n)", param=param)
+
+
+def _check_budget(tokens: int, limits: Limits) -> None:
+    if tokens > limits.max_request_tokens:
+        raise LimitError(f"this request may generate {tokens} tokens, over this server's "
+                         f"budget of {limits.max_request_tokens} tokens per request "
+                         "(max_request_tokens, --max-request-tokens): lower n or max_tokens",
+                         param="max_tokens")

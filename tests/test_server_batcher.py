@@ -1,0 +1,166 @@
+"""The engine worker's gathering, per-job checks, strategy grouping and budget guard, on a
+fake engine that records its calls (no model, no HTTP)."""
+
+import asyncio
+
+import pytest
+
+from ponder.engines.base import Capabilities
+from ponder.server.batcher import EngineWorker, Job
+from ponder.server.errors import ApiError, LimitError
+from ponder.server.metered import MeteredEngine
+from ponder.strategies.registry import make_strategy
+from ponder.types import (
+    Completion,
+    GenerateRequest,
+    Generation,
+    SamplingParams,
+    SequenceState,
+    Usage,
+)
+
+
+class FakeEngine:
+    """Each word of a prompt is a token; every sample is "The answer is 5" in 3 tokens."""
+
+    name = "fake"
+    capabilities = Capabilities()
+    max_positions = 50
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def tokenize(self, prompt):
+        if isinstance(prompt, str):
+            if "BAD" in prompt:
+                raise ValueError("cannot render this prompt")
+            return list(range(len(prompt.split())))
+        if all(isinstance(t, int) for t in prompt):
+            return list(prompt)
+        return self.tokenize(" ".join(m["content"] for m in prompt))
+
+    def generate(self, requests, on_token=None):
+        self.calls.append(len(requests))
+        out = []
+        for ri, r in enumerate(requests):
+            length = len(r.state) if r.state is not None else len(self.tokenize(r.prompt))
+            tokens = tuple(range(min(3, r.params.max_tokens)))
+            completions = []
+            for si in range(r.params.n):
+                for t in tokens:
+                    if on_token:
+                        on_token(ri, si, t, f"w{t} ")
+                completions.append(Completion(
+                    "The answer is 5", tokens, (-1.0,) * len(tokens), (-1.0,) * len(tokens),
+                    "length", Usage(generated_tokens=len(tokens)), SequenceState((1,))))
+            generated = len(tokens) * r.params.n
+            out.append(Generation(tuple(completions),
+                                  Usage(prompt_tokens=length, generated_tokens=generated, calls=1),
+                                  tuple(range(length))))
+        return out
+
+
+def plain_job(tag, events, prompt="two words", n=1, budget=1000, stream=False):
+    return Job(tag, events, prompt, budget, stream, params=SamplingParams(n=n, max_tokens=4))
+
+
+async def collect(events: asyncio.Queue, jobs: int) -> dict[int, list]:
+    """Every event per job until each is done or failed."""
+    seen: dict[int, list] = {}
+    finished = 0
+    while finished < jobs:
+        tag, kind, data = await asyncio.wait_for(events.get(), 10)
+        seen.setdefault(tag, []).append((kind, data))
+        finished += kind in ("done", "error")
+    return seen
+
+
+def run_jobs(engine, make_jobs, **worker_options):
+    async def main():
+        worker = EngineWorker(engine, **worker_options)
+        await worker.start()
+        events = asyncio.Queue()
+        jobs = make_jobs(events)
+        for job in jobs:
+            worker.submit(job)
+        try:
+            return await collect(events, len(jobs)), worker
+        finally:
+            await worker.stop()
+
+    return asyncio.run(main())
+
+
+def test_jobs_arriving_together_share_one_engine_call_and_a_bad_one_fails_alone():
+    engine = FakeEngine()
+    seen, worker = run_jobs(engine, lambda q: [plain_job(i, q, "BAD" if i == 2 else "a b c")
+                                               for i in range(6)], gather_seconds=0.05)
+    assert engine.calls == [5]  # one generate for the five good jobs
+    kind, err = seen[2][-1]
+    assert kind == "error" and isinstance(err, ApiError) and err.status == 400
+    for tag in (0, 1, 3, 4, 5):
+        assert [k for k, _ in seen[tag]] == ["started", "done"]
+    assert worker.batches == 1
+
+
+def test_one_at_a_time_mode_makes_a_call_per_request():
+    engine = FakeEngine()
+    run_jobs(engine, lambda q: [plain_job(i, q) for i in range(4)], max_batch_requests=1)
+    assert engine.calls == [1, 1, 1, 1]
+
+
+def test_streaming_jobs_get_their_own_tokens():
+    engine = FakeEngine()
+    seen, _ = run_jobs(engine, lambda q: [plain_job(0, q, n=2, stream=True), plain_job(1, q)])
+    tokens = [d for k, d in seen[0] if k == "token"]
+    assert tokens == [(0, "w0 "), (0, "w1 "), (0, "w2 "), (1, "w0 "), (1, "w1 "), (1, "w2 ")]
+    assert not [k for k, _ in seen[1] if k == "token"]  # not streaming: no token events
+
+
+def test_budget_and_context_are_checked_per_job_with_the_prompt():
+    engine = FakeEngine()
+    long = " ".join(["w"] * 60)  # over the fake model's context of 50
+    seen, _ = run_jobs(engine, lambda q: [
+        plain_job(0, q, "one two three", n=2, budget=11),   # 3 + 2 x 4 = 11 fits
+        plain_job(1, q, "one two three four", n=2, budget=11),  # 12 does not
+        plain_job(2, q, long)])
+    assert seen[0][-1][0] == "done"
+    kind, err = seen[1][-1]
+    assert kind == "error" and isinstance(err, LimitError) and "max_request_tokens" in err.message
+    assert seen[2][-1][1].code == "context_length_exceeded"
+    assert engine.calls == [1]
+
+
+def test_equal_strategy_configs_share_a_run_and_stream_progress():
+    engine = FakeEngine()
+    sc = make_strategy("sc", n=3, max_tokens=4)
+
+    def jobs(q):
+        return [Job(i, q, [{"role": "user", "content": f"question {i}"}], 1000, stream=i == 0,
+                    strategy=sc, question=f"question {i}") for i in range(3)] + [
+            Job(3, q, "other", 1000, False, strategy=make_strategy("sc", n=2, max_tokens=4),
+                question="other")]
+
+    seen, _ = run_jobs(engine, jobs, gather_seconds=0.05)
+    assert sorted(engine.calls) == [1, 3]  # the three equal configs in one call
+    for tag in range(4):
+        result = seen[tag][-1][1]
+        assert result.answer == "5" and result.usage.generated_tokens == 3 * (2 if tag == 3 else 3)
+    progress = [d for k, d in seen[0] if k == "progress"]
+    assert progress[-1]["samples_done"] == 3 and progress[-1]["leader"] == "5"
+    assert not [k for k, _ in seen[1] if k == "progress"]
+
+
+def test_metered_engine_refuses_a_call_that_could_pass_the_budget():
+    engine = FakeEngine()
+    job = Job(0, None, "a b c", 0, False)
+    request = GenerateRequest("a b c", SamplingParams(n=2, max_tokens=8))
+    tight = MeteredEngine(engine, [job], budget=18, progress=lambda *_: None)
+    with pytest.raises(LimitError, match="max_request_tokens"):
+        tight.generate([request])  # worst case 3 + 2 x 8 = 19
+    assert engine.calls == []
+    roomy = MeteredEngine(engine, [job], budget=40, progress=lambda *_: None)
+    roomy.generate([request])
+    assert roomy.spent == 3 + 6
+    with pytest.raises(LimitError):
+        roomy.generate([request] * 2)  # 9 spent + 2 x 19 > 40
