@@ -60,6 +60,41 @@ def _code_consistency(params, _extra):
     return CodeConsistency(params)
 
 
+def _low_temperature(params, extra):
+    from dataclasses import replace
+
+    from ponder.strategies.single import Sample
+
+    alpha = float(extra.get("alpha", 4.0))
+    if alpha < 1:
+        raise ValueError(f"alpha must be >= 1, got {alpha}")
+    return Sample(replace(params, temperature=1.0 / alpha), name="low_temperature")
+
+
+def _power(params, extra):
+    from ponder.strategies.power import PowerSampling
+
+    return PowerSampling(alpha=float(extra.get("alpha", 4.0)), max_tokens=params.max_tokens,
+                         block_size=extra.get("block_size"),
+                         mcmc_steps=int(extra.get("mcmc_steps", 10)),
+                         proposal_temperature=extra.get("proposal_temperature"),
+                         top_p=params.top_p, n=params.n, seed=params.seed)
+
+
+def _smc(params, extra):
+    from ponder.strategies.smc import SMCPower
+
+    return SMCPower(alpha=float(extra.get("alpha", 4.0)), max_tokens=params.max_tokens,
+                    particles=int(extra.get("particles", 8)),
+                    block_size=int(extra.get("block_size", 32)),
+                    ess_threshold=float(extra.get("ess_threshold", 0.5)),
+                    anneal=bool(extra.get("anneal", False)),
+                    proposal_temperature=extra.get("proposal_temperature"),
+                    top_p=params.top_p, vote=bool(extra.get("vote", False)), seed=params.seed)
+
+
+_POWER_OPTIONS = ("alpha", "block_size", "mcmc_steps", "proposal_temperature")
+
 STRATEGIES: dict[str, Entry] = {
     "greedy": Entry(_single("greedy"), "one greedy (temperature 0) answer",
                     {"n": 1, "temperature": 0.0, "max_tokens": 512}),
@@ -80,9 +115,20 @@ STRATEGIES: dict[str, Entry] = {
                               "code: programs that agree on the prompt's example inputs vote "
                               "together (run in the sandbox)",
                               {"n": 8, "temperature": 0.8, "max_tokens": 512}),
+    "low_temperature": Entry(_low_temperature,
+                             "one sample at token-level temperature 1/alpha (power's baseline)",
+                             {"n": 1, "temperature": 0.25, "max_tokens": 512},
+                             extra_options=("alpha",)),
+    "power": Entry(_power, "power sampling: block-wise Metropolis-Hastings for p^alpha",
+                   {"n": 1, "temperature": 1.0, "max_tokens": 3072},
+                   extra_options=_POWER_OPTIONS),
+    "smc": Entry(_smc, "sequential Monte Carlo particles for p^alpha (cheaper than power)",
+                 {"n": 1, "temperature": 1.0, "max_tokens": 3072},
+                 extra_options=("alpha", "particles", "block_size", "ess_threshold", "anneal",
+                                "proposal_temperature", "vote")),
 }
 
-ALIASES = {"sc": "self_consistency", "bon": "best_of_n", "wbon": "weighted_best_of_n",
+ALIASES = {"sc": "self_consistency", "low_temp": "low_temperature", "mcmc": "power", "bon": "best_of_n", "wbon": "weighted_best_of_n",
            "cot": "greedy"}
 
 

@@ -1,0 +1,207 @@
+"""Power sampling (Karan & Du, "Reasoning with Sampling: Your Base Model is Smarter Than You
+Think"): sample whole sequences from p(x)^alpha, not token by token, with block-wise
+Metropolis-Hastings. Generation grows in blocks of B tokens from the proposal q (the model at
+temperature 1/alpha); after each block, N_MCMC steps each pick an index m uniformly over the
+generated tokens, regenerate the suffix from m with q, and accept with probability
+
+    min(1, p(x')^alpha q(x | x') / (p(x)^alpha q(x' | x))).
+
+States and EOS. In block k the chain lives on the sequences a horizon-H sampler can produce
+(H = k*B, at most T_max): sequences that end with EOS within H tokens, and sequences of exactly
+H tokens without EOS. These are disjoint events of "sample up to H tokens", so p (with
+p(EOS | prefix) included for ended sequences, and the prefix probability for cut ones) is a
+proper distribution on them and p^alpha a well-defined target. A proposal from m regenerates
+with q until EOS or the horizon, so it lands in the same space, and the reverse move (same m,
+regenerate back to x) has positive probability because every token of x came from q. The
+index is uniform over the current length L, so the move's probability carries 1/L and its
+reverse 1/L'; the acceptance ratio therefore includes L / L' (the length term the authors'
+code leaves out), and the p^alpha and q factors of the shared prefix x[:m] cancel:
+
+    log A = alpha * (sum log p(x'[m:]) - sum log p(x[m:]))
+            + sum log q(x[m:]) - sum log q(x'[m:]) + log L - log L'.
+
+For each m the moves (x, m) <-> (x', m) satisfy detailed balance, so the mixture kernel keeps
+p^alpha invariant. A chain whose sequence ended with EOS keeps taking MH steps in later blocks
+at the larger horizon (it is not extended), so the last kernel applied always targets p^alpha
+at T_max; stopping at the first EOS, as the paper's code does, would leave the sample targeting
+a shorter horizon.
+
+Speed: a proposal from m continues from the KV state of x[:m] (prefix reuse), and the MH steps
+of every chain of every problem run as one batched engine call.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ponder.engines.base import require
+from ponder.strategies.base import check_problems, default_render, problem_seed, result
+from ponder.strategies.voting import majority, vote_table
+from ponder.tasks.extract import extract_answer
+from ponder.types import Candidate, GenerateRequest, Prompt, SamplingParams, SequenceState, Usage
+
+
+@dataclass(frozen=True)
+class PowerSampling:
+    alpha: float = 4.0
+    max_tokens: int = 3072
+    block_size: int | None = None  # default max_tokens // 16, as in the paper
+    mcmc_steps: int = 10
+    proposal_temperature: float | None = None  # default 1 / alpha
+    top_p: float = 1.0
+    n: int = 1  # independent chains per problem; more than one votes
+    seed: int | None = 0
+    name: str = "power"
+
+    def __post_init__(self) -> None:
+        if not self.alpha >= 1:
+            raise ValueError(f"alpha must be >= 1 (1 is plain sampling), got {self.alpha}")
+        if self.max_tokens < 1 or self.mcmc_steps < 0 or self.n < 1:
+            raise ValueError("max_tokens and n must be >= 1 and mcmc_steps >= 0")
+        if self.block_size is not None and not 1 <= self.block_size <= self.max_tokens:
+            raise ValueError(f"block_size must be in [1, max_tokens={self.max_tokens}]")
+
+    @property
+    def block(self) -> int:
+        return self.block_size or max(1, self.max_tokens // 16)
+
+    @property
+    def proposal(self) -> SamplingParams:
+        return SamplingParams(temperature=self.proposal_temperature or 1.0 / self.alpha,
+                              top_p=self.top_p, max_tokens=self.max_tokens)
+
+    def claimed_cost_ratio(self, length: int | None = None) -> float:
+        """The paper's estimate of tokens spent per token of output: N_MCMC * T / (4B)."""
+        return self.mcmc_steps * (length or self.max_tokens) / (4 * self.block)
+
+    def run(self, problems: Sequence, engine, scorer=None, extract=extract_answer,
+            render=default_render):
+        problems = check_problems(problems)
+        prompts, seeds = [], []
+        for p in problems:
+            for c in range(self.n):
+                prompts.append(render(p))
+                seeds.append(problem_seed(self.seed, p.id, f"chain{c}"))
+        chains = run_chains(engine, prompts, self, seeds)
+        out = []
+        for i, problem in enumerate(problems):
+            mine = chains[i * self.n:(i + 1) * self.n]
+            candidates = tuple(
+                Candidate(c.text(engine), extract(c.text(engine)), c.mean_logprob, len(c.logp),
+                          {"acceptance": c.acceptance, "sum_logprob": sum(c.logp),
+                           "mean_logprob": c.mean_logprob})
+                for c in mine)
+            answers = [c.answer for c in candidates]
+            usage = Usage.sum(c.usage for c in mine)
+            length = sum(len(c.logp) for c in mine)
+            out.append(result(
+                problem, majority(answers) if self.n > 1 else answers[0], candidates, usage,
+                votes=vote_table(answers), acceptance_per_block=[c.acceptance for c in mine],
+                chains=[c.history for c in mine],
+                cost_ratio_vs_one_sample=usage.generated_tokens / max(1, length),
+                claimed_cost_ratio=self.claimed_cost_ratio(),
+                claimed_cost_ratio_at_length=self.claimed_cost_ratio(length // self.n)))
+        return out
+
+
+@dataclass(eq=False)
+class Chain:
+    """One Metropolis-Hastings chain: its current sequence and what it cost."""
+
+    rng: random.Random
+    prompt: Prompt
+    state: SequenceState | None = None
+    prompt_len: int = 0
+    logp: list[float] = field(default_factory=list)  # log p of each generated token
+    logq: list[float] = field(default_factory=list)  # log q (proposal) of each
+    ended: bool = False  # the sequence ends with EOS
+    usage: Usage = field(default_factory=Usage)
+    acceptance: list[float] = field(default_factory=list)  # per block
+    history: list[dict] = field(default_factory=list)  # proposals, for drill-down reports
+
+    @property
+    def mean_logprob(self) -> float:
+        return sum(self.logp) / len(self.logp) if self.logp else 0.0
+
+    def text(self, engine) -> str:
+        return engine.detokenize(self.state.token_ids[self.prompt_len:])
+
+    def take(self, prefix_len: int, completion) -> None:
+        """Replace everything after generated position `prefix_len` with the completion."""
+        self.state = completion.state
+        self.logp = self.logp[:prefix_len] + list(completion.logprobs)
+        self.logq = self.logq[:prefix_len] + list(completion.sampling_logprobs)
+        self.ended = completion.finish_reason == "eos"
+
+
+def run_chains(engine, prompts: Sequence[Prompt], config: PowerSampling,
+               seeds: Sequence[int | None]) -> list[Chain]:
+    """Run one chain per prompt, all chains batched together; returns the final chains."""
+    require(engine, "power sampling", "logprobs", "sampling_logprobs", "states")
+    chains = [Chain(random.Random(s), p) for p, s in zip(prompts, seeds, strict=True)]
+    proposal = config.proposal
+    block, total = config.block, config.max_tokens
+    for k in range(1, math.ceil(total / block) + 1):
+        horizon = min(k * block, total)
+        growing = [c for c in chains if not c.ended and len(c.logp) < horizon]
+        if growing:
+            _extend(engine, growing, proposal, horizon)
+        accepted = [0] * len(chains)
+        for _ in range(config.mcmc_steps):
+            for i, ok in enumerate(_mh_step(engine, chains, proposal, config.alpha, horizon, k)):
+                accepted[i] += ok
+        for c, a in zip(chains, accepted, strict=True):
+            c.acceptance.append(a / config.mcmc_steps if config.mcmc_steps else 0.0)
+    return chains
+
+
+def _extend(engine, growing, proposal, horizon) -> None:
+    """Sample each growing chain's next block from q (the first block starts at the prompt)."""
+    requests = []
+    for c in growing:
+        params = _params(proposal, c, horizon - len(c.logp))
+        if c.state is None:
+            requests.append(GenerateRequest(c.prompt, params, keep_state=True))
+        else:
+            requests.append(GenerateRequest(state=c.state, params=params, keep_state=True))
+    for c, gen in zip(growing, engine.generate(requests), strict=True):
+        if c.state is None:
+            c.prompt_len = len(gen.prompt_token_ids)
+        c.take(len(c.logp), gen.completions[0])
+        c.usage = c.usage + gen.usage
+
+
+def _mh_step(engine, chains, proposal, alpha, horizon, block_index) -> list[bool]:
+    """One MH step for every chain, with one batched engine call for all proposals."""
+    moves = []
+    for c in chains:
+        length = len(c.logp)
+        m = c.rng.randrange(length)
+        prefix = c.state.truncate(c.prompt_len + m)
+        moves.append((m, GenerateRequest(state=prefix, params=_params(proposal, c, horizon - m),
+                                         keep_state=True)))
+    generations = engine.generate([req for _, req in moves])
+    accepted = []
+    for c, (m, _), gen in zip(chains, moves, generations, strict=True):
+        new = gen.completions[0]
+        old_len, new_len = len(c.logp), m + len(new.token_ids)
+        log_ratio = (alpha * (sum(new.logprobs) - sum(c.logp[m:]))
+                     + sum(c.logq[m:]) - sum(new.sampling_logprobs)
+                     + math.log(old_len) - math.log(new_len))
+        ok = math.log(c.rng.random() or 1e-300) < log_ratio
+        c.history.append({"block": block_index, "m": m, "proposed_tokens": len(new.token_ids),
+                          "log_ratio": round(log_ratio, 4), "accepted": ok})
+        if ok:
+            c.take(m, new)
+        c.usage = c.usage + gen.usage
+        accepted.append(ok)
+    return accepted
+
+
+def _params(proposal: SamplingParams, chain: Chain, max_tokens: int) -> SamplingParams:
+    from dataclasses import replace
+
+    return replace(proposal, max_tokens=max_tokens, seed=chain.rng.getrandbits(62))

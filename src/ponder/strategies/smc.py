@@ -1,0 +1,187 @@
+"""Sequential Monte Carlo for the power distribution p^alpha: a cheaper sampler of the target
+that power sampling's Metropolis-Hastings chain aims at.
+
+N particles grow in blocks from the proposal q (the model at temperature 1/alpha). Each
+token multiplies a particle's importance weight by p(token)^alpha / q(token), so after the
+last block the weighted particles estimate p^alpha over whole sequences (a particle that hit
+EOS is complete and keeps its weight). When the effective sample size falls below
+`ess_threshold` * N, particles are resampled in proportion to their weights (systematic
+resampling) and the weights reset, so compute follows the promising prefixes.
+
+With `anneal`, block k targets p^alpha_k with alpha_k rising linearly from 1 to alpha; the
+weight then also gains (alpha_k - alpha_{k-1}) * log p(prefix so far), and the last target
+is p^alpha as before. The answer is one particle drawn by weight (a sample of the target),
+or the weighted vote over the particles' answers with `vote=True`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from ponder.engines.base import require
+from ponder.strategies.base import check_problems, default_render, problem_seed, result
+from ponder.strategies.voting import majority, vote_table
+from ponder.tasks.extract import extract_answer
+from ponder.types import Candidate, GenerateRequest, Prompt, SamplingParams, SequenceState, Usage
+
+
+@dataclass(frozen=True)
+class SMCPower:
+    alpha: float = 4.0
+    max_tokens: int = 3072
+    particles: int = 8
+    block_size: int = 32  # tokens between resampling checks
+    ess_threshold: float = 0.5
+    anneal: bool = False
+    proposal_temperature: float | None = None  # default 1 / alpha
+    top_p: float = 1.0
+    vote: bool = False
+    seed: int | None = 0
+    name: str = "smc"
+
+    def __post_init__(self) -> None:
+        if not self.alpha >= 1:
+            raise ValueError(f"alpha must be >= 1, got {self.alpha}")
+        if self.particles < 1 or self.block_size < 1 or self.max_tokens < 1:
+            raise ValueError("particles, block_size and max_tokens must be >= 1")
+        if not 0 <= self.ess_threshold <= 1:
+            raise ValueError("ess_threshold must be in [0, 1]")
+
+    @property
+    def proposal(self) -> SamplingParams:
+        return SamplingParams(temperature=self.proposal_temperature or 1.0 / self.alpha,
+                              top_p=self.top_p, max_tokens=self.block_size)
+
+    def run(self, problems: Sequence, engine, scorer=None, extract=extract_answer,
+            render=default_render):
+        problems = check_problems(problems)
+        swarms = run_smc(engine, [render(p) for p in problems], self,
+                         [problem_seed(self.seed, p.id, "smc") for p in problems])
+        out = []
+        for problem, swarm in zip(problems, swarms, strict=True):
+            weights = swarm.normalized_weights()
+            texts = [engine.detokenize(p.state.token_ids[swarm.prompt_len:]) for p in swarm.particles]
+            candidates = tuple(
+                Candidate(t, extract(t), w, len(p.logp),
+                          {"log_weight": p.log_weight, "mean_logprob": p.mean_logprob})
+                for t, w, p in zip(texts, weights, swarm.particles, strict=True))
+            answers = [c.answer for c in candidates]
+            chosen = swarm.rng.choices(range(len(candidates)), weights=weights)[0]
+            answer = majority(answers, weights) if self.vote else answers[chosen]
+            length = max(1, len(swarm.particles[chosen].logp))
+            out.append(result(
+                problem, answer, candidates, swarm.usage, chosen_index=chosen,
+                votes=vote_table(answers, weights), resamples=swarm.resamples,
+                ess_history=swarm.ess_history,
+                cost_ratio_vs_one_sample=swarm.usage.generated_tokens / length))
+        return out
+
+
+@dataclass(eq=False)
+class Particle:
+    state: SequenceState | None = None
+    logp: list[float] = field(default_factory=list)
+    log_weight: float = 0.0
+    ended: bool = False
+
+    @property
+    def mean_logprob(self) -> float:
+        return sum(self.logp) / len(self.logp) if self.logp else 0.0
+
+
+@dataclass(eq=False)
+class Swarm:
+    """The particles of one prompt."""
+
+    prompt: Prompt
+    rng: random.Random
+    particles: list[Particle]
+    prompt_len: int = 0
+    usage: Usage = field(default_factory=Usage)
+    resamples: int = 0
+    ess_history: list[float] = field(default_factory=list)
+
+    def normalized_weights(self) -> list[float]:
+        norm = _logsumexp([p.log_weight for p in self.particles])
+        return [math.exp(p.log_weight - norm) for p in self.particles]
+
+    def ess(self) -> float:
+        w = self.normalized_weights()
+        return 1.0 / sum(x * x for x in w)
+
+    def resample(self) -> None:
+        """Systematic resampling: N evenly spaced draws through the weights' CDF."""
+        w = self.normalized_weights()
+        n = len(w)
+        start, picks, cumulative, i = self.rng.random() / n, [], w[0], 0
+        for k in range(n):
+            point = start + k / n
+            while point > cumulative and i < n - 1:
+                i += 1
+                cumulative += w[i]
+            picks.append(i)
+        # The average weight carries on, so the swarm's evidence estimate stays unbiased.
+        mean = _logsumexp([p.log_weight for p in self.particles]) - math.log(n)
+        old = self.particles
+        self.particles = [Particle(old[i].state, list(old[i].logp), mean, old[i].ended)
+                          for i in picks]
+        self.resamples += 1
+
+
+def run_smc(engine, prompts: Sequence[Prompt], config: SMCPower,
+            seeds: Sequence[int | None]) -> list[Swarm]:
+    """Run one swarm per prompt; every live particle of every swarm extends in one call."""
+    require(engine, "SMC power sampling", "logprobs", "sampling_logprobs", "states")
+    swarms = [Swarm(p, random.Random(s), [Particle() for _ in range(config.particles)])
+              for p, s in zip(prompts, seeds, strict=True)]
+    blocks = math.ceil(config.max_tokens / config.block_size)
+    alpha_prev = 1.0 if config.anneal else config.alpha
+    for k in range(1, blocks + 1):
+        alpha_k = (1.0 + (config.alpha - 1.0) * k / blocks) if config.anneal else config.alpha
+        horizon = min(k * config.block_size, config.max_tokens)
+        live = [(s, p) for s in swarms for p in s.particles
+                if not p.ended and len(p.logp) < horizon]
+        requests = [
+            GenerateRequest(s.prompt, _params(config, s, horizon - len(p.logp)), keep_state=True)
+            if p.state is None else
+            GenerateRequest(state=p.state, params=_params(config, s, horizon - len(p.logp)),
+                            keep_state=True)
+            for s, p in live]
+        # Annealing re-weights what every particle already has by the rise in alpha.
+        for s in swarms:
+            for p in s.particles:
+                p.log_weight += (alpha_k - alpha_prev) * sum(p.logp)
+        for (s, p), gen in zip(live, engine.generate(requests) if requests else [], strict=True):
+            c = gen.completions[0]
+            if p.state is None:
+                s.prompt_len = len(gen.prompt_token_ids)
+            p.state, p.ended = c.state, c.finish_reason == "eos"
+            p.logp += c.logprobs
+            p.log_weight += alpha_k * sum(c.logprobs) - sum(c.sampling_logprobs)
+            s.usage = s.usage + gen.usage
+        alpha_prev = alpha_k
+        for s in swarms:
+            ess = s.ess()
+            s.ess_history.append(round(ess, 3))
+            finished = all(p.ended or len(p.logp) >= config.max_tokens for p in s.particles)
+            if not finished and ess < config.ess_threshold * len(s.particles):
+                s.resample()
+        if not live:
+            break
+    if alpha_prev != config.alpha:  # every particle ended early: finish the annealing
+        for s in swarms:
+            for p in s.particles:
+                p.log_weight += (config.alpha - alpha_prev) * sum(p.logp)
+    return swarms
+
+
+def _logsumexp(values: list[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def _params(config: SMCPower, swarm: Swarm, max_tokens: int) -> SamplingParams:
+    return replace(config.proposal, max_tokens=max_tokens, seed=swarm.rng.getrandbits(62))
