@@ -18,13 +18,18 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     group.add_argument("--max-batch-size", type=int, default=64,
                        help="samples decoded together (default 64)")
+    group.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default $PONDER_THREADS, else one per core; on a "
+                            "machine shared with other jobs, fewer is often much faster)")
 
 
 def engine_from_args(args: argparse.Namespace):
     from ponder.engines import load_engine
 
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     return load_engine(args.engine, model=args.model, dtype=args.dtype, device=args.device,
-                       max_batch_size=args.max_batch_size)
+                       max_batch_size=args.max_batch_size, threads=args.threads)
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, n_default: int = 1,

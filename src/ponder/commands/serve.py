@@ -63,9 +63,6 @@ def register(sub) -> None:
                           "call (default 20)")
     bat.add_argument("--max-batch-requests", type=int, default=256,
                      help="most requests per engine round; 1 serves one at a time (default 256)")
-    bat.add_argument("--threads", type=int, default=None,
-                     help="torch CPU threads (default: the engine's choice, one per core; on a "
-                          "machine shared with other jobs, fewer is often much faster)")
     add_engine_args(p)
     p.set_defaults(func=run)
 
@@ -84,8 +81,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
     if args.gather_ms < 0 or args.max_batch_requests < 1:
         raise ValueError("--gather-ms must be >= 0 and --max-batch-requests >= 1")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.api_key is not None and not args.api_key.strip():
         raise ValueError("--api-key is empty: give a key, or leave it out to serve without one")
     limits = Limits(max_n=args.max_n, max_tokens=args.max_tokens,
@@ -100,10 +95,6 @@ def run(args: argparse.Namespace) -> int:
     from ponder.server.app import create_app
 
     engine = engine_from_args(args)
-    if args.threads is not None:  # after loading: the engine picks its own count
-        import torch
-
-        torch.set_num_threads(args.threads)
     app = create_app(engine, served_name=args.served_model_name, api_key=args.api_key,
                      limits=limits, gather_ms=args.gather_ms,
                      max_batch_requests=args.max_batch_requests)
