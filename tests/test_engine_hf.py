@@ -212,3 +212,30 @@ def test_cli_generate_prints_completions_with_logprobs():
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["index"] for r in rows] == [0, 1]
     assert all(r["sum_logprob"] < 0 and r["tokens"] == 8 for r in rows)
+
+
+def test_should_stop_ends_a_sample_inside_the_decode_loop(engine):
+    seen = {}
+
+    def stop_after_five(sample_index, step):
+        seen.setdefault(sample_index, []).append(step)
+        return step.generated >= 5 and sample_index == 1
+
+    params = SamplingParams(n=2, max_tokens=12, seed=2, logprobs=3, ignore_eos=True)
+    [gen] = engine.generate([GenerateRequest(Q2, params, should_stop=stop_after_five)])
+    free, stopped = gen.completions
+    assert stopped.finish_reason == "stopped" and len(stopped.token_ids) == 5
+    assert free.finish_reason == "length" and len(free.token_ids) == 12
+    # The callback saw each token as the completion records it.
+    assert [s.token_id for s in seen[0]] == list(free.token_ids)
+    assert [s.logprob for s in seen[0]] == pytest.approx(list(free.logprobs))
+    assert all(len(s.top_logprobs) == 3 for s in seen[0])
+    # Entropies are those of the model's next-token distribution: non-negative, and a
+    # sampled token's surprise -log p can exceed it but the top-1 never has -log p above it
+    # when the distribution is peaked (entropy >= -log p_max always holds).
+    for step in seen[0]:
+        assert step.entropy >= -max(step.top_logprobs.values()) - 1e-5
+    assert free.entropies == pytest.approx([s.entropy for s in seen[0]])
+    # The unaffected sample is the one it would have been without the hook.
+    [plain] = engine.generate([GenerateRequest(Q2, params)])
+    assert plain.completions[0].token_ids == free.token_ids

@@ -7,7 +7,7 @@ SequenceState to another call without worrying that someone mutates it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -151,18 +151,33 @@ class SequenceState:
 
 
 @dataclass(frozen=True)
+class StepView:
+    """What a should_stop callback sees after each token of a sample."""
+
+    token_id: int
+    logprob: float  # under the model at T=1
+    entropy: float  # of the model's next-token distribution at this step (nats)
+    top_logprobs: Mapping[int, float] | None  # when params.logprobs > 0
+    generated: int  # tokens generated so far, this one included
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     """A prompt, or a state to continue from, plus how to sample.
 
     With `state`, generation continues after state.token_ids and `prompt` must be None.
     keep_state: keep each completion's key/value cache in Completion.state so a later
         request continues without recomputing (costs memory; tree search and MCMC use it).
+    should_stop: called after every sampled token as should_stop(sample_index, step) with a
+        StepView; returning True ends that sample there (finish_reason "stopped") and it
+        leaves the batch. Engines without the `early_stop` capability reject it.
     """
 
     prompt: Prompt | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     state: SequenceState | None = None
     keep_state: bool = False
+    should_stop: Callable[[int, StepView], bool] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.state is None):
@@ -181,6 +196,8 @@ class Completion:
     sampling_logprobs: log q(token | prefix) under the distribution actually sampled from
         (after temperature, top-k, top-p, min-p; 0.0 for greedy, which is a point mass).
     top_logprobs: per step, the model's top-k {token_id: logprob} when asked for.
+    entropies: per step, the entropy of the model's next-token distribution (T=1), where the
+        engine provides it; confidence measures are built from it.
     state: prompt + generated tokens, to continue from.
     """
 
@@ -188,11 +205,12 @@ class Completion:
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
     sampling_logprobs: tuple[float, ...]
-    finish_reason: str  # "stop" (stop string), "eos" or "length"
+    finish_reason: str  # "stop" (stop string), "eos", "length" or "stopped" (should_stop)
     usage: Usage
     state: SequenceState
     top_logprobs: tuple[dict[int, float], ...] | None = None
     seed: int | None = None
+    entropies: tuple[float, ...] | None = None
 
     @property
     def sum_logprob(self) -> float:

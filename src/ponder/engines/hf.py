@@ -32,6 +32,7 @@ from ponder.types import (
     Scored,
     ScoreRequest,
     SequenceState,
+    StepView,
     Usage,
 )
 
@@ -51,7 +52,7 @@ class HFEngine:
     name = "hf"
     capabilities = Capabilities(
         logprobs=True, sampling_logprobs=True, top_logprobs=True, score=True,
-        states=True, kv_reuse=True, early_stop=False, streaming=True,
+        states=True, kv_reuse=True, early_stop=True, streaming=True,
     )
 
     def __init__(self, model: str | None = None, dtype: str = "float32",
@@ -232,6 +233,7 @@ class HFEngine:
         )
         tokens = sample_rows(processed, uniforms.to(processed.device))
         model_lp = logits.log_softmax(dim=-1)
+        entropies = (-(model_lp.exp() * model_lp).nan_to_num().sum(dim=-1)).tolist()
         chosen_model = model_lp.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
         chosen_sampling = processed.log_softmax(dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
         top_k = max(p.logprobs for p in params)
@@ -243,6 +245,7 @@ class HFEngine:
             sample.token_ids.append(tok)
             sample.logprobs.append(chosen_model[i])
             sample.sampling_logprobs.append(0.0 if p.greedy else chosen_sampling[i])
+            sample.entropies.append(entropies[i])
             if p.logprobs:
                 ids = top.indices[i, : p.logprobs].tolist()
                 vals = top.values[i, : p.logprobs].tolist()
@@ -253,7 +256,12 @@ class HFEngine:
             delta = sample.detok.push(tok)
             if on_token is not None:
                 on_token(sample.job.index, sample.index, tok, delta)
-            if p.stop and sample.detok.cut_at_stop(p.stop, len(delta)):
+            stop_hook = sample.job.request.should_stop
+            if stop_hook is not None and stop_hook(sample.index, StepView(
+                    tok, chosen_model[i], entropies[i],
+                    sample.top_logprobs[-1] if p.logprobs else None, len(sample.token_ids))):
+                sample.finish("stopped")
+            elif p.stop and sample.detok.cut_at_stop(p.stop, len(delta)):
                 sample.finish("stop")
             elif (len(sample.token_ids) >= p.max_tokens
                   or len(sample.job.ids) + len(sample.token_ids) >= self.max_positions):
@@ -285,6 +293,7 @@ class HFEngine:
                     usage=usage, state=s.state,
                     top_logprobs=tuple(s.top_logprobs) if job.params.logprobs else None,
                     seed=None if job.params.greedy else sample_seed(job.seed, s.index),
+                    entropies=tuple(s.entropies),
                 ))
             prefill = Usage(prompt_tokens=len(job.ids), forward_tokens=job.prefill_tokens,
                             calls=1, wall_seconds=job.prefill_tokens * share)
@@ -392,6 +401,7 @@ class _Sample:
     logprobs: list[float] = field(default_factory=list)
     sampling_logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
     forward_tokens: int = 0
     finish_reason: str | None = None
     state: SequenceState | None = None

@@ -98,6 +98,8 @@ class TableEngine:
         started = time.perf_counter()
         out = []
         for index, request in enumerate(requests):
+            if request.should_stop is not None:
+                raise ValueError("the table engine has no early_stop capability")
             prefix = (list(request.state.token_ids) if request.state is not None
                       else self.tokenize(request.prompt))
             params = request.params
