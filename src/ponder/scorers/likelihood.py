@@ -60,11 +60,14 @@ class HeuristicScorer:
 
 
 def make_scorer(name: str, engine):
-    """Scorers by name: mean_logprob, sum_logprob, heuristic."""
+    """Scorers by name: mean_logprob, sum_logprob, heuristic, and the judges and reward
+    models of ponder.scorers.registry."""
     if name in ("mean_logprob", "likelihood", "mean-logprob"):
         return LikelihoodScorer(engine, "mean")
     if name in ("sum_logprob", "sum-logprob"):
         return LikelihoodScorer(engine, "sum")
     if name == "heuristic":
         return HeuristicScorer()
-    raise ValueError(f"unknown scorer {name!r}; known: mean_logprob, sum_logprob, heuristic")
+    from ponder.scorers.registry import make_scorer as make_any  # judges and reward models
+
+    return make_any(name, engine)

@@ -95,6 +95,31 @@ def _smc(params, extra):
 
 _POWER_OPTIONS = ("alpha", "block_size", "mcmc_steps", "proposal_temperature")
 
+
+def _search(kind):
+    """Step search (beam_search, lookahead, dvts, mcts): max_tokens caps one step."""
+    def build(params, extra):
+        from ponder.strategies.beam_search import BeamSearch
+        from ponder.strategies.dvts import DVTS
+        from ponder.strategies.lookahead import Lookahead
+        from ponder.strategies.mcts import MCTS
+
+        common = {"temperature": params.temperature, "top_p": params.top_p,
+                  "step_max_tokens": params.max_tokens, "seed": params.seed}
+        casts = {"m": int, "max_steps": int, "token_budget": int, "lookahead": int,
+                 "children": int, "c": float, "rollout_temperature": float}
+        common |= {k: casts.get(k, str)(v) for k, v in extra.items()}
+        if kind == "mcts":
+            return MCTS(simulations=params.n, **common)
+        return {"beam_search": BeamSearch, "lookahead": Lookahead, "dvts": DVTS}[kind](
+            n=params.n, **common)
+
+    return build
+
+
+_SEARCH_OPTIONS = ("max_steps", "token_budget", "aggregation", "separator", "final")
+_SEARCH_DEFAULTS = {"n": 8, "temperature": 0.8, "max_tokens": 256}
+
 STRATEGIES: dict[str, Entry] = {
     "greedy": Entry(_single("greedy"), "one greedy (temperature 0) answer",
                     {"n": 1, "temperature": 0.0, "max_tokens": 512}),
@@ -126,10 +151,24 @@ STRATEGIES: dict[str, Entry] = {
                  {"n": 1, "temperature": 1.0, "max_tokens": 3072},
                  extra_options=("alpha", "particles", "block_size", "ess_threshold", "anneal",
                                 "proposal_temperature", "vote")),
+    "beam_search": Entry(_search("beam_search"),
+                         "step-level beam search against a verifier: n candidate steps, keep m",
+                         _SEARCH_DEFAULTS, extra_options=("m", "lookahead", *_SEARCH_OPTIONS),
+                         needs_scorer=True),
+    "lookahead": Entry(_search("lookahead"),
+                       "beam search scoring each step by a greedy rollout of k more steps",
+                       _SEARCH_DEFAULTS, extra_options=("m", "lookahead", *_SEARCH_OPTIONS),
+                       needs_scorer=True),
+    "dvts": Entry(_search("dvts"), "diverse verifier tree search: n/m greedy beam subtrees",
+                  _SEARCH_DEFAULTS, extra_options=("m", *_SEARCH_OPTIONS), needs_scorer=True),
+    "mcts": Entry(_search("mcts"), "Monte Carlo tree search over steps (n simulations, UCT/PUCT)",
+                  {"n": 16, "temperature": 0.8, "max_tokens": 256},
+                  extra_options=("children", "c", "selection", "answer_by", "rollout_temperature",
+                                 *_SEARCH_OPTIONS), needs_scorer=True),
 }
 
 ALIASES = {"sc": "self_consistency", "low_temp": "low_temperature", "mcmc": "power", "bon": "best_of_n", "wbon": "weighted_best_of_n",
-           "cot": "greedy"}
+           "cot": "greedy", "beam": "beam_search"}
 
 
 def canonical_name(name: str) -> str:
