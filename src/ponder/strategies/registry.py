@@ -117,6 +117,39 @@ def _search(kind):
     return build
 
 
+def _options(extra: dict[str, Any], casts: dict[str, type]) -> dict[str, Any]:
+    return {k: casts[k](v) for k, v in extra.items()}
+
+
+_DEEPCONF_CASTS = {"keep_percent": float, "score": str, "window": int, "tail": int,
+                   "top_logprobs": int, "warmup": int, "consensus": float, "round_size": int}
+
+
+def _deepconf(online):
+    """DeepConf offline (`deepconf`) or online (`deepconf_online`): see strategies.deepconf."""
+    def build(params, extra):
+        from ponder.strategies.deepconf import DeepConfOffline, DeepConfOnline
+
+        return (DeepConfOnline if online else DeepConfOffline)(
+            params, **_options(extra, _DEEPCONF_CASTS))
+
+    return build
+
+
+def _adaptive_sc(params, extra):
+    from ponder.strategies.adaptive_sc import AdaptiveSelfConsistency
+
+    return AdaptiveSelfConsistency(params, **_options(
+        extra, {"round_size": int, "min_rounds": int, "confidence": float, "prior": float}))
+
+
+def _thinking_budget(params, extra):
+    """max_tokens caps the answer; `budget` caps the thinking."""
+    from ponder.strategies.thinking_budget import ThinkingBudget
+
+    return ThinkingBudget(params, **_options(extra, {"budget": int, "wait_rounds": int}))
+
+
 _SEARCH_OPTIONS = ("max_steps", "token_budget", "aggregation", "separator", "final")
 _SEARCH_DEFAULTS = {"n": 8, "temperature": 0.8, "max_tokens": 256}
 
@@ -165,10 +198,32 @@ STRATEGIES: dict[str, Entry] = {
                   {"n": 16, "temperature": 0.8, "max_tokens": 256},
                   extra_options=("children", "c", "selection", "answer_by", "rollout_temperature",
                                  *_SEARCH_OPTIONS), needs_scorer=True),
+    "deepconf": Entry(_deepconf(False),
+                      "DeepConf offline: vote, weighted by confidence, over the top keep_percent% "
+                      "of n traces by token confidence",
+                      {"n": 8, "temperature": 0.7, "max_tokens": 512},
+                      extra_options=("keep_percent", "score", "window", "tail", "top_logprobs")),
+    "deepconf_online": Entry(_deepconf(True),
+                             "DeepConf online: warm-up traces set a confidence threshold; later "
+                             "traces stop when their window confidence drops below it",
+                             {"n": 8, "temperature": 0.7, "max_tokens": 512},
+                             extra_options=("keep_percent", "warmup", "consensus", "round_size",
+                                            "window", "top_logprobs")),
+    "adaptive_sc": Entry(_adaptive_sc,
+                         "self-consistency in rounds, stopping once a Dirichlet posterior says "
+                         "the leading answer is decided (at most n samples)",
+                         {"n": 8, "temperature": 0.7, "max_tokens": 512},
+                         extra_options=("round_size", "min_rounds", "confidence", "prior")),
+    "thinking_budget": Entry(_thinking_budget,
+                             "reasoning models: cap the <think> tokens at `budget`, then force "
+                             "</think> and the answer (max_tokens); wait_rounds adds s1's Wait",
+                             {"n": 1, "temperature": 0.6, "max_tokens": 512},
+                             extra_options=("budget", "wait_rounds")),
 }
 
 ALIASES = {"sc": "self_consistency", "low_temp": "low_temperature", "mcmc": "power", "bon": "best_of_n", "wbon": "weighted_best_of_n",
-           "cot": "greedy", "beam": "beam_search"}
+           "cot": "greedy", "beam": "beam_search", "deepconf_offline": "deepconf",
+           "asc": "adaptive_sc", "budget_forcing": "thinking_budget"}
 
 
 def canonical_name(name: str) -> str:
