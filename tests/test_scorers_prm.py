@@ -153,6 +153,35 @@ def test_sequence_classification_orm_gives_one_score(engine, tmp_path):
         assert r.score == pytest.approx(expected, abs=1e-5)
 
 
+def test_released_qwen_prm_layout_loads_without_running_its_code(engine, tmp_path):
+    """Qwen2.5-Math-PRM ships code for an MLP head (score.0, ReLU, score.2) on a Qwen2 model;
+    a checkpoint with that layout and an auto_map loads natively."""
+    from safetensors.torch import save_file
+    from transformers import Qwen2Config, Qwen2Model
+
+    tok = _tokenizer(engine, tmp_path, special=["<extra_0>"])
+    torch.manual_seed(3)
+    config = _tiny(Qwen2Config, len(tok))
+    base = Qwen2Model(config).eval()
+    head = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    tensors = {f"model.{k}": v.contiguous() for k, v in base.state_dict().items()}
+    tensors |= {f"score.{k}": v.contiguous() for k, v in head.state_dict().items()}
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    config.architectures = ["Qwen2ForProcessRewardModel"]
+    config.auto_map = {"AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel"}
+    config.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    prm = make_scorer(f"qwen-prm:{tmp_path}", device="cpu")
+    [r] = prm.score(items(THREE))
+    ids = prm._encode(items(THREE)[0])[0]
+    sep = prm.tokenizer.convert_tokens_to_ids("<extra_0>")
+    with torch.no_grad():
+        probs = head(base(torch.tensor([ids])).last_hidden_state)[0].softmax(-1)[:, 1]
+    assert r.step_scores == pytest.approx([probs[i].item() for i, t in enumerate(ids) if t == sep],
+                                          abs=1e-5)
+    assert len(r.step_scores) == 3
+
+
 def test_checkpoints_with_their_own_code_need_consent(qwen_prm, tmp_path):
     import shutil
 

@@ -54,9 +54,9 @@ class HFRewardModel:
     aggregation: how step scores become Rating.score (min, prod, last, mean); step_scores
         are always returned too, so a strategy can combine them differently.
     step_token / good_token / bad_token: the separator or step tag and the "+"/"-" tokens.
-    trust_remote_code: needed for checkpoints that ship their own model code (the released
-        Qwen2.5-Math-PRM-7B does); without it such a checkpoint is refused rather than
-        loaded with a randomly initialized head.
+    trust_remote_code: run a checkpoint's own model code. Not needed for the released
+        Qwen2.5-Math-PRM (its MLP head is read natively); other checkpoints that ship code are
+        refused without it rather than loaded with a randomly initialized head.
     """
 
     def __init__(self, path: str | Path, style: str = "qwen-prm", separator: str = "\n\n",
@@ -94,21 +94,60 @@ class HFRewardModel:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path, **kwargs)
         except OSError as err:
             raise ValueError(f"cannot load reward model {self.path!r}: {err}") from err
-        if getattr(config, "auto_map", None) and not self.trust_remote_code:
-            raise ValueError(
-                f"{self.path!r} ships its own model code (auto_map in config.json); pass "
-                "trust_remote_code=True to run it, after checking you trust it")
         dtype = self._torch_dtype()
+        self._head = None
+        if getattr(config, "auto_map", None) and not self.trust_remote_code:
+            # The released Qwen2.5-Math-PRM ships code for a plain MLP head on a Qwen2 model;
+            # read that head's weights ourselves rather than run the checkpoint's code.
+            self._head = self._mlp_head() if self.style == "qwen-prm" else None
+            if self._head is None:
+                raise ValueError(
+                    f"{self.path!r} ships its own model code (auto_map in config.json); pass "
+                    "trust_remote_code=True to run it, after checking you trust it")
         auto = {"qwen-prm": transformers.AutoModelForTokenClassification,
                 "math-shepherd": transformers.AutoModelForCausalLM,
                 "orm": transformers.AutoModelForSequenceClassification}[self.style]
         if self.style == "qwen-prm" and getattr(config, "auto_map", None):
-            auto = transformers.AutoModel  # the released PRM registers its head as AutoModel
+            auto = transformers.AutoModel  # the base model, or the PRM's own AutoModel class
         self.model = auto.from_pretrained(self.path, dtype=dtype, **kwargs).to(self.device).eval()
+        if self._head is not None:
+            self._head = self._head.to(self.device, dtype).eval()
         self._step_id = self._single_id(self.step_token) if self.step_token else None
         if self.style == "math-shepherd":
             self._good_bad = self._candidate_ids()
         return self
+
+    def _mlp_head(self):
+        """Qwen2.5-Math-PRM's head, score = Linear(h, h) -> ReLU -> Linear(h, 2), from the
+        checkpoint's tensors `score.0.*` and `score.2.*`; None if it has no such tensors."""
+        import json
+
+        from safetensors import safe_open
+        from transformers.utils import cached_file
+
+        index = cached_file(self.path, "model.safetensors.index.json",
+                            _raise_exceptions_for_missing_entries=False)
+        if index:
+            weight_map = json.loads(Path(index).read_text())["weight_map"]
+            shard = weight_map.get("score.0.weight")
+        else:
+            shard = "model.safetensors"
+        path = cached_file(self.path, shard, _raise_exceptions_for_missing_entries=False) \
+            if shard else None
+        if not path:
+            return None
+        with safe_open(path, "pt") as f:
+            names = set(f.keys())
+            if not {"score.0.weight", "score.2.weight"} <= names:
+                return None
+            tensors = {k: f.get_tensor(k) for k in names if k.startswith("score.")}
+        first, last = tensors["score.0.weight"], tensors["score.2.weight"]
+        head = torch.nn.Sequential(
+            torch.nn.Linear(first.shape[1], first.shape[0], bias="score.0.bias" in tensors),
+            torch.nn.ReLU(),
+            torch.nn.Linear(last.shape[1], last.shape[0], bias="score.2.bias" in tensors))
+        head.load_state_dict({k.removeprefix("score."): v for k, v in tensors.items()})
+        return head
 
     def _torch_dtype(self):
         if self.dtype == "auto":
@@ -205,7 +244,10 @@ class HFRewardModel:
         with torch.inference_mode():
             if self.style == "qwen-prm":
                 out = self.model(input_ids=input_ids, attention_mask=mask)
-                logits = out.logits if hasattr(out, "logits") else out[0]
+                if self._head is not None:
+                    logits = self._head(out.last_hidden_state)
+                else:
+                    logits = out.logits if hasattr(out, "logits") else out[0]
                 probs = logits.float().softmax(dim=-1)[..., 1]
                 return [self._at_steps(probs[row], ids, n) for row, (ids, n) in enumerate(batch)]
             hidden = self._hidden(input_ids, mask)
