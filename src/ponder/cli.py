@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Order here is the order `ponder --help` lists them.
-COMMANDS = ["generate", "models", "rescore", "serve"]
+COMMANDS = ["generate", "run", "eval", "report", "models", "rescore", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

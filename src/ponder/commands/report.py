@@ -1,0 +1,42 @@
+"""`ponder report runs.db`: the results table for every run stored in a file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+EPILOG = """\
+examples:
+  ponder report runs.db                    every run: accuracy [95% CI], tokens, seconds,
+                                           then maj@k and pass@k for k = 1, 2, 4, ... n
+  ponder report runs.db --run 3fa2c1d0     one run (an id prefix or a label)
+  ponder report runs.db --json             one JSON object with every summary
+
+Safe while `ponder eval` is writing to the same file (it only reads).
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("report", help="summarize the runs stored by `ponder eval`",
+                       description="Print accuracy with a bootstrap 95% CI, tokens and "
+                       "seconds per problem, maj@k and pass@k for each run in a store.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("store", help="SQLite file written by `ponder eval --out`")
+    p.add_argument("--run", action="append", default=[], metavar="ID_OR_LABEL",
+                   help="only this run (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ponder.eval.report import format_table, summarize_store
+    from ponder.eval.store import Store
+
+    with Store(args.store, read_only=True) as store:
+        summaries = summarize_store(store, args.run)
+    if args.json:
+        print(json.dumps({"store": args.store, "runs": [s.to_dict() for s in summaries]}))
+    else:
+        print(format_table(summaries))
+    return 0

@@ -1,0 +1,123 @@
+"""The eval runner: spec validation, streaming into the store, resume, recipes, report."""
+
+from __future__ import annotations
+
+import pytest
+
+from ponder.eval.metrics import Samples, summarize
+from ponder.eval.report import format_table, summarize_run, summarize_store
+from ponder.eval.runner import load_recipe, make_spec, recipe_names, run_eval
+from ponder.eval.store import Store
+from ponder.tasks.grade import is_equiv
+
+SMALL = {"task": "arith:1", "strategy": "sc", "n": 2, "max_tokens": 32, "prompt": "fewshot"}
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"task": "arith:1", "strategy": "tree_of_thoughts"}, "unknown strategy"),
+    ({"task": "nope"}, "unknown task"),
+    ({"task": "arith:9"}, "unknown arith level"),
+    ({"task": "arith:1", "prompt": "haiku"}, "unknown prompt style"),
+    ({"task": "arith:1", "temprature": 0.5}, "unknown run option"),
+    ({"task": "arith:1", "strategy": "greedy", "n": 4}, "greedy gives one answer"),
+    ({"task": "arith:1", "strategy": "sc", "iterations": 2}, "does not take"),
+    ({"task": "arith:1", "strategy": "bon"}, "needs a scorer"),
+    ({"task": "arith:1", "strategy": "bon", "scorer": "oracle"}, "unknown scorer"),
+    ({"task": "arith:1", "model": "gpt-17"}, "unknown model"),
+    ({"task": "arith:1", "dtype": "int3"}, "unknown dtype"),
+    ({"task": "arith:1", "temperature": -1.0}, "temperature"),
+    ({"strategy": "greedy"}, "no task"),
+])
+def test_bad_specs_say_what_is_wrong(raw, message):
+    with pytest.raises(ValueError, match=message):
+        make_spec(raw)
+
+
+def test_spec_resolves_defaults_and_hashes_what_matters():
+    spec = make_spec(SMALL)
+    assert spec.strategy == "self_consistency" and spec.options["seed"] == 0
+    assert spec.options["temperature"] == 0.7  # the strategy's default, made explicit
+    assert spec.label == "self_consistency@2 [fewshot]"
+    same = make_spec({**SMALL, "strategy": "self-consistency", "temperature": 0.7,
+                      "limit": 3, "label": "mine"})
+    assert same.run_id == spec.run_id  # limit and label do not define results
+    for change in ({"seed": 1}, {"n": 3}, {"prompt": "cot"}, {"levels": [1]}, {"raw": True}):
+        assert make_spec({**SMALL, **change}).run_id != spec.run_id, change
+    cot = make_spec({"task": "arith:1", "strategy": "cot"})
+    assert (cot.strategy, cot.prompt, cot.label) == ("greedy", "cot", "cot")
+
+
+def test_recipes_ship_and_validate(tmp_path):
+    assert {"greedy", "cot", "sc8", "bon8", "self-refine", "demo"} <= set(recipe_names())
+    for name in recipe_names():
+        for raw in load_recipe(name):
+            make_spec({"task": "arith:1", **raw})
+    demo = [make_spec(raw) for raw in load_recipe("demo")]
+    assert [(s.strategy, s.prompt) for s in demo[:3]] == [
+        ("greedy", "plain"), ("greedy", "cot"), ("self_consistency", "cot")]
+    assert demo[2].options["n"] == 8 and len({s.run_id for s in demo}) == len(demo)
+    path = tmp_path / "r.yaml"
+    path.write_text("task: arith:1\nmax_tokens: 16\nruns:\n  - {strategy: greedy}\n"
+                    "  - {strategy: sc, n: 4, max_tokens: 24}\n")
+    runs = load_recipe(str(path))
+    assert runs == [{"task": "arith:1", "max_tokens": 16, "strategy": "greedy"},
+                    {"task": "arith:1", "max_tokens": 24, "strategy": "sc", "n": 4}]
+    path.write_text("runs: [1, 2]\n")
+    with pytest.raises(ValueError, match="runs"):
+        load_recipe(str(path))
+    path.write_text("task: [unclosed\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_recipe(str(path))
+    with pytest.raises(ValueError, match="shipped"):
+        load_recipe("no-such-recipe")
+
+
+def test_run_eval_streams_grades_resumes_and_extends(engine, tmp_path):
+    spec = make_spec({**SMALL, "limit": 4})
+    with Store(tmp_path / "runs.db") as store:
+        first = run_eval(spec, engine, store, chunk=3, progress=False)
+        assert (first.added, first.skipped) == (4, 0)
+        rows = store.problems(spec.run_id)
+        problems = spec.load_problems()
+        assert [r.problem_id for r in rows] == [p.id for p in problems]
+        for r, p in zip(rows, problems, strict=True):
+            assert len(r.samples) == 2
+            assert r.gold == p.answer
+            assert r.correct == is_equiv(r.answer, p.answer)
+            assert [s.correct for s in r.samples] == [is_equiv(s.extracted, p.answer)
+                                                      for s in r.samples]
+            assert r.usage["generated_tokens"] == sum(s.tokens for s in r.samples)
+            assert sum(v["votes"] for v in r.trace["votes"]) <= 2
+
+        again = run_eval(spec, engine, store, chunk=3, progress=False)
+        assert (again.added, again.skipped) == (0, 4)
+
+        wider = make_spec({**SMALL, "limit": 6})
+        assert wider.run_id == spec.run_id
+        more = run_eval(wider, engine, store, chunk=3, progress=False)
+        assert (more.added, more.skipped) == (2, 4)
+        assert store.problems(spec.run_id)[:4] == rows  # earlier rows untouched
+        assert store.counts() == (1, 6, 12)
+        [run] = store.runs()
+        assert (run.done, run.planned) == (6, 6)
+
+
+def test_report_metrics_come_from_the_stored_samples(engine, tmp_path):
+    spec = make_spec({**SMALL, "n": 4, "limit": 3})
+    with Store(tmp_path / "runs.db") as store:
+        run_eval(spec, engine, store, progress=False)
+        [run] = store.runs()
+        summary = summarize_run(store, run)
+        rows = store.problems(spec.run_id)
+        expected = summarize([Samples([s.extracted for s in r.samples],
+                                      [s.correct for s in r.samples]) for r in rows], [1, 2, 4])
+        assert summary.ks == (1, 2, 4)
+        assert summary.metrics == expected
+        assert summary.accuracy == sum(r.correct for r in rows) / 3
+        assert summary.ci_low <= summary.accuracy <= summary.ci_high
+        assert summary.tokens_per_problem == sum(r.usage["forward_tokens"] for r in rows) / 3
+        text = format_table([summary])
+        assert spec.label in text and "maj@k" in text and "pass@k" in text
+        assert summarize_store(store, [spec.run_id[:6]]) == [summary]
+        with pytest.raises(ValueError, match="no run"):
+            summarize_store(store, ["zzzz"])
