@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Set before torch is imported by any test module: OpenMP threads that spin while waiting
+# crawl when subprocesses (servers, evals) share the two cores. Results do not change.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

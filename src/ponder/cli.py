@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Order here is the order `ponder --help` lists them.
@@ -24,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Torch's OpenMP threads spin while they wait; on a CPU shared with other busy processes
+    # that makes decoding several times slower. Passive waiting costs nothing when the CPU is
+    # free. Set before any command imports torch; a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -82,9 +82,20 @@ class RunSpec:
                          levels=self.levels, subjects=self.subjects)
 
     def render(self, problem: Problem):
+        code = self.code_task()
+        if code is not None:
+            from ponder.tasks.code import render
+
+            return render(problem, self.prompt, chat=self.chat)
         from ponder.tasks.prompts import build_prompt
 
         return build_prompt(problem, self.prompt, chat=self.chat)
+
+    def code_task(self):
+        """The code task (graded by running tests in the sandbox), or None for math tasks."""
+        from ponder.tasks.code import code_task
+
+        return code_task(self.task)
 
     def build_strategy(self):
         from ponder.strategies.registry import make_strategy
@@ -215,6 +226,8 @@ def run_eval(spec: RunSpec, engine, store: Store, problems: Sequence[Problem] | 
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     strategy = spec.build_strategy()
+    code = spec.code_task()
+    extract = {"extract": code.extract} if code is not None else {}
     scorer = None
     if spec.scorer:
         from ponder.scorers.registry import make_scorer
@@ -231,9 +244,10 @@ def run_eval(spec: RunSpec, engine, store: Store, problems: Sequence[Problem] | 
                     if p.id not in done]
             if not todo:
                 continue
-            results = strategy.run([p for _, p in todo], engine, scorer, render=spec.render)
+            results = strategy.run([p for _, p in todo], engine, scorer, render=spec.render,
+                                   **extract)
             for (position, problem), result in zip(todo, results, strict=True):
-                row = graded_row(problem, position, result, grade_timeout)
+                row = graded_row(problem, position, result, grade_timeout, code)
                 store.add_problem(run_id, row)
                 outcome.added += 1
                 outcome.correct += row.correct
@@ -251,19 +265,32 @@ def auto_chunk(spec: RunSpec, max_batch_size: int) -> int:
     return max(1, min(16, max_batch_size // max(1, spec.samples_per_problem)))
 
 
-def graded_row(problem: Problem, position: int, result, timeout: float = 3.0) -> ProblemRow:
+def graded_row(problem: Problem, position: int, result, timeout: float = 3.0,
+               code=None) -> ProblemRow:
     """A strategy Result graded against the gold answer: the chosen answer and every
-    candidate's extracted answer (each distinct answer graded once)."""
+    candidate's extracted answer (each distinct answer graded once). For a code task every
+    distinct program runs in the sandbox, all at once, and its outcome goes into the meta."""
     from ponder.tasks.grade import is_equiv
 
     verdicts: dict[str | None, bool] = {None: False}
+    outcomes: dict[str, dict] = {}
+    if code is not None:
+        programs = list(dict.fromkeys(
+            a for a in [result.answer, *(c.answer for c in result.candidates)] if a is not None))
+        for program, outcome in zip(programs, code.outcomes([(problem, a) for a in programs]),
+                                    strict=True):
+            verdicts[program], outcomes[program] = outcome.passed, outcome.to_dict()
+
+    def meta(candidate) -> dict:
+        extra = {"exec": outcomes[candidate.answer]} if candidate.answer in outcomes else {}
+        return {**candidate.meta, **extra}
 
     def ok(answer: str | None) -> bool:
         if answer not in verdicts:
             verdicts[answer] = is_equiv(answer, problem.answer, timeout)
         return verdicts[answer]
 
-    samples = tuple(SampleRow(c.text, c.answer, c.score, ok(c.answer), c.tokens, dict(c.meta))
+    samples = tuple(SampleRow(c.text, c.answer, c.score, ok(c.answer), c.tokens, meta(c))
                     for c in result.candidates)
     return ProblemRow(problem.id, position, problem.question, problem.answer, result.answer,
                       ok(result.answer), result.usage.to_dict(), dict(result.trace), samples)
