@@ -12,6 +12,8 @@ examples:
                                            then maj@k and pass@k for k = 1, 2, 4, ... n
   ponder report runs.db --run 3fa2c1d0     one run (an id prefix or a label)
   ponder report runs.db --json             one JSON object with every summary
+  ponder report runs.db --png plots/       also PNG plots: accuracy vs tokens, maj@k and
+                                           pass@k, power-sampling histograms, sweeps
 
 Safe while `ponder eval` is writing to the same file (it only reads).
 """
@@ -26,6 +28,7 @@ def register(sub: Any) -> None:
     p.add_argument("--run", action="append", default=[], metavar="ID_OR_LABEL",
                    help="only this run (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--png", metavar="DIR", help="also write PNG plots into DIR")
     p.set_defaults(func=run)
 
 
@@ -35,8 +38,20 @@ def run(args: argparse.Namespace) -> int:
 
     with Store(args.store, read_only=True) as store:
         summaries = summarize_store(store, args.run)
+        if args.png:
+            _write_pngs(store, args.png)
     if args.json:
         print(json.dumps({"store": args.store, "runs": [s.to_dict() for s in summaries]}))
     else:
         print(format_table(summaries))
     return 0
+
+
+def _write_pngs(store: Any, folder: str) -> None:
+    import sys
+
+    from ponder.eval.plots import build_figures, collect, save_figures
+
+    paths = save_figures(build_figures(collect(store)), folder)
+    print(f"wrote {len(paths)} plot(s) to {folder}: "
+          + ", ".join(p.name for p in paths), file=sys.stderr)

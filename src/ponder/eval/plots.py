@@ -1,0 +1,209 @@
+"""PNG plots of a run store (matplotlib, Agg backend).
+
+    with Store("runs.db", read_only=True) as store:
+        data = collect(store)
+    figures = build_figures(data)          # name -> matplotlib Figure (inspectable)
+    paths = save_figures(figures, "plots/")
+
+Plots: accuracy vs generated tokens per problem (log x, one line per strategy, 95% CI
+bands); maj@k and pass@k curves; power-sampling histograms of log-likelihood and
+confidence; accuracy vs N_MCMC and vs alpha when a store holds such a sweep.
+Each builder returns None when the store has nothing to plot for it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ponder.eval.report import RunSummary, summarize_run
+from ponder.eval.store import Store
+
+SWEEP_OPTIONS = {"mcmc_steps": "N_MCMC (MH steps per block)", "alpha": "alpha (power)"}
+
+
+@dataclass(frozen=True)
+class RunData:
+    """One run's summary, its config, and per-sample likelihood numbers (for histograms)."""
+
+    summary: RunSummary
+    config: Mapping[str, Any]
+    mean_logprobs: tuple[float, ...] = ()
+    sum_logprobs: tuple[float, ...] = ()
+    confidences: tuple[float, ...] = field(default=())
+
+
+def collect(store: Store) -> list[RunData]:
+    """Every run with results, with what the plots need."""
+    out = []
+    for run in store.runs():
+        summary = summarize_run(store, run)
+        if summary is None:
+            continue
+        means, sums, confs = [], [], []
+        for problem in store.problems(run.run_id):
+            for s in problem.samples:
+                m = _finite(s.meta.get("mean_logprob"))
+                if m is not None:
+                    means.append(m)
+                    conf = _finite(s.meta.get("confidence"))
+                    confs.append(conf if conf is not None else math.exp(m))
+                t = _finite(s.meta.get("sum_logprob"))
+                if t is not None:
+                    sums.append(t)
+        out.append(RunData(summary, run.config, tuple(means), tuple(sums), tuple(confs)))
+    return out
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def accuracy_vs_tokens(runs: Sequence[RunData]):
+    """Accuracy vs generated tokens per problem (log x): one line per strategy through its
+    runs (sorted by tokens), with a shaded 95% bootstrap CI band."""
+    if not runs:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups: dict[str, list[RunSummary]] = {}
+    for r in runs:
+        groups.setdefault(r.summary.strategy, []).append(r.summary)
+    for strategy, items in groups.items():
+        items = sorted(items, key=lambda s: s.generated_per_problem)
+        x = [max(s.generated_per_problem, 1e-3) for s in items]
+        line, = ax.plot(x, [s.accuracy for s in items], marker="o", label=strategy)
+        ax.fill_between(x, [s.ci_low for s in items], [s.ci_high for s in items],
+                        color=line.get_color(), alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("generated tokens per problem (log)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Accuracy vs compute (95% CI bands)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def k_curves(runs: Sequence[RunData]):
+    """maj@k (left) and pass@k (right) vs k, one line per run with k > 1."""
+    runs = [r for r in runs if len(r.summary.ks) > 1]
+    if not runs:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, metric in zip(axes, ("maj", "pass"), strict=True):
+        for r in runs:
+            s = r.summary
+            ks = [k for k in s.ks if f"{metric}@{k}" in s.metrics]
+            ax.plot(ks, [s.metrics[f"{metric}@{k}"] for k in ks], marker="o", label=s.label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k (samples)")
+        ax.set_title(f"{metric}@k")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def power_histograms(runs: Sequence[RunData]):
+    """Histograms of per-sample mean log-likelihood and confidence (exp of it, unless the
+    sample stored its own) for power-sampling runs, next to the other runs that stored
+    likelihoods (the base distribution to compare with)."""
+    if not any("power" in r.summary.strategy and r.mean_logprobs for r in runs):
+        return None
+    runs = [r for r in runs if r.mean_logprobs]
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for r in runs:
+        left.hist(r.mean_logprobs, bins=20, alpha=0.5, label=r.summary.label)
+        right.hist(r.confidences, bins=20, range=(0, 1), alpha=0.5, label=r.summary.label)
+    left.set_xlabel("mean log-likelihood per token")
+    left.set_ylabel("samples")
+    left.set_title("Log-likelihood")
+    right.set_xlabel("confidence (per-token probability)")
+    right.set_title("Confidence")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_option(runs: Sequence[RunData], option: str):
+    """Accuracy vs one strategy option (mcmc_steps, alpha) for every strategy whose runs
+    take at least two values of it; None when no sweep exists."""
+    groups: dict[str, list[tuple[float, RunSummary]]] = {}
+    for r in runs:
+        value = _finite(r.config.get("options", {}).get(option))
+        if value is not None:
+            groups.setdefault(r.summary.strategy, []).append((value, r.summary))
+    groups = {k: sorted(v, key=lambda t: t[0]) for k, v in groups.items()
+              if len({t[0] for t in v}) > 1}
+    if not groups:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for strategy, items in groups.items():
+        x = [t[0] for t in items]
+        line, = ax.plot(x, [t[1].accuracy for t in items], marker="o", label=strategy)
+        ax.fill_between(x, [t[1].ci_low for t in items], [t[1].ci_high for t in items],
+                        color=line.get_color(), alpha=0.2)
+    ax.set_xlabel(SWEEP_OPTIONS.get(option, option))
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"Accuracy vs {option}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def build_figures(runs: Sequence[RunData]) -> dict[str, Any]:
+    """Every plot the store supports, by file stem (missing ones left out)."""
+    figures = {"accuracy_vs_tokens": accuracy_vs_tokens(runs), "k_curves": k_curves(runs),
+               "power_histograms": power_histograms(runs)}
+    for option in SWEEP_OPTIONS:
+        figures[f"accuracy_vs_{option}"] = accuracy_vs_option(runs, option)
+    return {k: v for k, v in figures.items() if v is not None}
+
+
+def save_figures(figures: Mapping[str, Any], folder: str | Path) -> list[Path]:
+    """Save each figure as folder/NAME.png (the folder is created) and close it."""
+    plt = _pyplot()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in figures.items():
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def figure_png(fig) -> bytes:
+    """One figure as PNG bytes (for inlining in HTML); closes it."""
+    import io
+
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
