@@ -56,6 +56,7 @@ class JudgeScorer:
     def score(self, items: Sequence[ScoreItem]) -> list[Rating]:
         """step target: P(Yes) for every step of every response, in one engine.score call;
         answer target: one P(Yes) per response."""
+        self._check_engine()
         jobs = []  # (item index, prompt, response so far)
         for i, it in enumerate(items):
             if self.target == "answer":
@@ -81,6 +82,7 @@ class JudgeScorer:
         """Rate only each response's last step (or, answer target, the answer). `states`, if
         given, are this judge's engine's sequences ending with each response; the question is
         appended to them instead of re-reading the prompt and response."""
+        self._check_engine()
         states = list(states) if states is not None else [None] * len(items)
         if len(states) != len(items):
             raise ValueError("give one state (or None) per item")
@@ -98,6 +100,10 @@ class JudgeScorer:
             for i, p, u in zip(slow, probs, usages, strict=True):
                 out[i] = self._rating(p, u)
         return out
+
+    def _check_engine(self) -> None:
+        if self.engine is None:
+            raise ValueError("the judge needs an engine to ask: make_scorer('judge', engine)")
 
     def _rating(self, p: float, usage: Usage) -> Rating:
         return Rating(p, (p,) if self.target == "step" else None, usage)

@@ -157,8 +157,8 @@ class MCTS(SearchConfig):
             if n.visits:
                 n.value = n.value_sum / n.visits
         rolled = [n for n in tree.nodes if "return" in n.meta]
-        candidates = tuple(candidate(tree, n, n.meta["rollout"], n.meta["return"])
-                           for n in rolled)
+        candidates = tuple(candidate(tree, n, n.meta["rollout"], n.meta["return"],
+                                     n.meta["rollout_tokens"]) for n in rolled)
         chosen = None if node is tree.root else node
         answer = None
         if chosen is not None:

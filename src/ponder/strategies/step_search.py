@@ -155,10 +155,10 @@ class Tree:
         left = self.config.token_budget - self.usage.forward_tokens - self.planned
         return max(0, left - self.prefill(node) + 1)
 
-    def prefill(self, node: Node, state: SequenceState | None = None) -> int:
+    def prefill(self, node: Node) -> int:
         """Tokens the engine must feed before sampling from `node`: the prompt at the root,
         else what its state's cache does not cover (at least its last token)."""
-        state = state if state is not None else node.state
+        state = node.state
         if state is None:
             return self.prompt_tokens
         if state.cache is None:
@@ -168,15 +168,18 @@ class Tree:
     def spend(self, usage: Usage) -> None:
         self.usage = self.usage + usage
 
-    def add(self, parent: Node, completion, group: int) -> Node:
-        text = completion.text
+    def is_final(self, completion) -> bool:
+        """A step ends the solution when it holds an answer or the model stopped (EOS)."""
+        if completion.finish_reason == "eos":
+            return True
         if self.config.final == "boxed":
-            final = extract_boxed(text) is not None
-        else:
-            final = self.extract(text) is not None
-        node = Node(len(self.nodes), parent, parent.depth + 1, text, completion.finish_reason,
-                    final or completion.finish_reason == "eos", len(completion.token_ids),
-                    completion.mean_logprob, completion.state, group)
+            return extract_boxed(completion.text) is not None
+        return self.extract(completion.text) is not None
+
+    def add(self, parent: Node, completion, group: int) -> Node:
+        node = Node(len(self.nodes), parent, parent.depth + 1, completion.text,
+                    completion.finish_reason, self.is_final(completion),
+                    len(completion.token_ids), completion.mean_logprob, completion.state, group)
         parent.children.append(node)
         self.nodes.append(node)
         return node
@@ -265,9 +268,7 @@ def rollout_steps(engine, targets: Sequence[tuple[Tree, Node]], steps: int, name
             tree = targets[i][0]
             parts[i].append((c.text, c.finish_reason))
             states[i] = c.state
-            final = (extract_boxed(c.text) is not None if tree.config.final == "boxed"
-                     else tree.extract(c.text) is not None)
-            open_[i] = not (final or c.finish_reason == "eos")
+            open_[i] = not tree.is_final(c)
     return parts, states
 
 
@@ -330,12 +331,13 @@ def path_value(node: Node, how: str) -> float:
 
 
 def candidate(tree: Tree, node: Node, extra: str = "", score: float | None = None,
-              **meta) -> Candidate:
+              extra_tokens: int = 0) -> Candidate:
+    """The solution ending at `node` (plus `extra`, e.g. an MCTS rollout) as a Candidate."""
     text = node.response(tree.config.separator) + extra
     return Candidate(text=text, answer=tree.extract(text),
                      score=node.value if score is None else score,
-                     tokens=node.path_tokens(), meta={"node": node.id, "final": node.final,
-                                                      **meta})
+                     tokens=node.path_tokens() + extra_tokens,
+                     meta={"node": node.id, "final": node.final})
 
 
 def node_trace(node: Node) -> dict[str, Any]:
