@@ -14,6 +14,9 @@ examples:
   ponder report runs.db --json             one JSON object with every summary
   ponder report runs.db --png plots/       also PNG plots: accuracy vs tokens, maj@k and
                                            pass@k, power-sampling histograms, sweeps
+  ponder report runs.db --html report.html one self-contained page (no network): sortable
+                                           runs, plots, every problem's samples, votes,
+                                           search trees and MCMC chains
 
 Safe while `ponder eval` is writing to the same file (it only reads).
 """
@@ -29,6 +32,7 @@ def register(sub: Any) -> None:
                    help="only this run (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--png", metavar="DIR", help="also write PNG plots into DIR")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report")
     p.set_defaults(func=run)
 
 
@@ -44,6 +48,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"store": args.store, "runs": [s.to_dict() for s in summaries]}))
     else:
         print(format_table(summaries))
+    if args.html:
+        import sys
+
+        from ponder.eval.html import write_html
+
+        print(f"wrote {write_html(args.store, args.html)}", file=sys.stderr)
     return 0
 
 
