@@ -253,3 +253,27 @@ def test_judge_scores_every_step_or_the_answer(engine, chat):
     # Raw-text prompts are judged too (" Yes" / " No" after "Answer:").
     [raw] = JudgeScorer(engine).score([ScoreItem(QUESTION, "Q: What is 2 + 3?\nA: ", ONE)])
     assert len(raw.step_scores) == 1 and raw.usage.scorer_tokens > 0
+
+
+def test_beam_search_ranks_steps_by_a_prm(engine, qwen_prm):
+    """A reward model plugs into search by name: each step's score is the PRM's score of its
+    last step, and a path's value aggregates the scores of its steps."""
+    from ponder.strategies.beam_search import BeamSearch
+    from ponder.tasks.datasets import Problem
+
+    prm = make_scorer(f"qwen-prm:{qwen_prm[0]}", device="cpu")
+    config = BeamSearch(n=2, m=1, max_steps=2, step_max_tokens=16, seed=0, aggregation="min")
+    [r] = config.run([Problem("p", QUESTION, "5")], engine, prm)
+    nodes = {n["id"]: n for n in r.trace["nodes"]}
+    for node in list(nodes.values())[1:]:
+        path, at = [], node["id"]
+        while at:
+            path.append(nodes[at])
+            at = nodes[at]["parent"]
+        path.reverse()
+        response = "".join(n["text"] + ("\n\n" if n["finish"] == "stop" else "")
+                           for n in path[:-1]) + path[-1]["text"]
+        [rating] = prm.score(items(response))
+        assert node["score"] == pytest.approx(rating.step_scores[-1], abs=1e-6)
+        assert node["value"] == pytest.approx(min(n["score"] for n in path))
+    assert r.usage.scorer_tokens > 0 and r.usage.forward_tokens > 0
