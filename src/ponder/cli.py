@@ -9,7 +9,7 @@ import os
 import sys
 
 # Order here is the order `ponder --help` lists them.
-COMMANDS = ["generate", "run", "eval", "report", "models", "rescore", "serve"]
+COMMANDS = ["generate", "run", "eval", "sweep", "report", "models", "rescore", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
