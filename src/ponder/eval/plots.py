@@ -88,9 +88,11 @@ def accuracy_vs_tokens(runs: Sequence[RunData]):
     for strategy, items in groups.items():
         items = sorted(items, key=lambda s: s.generated_per_problem)
         x = [max(s.generated_per_problem, 1e-3) for s in items]
+        low, high = [s.ci_low for s in items], [s.ci_high for s in items]
         line, = ax.plot(x, [s.accuracy for s in items], marker="o", label=strategy)
-        ax.fill_between(x, [s.ci_low for s in items], [s.ci_high for s in items],
-                        color=line.get_color(), alpha=0.2)
+        if len(x) == 1:  # a lone run: a narrow box, so its band stays visible
+            x, low, high = [x[0] * 0.93, x[0] * 1.07], low * 2, high * 2
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
     ax.set_xscale("log")
     ax.set_xlabel("generated tokens per problem (log)")
     ax.set_ylabel("accuracy")
