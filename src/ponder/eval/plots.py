@@ -135,11 +135,17 @@ def power_histograms(runs: Sequence[RunData]):
     runs = [r for r in runs if r.mean_logprobs]
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for r in runs:
-        left.hist(r.mean_logprobs, bins=20, alpha=0.5, label=r.summary.label)
-        right.hist(r.confidences, bins=20, range=(0, 1), alpha=0.5, label=r.summary.label)
+    low = min(min(r.mean_logprobs) for r in runs)
+    high = max(max(r.mean_logprobs) for r in runs)
+    bins = [low + (high - low) * i / 20 for i in range(21)] if high > low else 20
+    for r in runs:  # power runs filled, the others as outlines over the same bins
+        power = "power" in r.summary.strategy
+        style = {"histtype": "stepfilled" if power else "step", "alpha": 0.45 if power else 0.9,
+                 "density": True, "label": r.summary.label, "linewidth": 1.5}
+        left.hist(r.mean_logprobs, bins=bins, **style)
+        right.hist(r.confidences, bins=20, range=(0, 1), **style)
     left.set_xlabel("mean log-likelihood per token")
-    left.set_ylabel("samples")
+    left.set_ylabel("density of samples")
     left.set_title("Log-likelihood")
     right.set_xlabel("confidence (per-token probability)")
     right.set_title("Confidence")
