@@ -42,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
 
     with Store(args.store, read_only=True) as store:
         summaries = summarize_store(store, args.run)
+        done = {s.run_id: s for s in summaries}  # computed once for every output
         if args.png:
-            _write_pngs(store, args.png)
+            _write_pngs(store, args.png, done)
     if args.json:
         print(json.dumps({"store": args.store, "runs": [s.to_dict() for s in summaries]}))
     else:
@@ -53,15 +54,15 @@ def run(args: argparse.Namespace) -> int:
 
         from ponder.eval.html import write_html
 
-        print(f"wrote {write_html(args.store, args.html)}", file=sys.stderr)
+        print(f"wrote {write_html(args.store, args.html, done)}", file=sys.stderr)
     return 0
 
 
-def _write_pngs(store: Any, folder: str) -> None:
+def _write_pngs(store: Any, folder: str, summaries: dict) -> None:
     import sys
 
     from ponder.eval.plots import build_figures, collect, save_figures
 
-    paths = save_figures(build_figures(collect(store)), folder)
+    paths = save_figures(build_figures(collect(store, summaries)), folder)
     print(f"wrote {len(paths)} plot(s) to {folder}: "
           + ", ".join(p.name for p in paths), file=sys.stderr)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.eval.html_assets import CSS, JS
+from ponder.eval.report import RunSummary
 from ponder.eval.store import ProblemRow, Store
 
 MAX_TEXT = 20_000  # characters of one sample's or step's text kept in the report
@@ -67,14 +68,16 @@ def problem_detail(row: ProblemRow) -> dict[str, Any]:
         "acceptance": trace.get("acceptance_per_block")})
 
 
-def collect(store: Store) -> tuple[list[dict], list[dict], list[dict]]:
-    """(runs, problem index, per-problem details) of every run with results."""
+def collect(store: Store, summaries: Mapping[str, RunSummary] | None = None
+            ) -> tuple[list[dict], list[dict], list[dict]]:
+    """(runs, problem index, per-problem details) of every run with results
+    (`summaries`: ones already computed, by run id)."""
     from ponder.eval.report import summarize_run
 
     runs, index, details = [], [], []
     where: dict[str, int] = {}
     for run in store.runs():
-        summary = summarize_run(store, run)
+        summary = (summaries or {}).get(run.run_id) or summarize_run(store, run)
         if summary is None:
             continue
         runs.append(_clean({**summary.to_dict(), "options": run.config.get("options", {})}))
@@ -91,13 +94,14 @@ def collect(store: Store) -> tuple[list[dict], list[dict], list[dict]]:
     return runs, index, details
 
 
-def plot_images(store: Store) -> list[tuple[str, str]]:
+def plot_images(store: Store, summaries: Mapping[str, RunSummary] | None = None
+                ) -> list[tuple[str, str]]:
     """(name, PNG data URI) of every plot the store supports."""
     from ponder.eval.plots import build_figures, figure_png
     from ponder.eval.plots import collect as plot_data
 
     return [(name, "data:image/png;base64," + base64.b64encode(figure_png(fig)).decode())
-            for name, fig in build_figures(plot_data(store)).items()]
+            for name, fig in build_figures(plot_data(store, summaries)).items()]
 
 
 def render(title: str, runs: Sequence[dict], index: Sequence[dict],
@@ -136,11 +140,17 @@ def render(title: str, runs: Sequence[dict], index: Sequence[dict],
 """
 
 
-def write_html(store_path: str | Path, out: str | Path) -> Path:
-    """Write the report of the store at `store_path` to `out`."""
+def write_html(store_path: str | Path, out: str | Path,
+               summaries: Mapping[str, RunSummary] | None = None) -> Path:
+    """Write the report of the store at `store_path` to `out` (`summaries`: run
+    summaries already computed, by run id; the others are computed once here)."""
+    from ponder.eval.report import summarize_store
+
     with Store(store_path, read_only=True) as store:
-        runs, index, details = collect(store)
-        images = plot_images(store)
+        if summaries is None:
+            summaries = {s.run_id: s for s in summarize_store(store)}
+        runs, index, details = collect(store, summaries)
+        images = plot_images(store, summaries)
     out = Path(out)
     out.write_text(render(str(store_path), runs, index, details, images), encoding="utf-8")
     return out

@@ -36,11 +36,12 @@ class RunData:
     confidences: tuple[float, ...] = field(default=())
 
 
-def collect(store: Store) -> list[RunData]:
-    """Every run with results, with what the plots need."""
+def collect(store: Store, summaries: Mapping[str, RunSummary] | None = None) -> list[RunData]:
+    """Every run with results, with what the plots need (`summaries`: ones already
+    computed, by run id, so they are not computed again)."""
     out = []
     for run in store.runs():
-        summary = summarize_run(store, run)
+        summary = (summaries or {}).get(run.run_id) or summarize_run(store, run)
         if summary is None:
             continue
         means, sums, confs = [], [], []
