@@ -67,7 +67,9 @@ def add_run(store: Store, strategy: str, options: dict, label: str, tokens: int,
             mean_lp = rng.uniform(-1.2, -0.1) if ok else rng.uniform(-2.5, -0.5)
             samples.append(SampleRow(f"We add <b>carefully</b>... so \\boxed{{{answer}}}",
                                      answer, mean_lp, ok, tokens // n,
-                                     {"mean_logprob": mean_lp, "sum_logprob": mean_lp * 20}))
+                                     {"mean_logprob": mean_lp, "sum_logprob": mean_lp * 20,
+                                      # mean negative entropy, as strategies record it
+                                      "confidence": mean_lp * 1.3 - rng.uniform(0, 0.3)}))
         votes: dict[str, int] = {}
         for s in samples:
             votes[s.extracted] = votes.get(s.extracted, 0) + 1

@@ -137,3 +137,5 @@ def test_power_samples_are_likelier_than_low_temperature_than_plain(engine):
         assert all(0.0 <= a <= 1.0 for chain in r.trace["acceptance_per_block"] for a in chain)
         assert len(r.trace["acceptance_per_block"][0]) == math.ceil(tokens / 16)
         assert r.usage.generated_tokens > sum(c.tokens for c in r.candidates)
+        # Figure 4's confidence: mean negative entropy of the chosen sequence's steps.
+        assert all(c.meta["confidence"] <= 0 for c in r.candidates)

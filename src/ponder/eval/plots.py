@@ -50,8 +50,9 @@ def collect(store: Store, summaries: Mapping[str, RunSummary] | None = None) -> 
                 m = _finite(s.meta.get("mean_logprob"))
                 if m is not None:
                     means.append(m)
-                    conf = _finite(s.meta.get("confidence"))
-                    confs.append(conf if conf is not None else math.exp(m))
+                conf = _finite(s.meta.get("confidence"))
+                if conf is not None:
+                    confs.append(conf)
                 t = _finite(s.meta.get("sum_logprob"))
                 if t is not None:
                     sums.append(t)
@@ -128,9 +129,9 @@ def k_curves(runs: Sequence[RunData]):
 
 
 def power_histograms(runs: Sequence[RunData]):
-    """Histograms of per-sample mean log-likelihood and confidence (exp of it, unless the
-    sample stored its own) for power-sampling runs, next to the other runs that stored
-    likelihoods (the base distribution to compare with)."""
+    """Histograms of per-sample mean log-likelihood and confidence (mean negative entropy of
+    the next-token distribution, as Karan & Du's Figure 4) for power-sampling runs, next to
+    the other runs that stored them (the base distribution to compare with)."""
     if not any("power" in r.summary.strategy and r.mean_logprobs for r in runs):
         return None
     runs = [r for r in runs if r.mean_logprobs]
@@ -144,11 +145,12 @@ def power_histograms(runs: Sequence[RunData]):
         style = {"histtype": "stepfilled" if power else "step", "alpha": 0.45 if power else 0.9,
                  "density": True, "label": r.summary.label, "linewidth": 1.5}
         left.hist(r.mean_logprobs, bins=bins, **style)
-        right.hist(r.confidences, bins=20, range=(0, 1), **style)
+        if r.confidences:
+            right.hist(r.confidences, bins=20, **style)
     left.set_xlabel("mean log-likelihood per token")
     left.set_ylabel("density of samples")
     left.set_title("Log-likelihood")
-    right.set_xlabel("confidence (per-token probability)")
+    right.set_xlabel("confidence (mean negative entropy, nats)")
     right.set_title("Confidence")
     right.legend(fontsize=8)
     fig.tight_layout()

@@ -57,9 +57,17 @@ def candidates_from(completions: Sequence[Completion], extract: Extract,
     return tuple(
         Candidate(text=c.text, answer=extract(c.text), score=s, tokens=len(c.token_ids),
                   meta={"finish_reason": c.finish_reason, "sum_logprob": c.sum_logprob,
-                        "mean_logprob": c.mean_logprob})
+                        "mean_logprob": c.mean_logprob, **confidence_meta(c.entropies)})
         for c, s in zip(completions, scores, strict=True)
     )
+
+
+def confidence_meta(entropies) -> dict[str, float]:
+    """{"confidence": mean negative entropy of the model's next-token distributions} (the
+    confidence of Karan & Du's Figure 4), when the engine reported entropies."""
+    if not entropies:
+        return {}
+    return {"confidence": -sum(entropies) / len(entropies)}
 
 
 def check_problems(problems: Sequence[Any]) -> list[Problem]:

@@ -38,7 +38,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ponder.engines.base import require
-from ponder.strategies.base import check_problems, default_render, problem_seed, result
+from ponder.strategies.base import (
+    check_problems,
+    confidence_meta,
+    default_render,
+    problem_seed,
+    result,
+)
 from ponder.strategies.voting import majority, vote_table
 from ponder.tasks.extract import extract_answer
 from ponder.types import Candidate, GenerateRequest, Prompt, SamplingParams, SequenceState, Usage
@@ -92,7 +98,7 @@ class PowerSampling:
             candidates = tuple(
                 Candidate(c.text(engine), extract(c.text(engine)), c.mean_logprob, len(c.logp),
                           {"acceptance": c.acceptance, "sum_logprob": sum(c.logp),
-                           "mean_logprob": c.mean_logprob})
+                           "mean_logprob": c.mean_logprob, **confidence_meta(c.entropies)})
                 for c in mine)
             answers = [c.answer for c in candidates]
             usage = Usage.sum(c.usage for c in mine)
@@ -117,6 +123,7 @@ class Chain:
     prompt_len: int = 0
     logp: list[float] = field(default_factory=list)  # log p of each generated token
     logq: list[float] = field(default_factory=list)  # log q (proposal) of each
+    entropies: list[float] = field(default_factory=list)  # model entropy at each, if known
     ended: bool = False  # the sequence ends with EOS
     usage: Usage = field(default_factory=Usage)
     acceptance: list[float] = field(default_factory=list)  # per block
@@ -134,6 +141,7 @@ class Chain:
         self.state = completion.state
         self.logp = self.logp[:prefix_len] + list(completion.logprobs)
         self.logq = self.logq[:prefix_len] + list(completion.sampling_logprobs)
+        self.entropies = self.entropies[:prefix_len] + list(completion.entropies or ())
         self.ended = completion.finish_reason == "eos"
 
 
