@@ -68,7 +68,10 @@ def test_block_wise_chains_keep_the_target(toy, target):
     final = run_chains(toy, [PROMPT] * chains, config, list(range(chains)))
     samples = [c.state.token_ids[len(PROMPT):] for c in final]
     assert total_variation(histogram(samples), target) < 0.05
-    assert all(len(c.acceptance) == 3 for c in final)
+    # Chains that never end take all three blocks; ended ones stop after a round at T_max.
+    assert all(1 <= len(c.acceptance) <= 3 and c.done for c in final)
+    assert any(len(c.acceptance) < 3 for c in final) and any(len(c.acceptance) == 3 for c in final)
+    assert all(c.horizon == LENGTH for c in final)
 
 
 def test_chain_bookkeeping_matches_a_rescore(toy):
@@ -135,7 +138,7 @@ def test_power_samples_are_likelier_than_low_temperature_than_plain(engine):
     assert pw > lt > t1, (pw, lt, t1)
     for r in power_results:
         assert all(0.0 <= a <= 1.0 for chain in r.trace["acceptance_per_block"] for a in chain)
-        assert len(r.trace["acceptance_per_block"][0]) == math.ceil(tokens / 16)
+        assert 1 <= len(r.trace["acceptance_per_block"][0]) <= math.ceil(tokens / 16)
         assert r.usage.generated_tokens > sum(c.tokens for c in r.candidates)
         # Figure 4's confidence: mean negative entropy of the chosen sequence's steps.
         assert all(c.meta["confidence"] <= 0 for c in r.candidates)

@@ -21,10 +21,12 @@ code leaves out), and the p^alpha and q factors of the shared prefix x[:m] cance
             + sum log q(x[m:]) - sum log q(x'[m:]) + log L - log L'.
 
 For each m the moves (x, m) <-> (x', m) satisfy detailed balance, so the mixture kernel keeps
-p^alpha invariant. A chain whose sequence ended with EOS keeps taking MH steps in later blocks
-at the larger horizon (it is not extended), so the last kernel applied always targets p^alpha
-at T_max; stopping at the first EOS, as the paper's code does, would leave the sample targeting
-a shorter horizon.
+p^alpha invariant. A chain whose sequence has ended with EOS at the start of a block is not
+extended: that block's MH steps use the final horizon T_max (an ended sequence is a state of
+every horizon's space, and proposals then land in the T_max space), and the chain stops after
+them. So the last N_MCMC steps of every chain are applied by a kernel that keeps p^alpha at
+T_max invariant, at the cost of one extra round for chains that end early; stopping at the
+first EOS, as the paper's code does, would leave such samples targeting a shorter horizon.
 
 Speed: a proposal from m continues from the KV state of x[:m] (prefix reuse), and the MH steps
 of every chain of every problem run as one batched engine call.
@@ -125,6 +127,8 @@ class Chain:
     logq: list[float] = field(default_factory=list)  # log q (proposal) of each
     entropies: list[float] = field(default_factory=list)  # model entropy at each, if known
     ended: bool = False  # the sequence ends with EOS
+    horizon: int = 0  # the longest sequence this block's moves may produce
+    done: bool = False  # took its last round at the final horizon
     usage: Usage = field(default_factory=Usage)
     acceptance: list[float] = field(default_factory=list)  # per block
     history: list[dict] = field(default_factory=list)  # proposals, for drill-down reports
@@ -153,24 +157,29 @@ def run_chains(engine, prompts: Sequence[Prompt], config: PowerSampling,
     proposal = config.proposal
     block, total = config.block, config.max_tokens
     for k in range(1, math.ceil(total / block) + 1):
-        horizon = min(k * block, total)
-        growing = [c for c in chains if not c.ended and len(c.logp) < horizon]
+        live = [c for c in chains if not c.done]
+        if not live:
+            break
+        for c in live:  # an ended chain takes its last round at the final horizon
+            c.horizon = total if c.ended else min(k * block, total)
+        growing = [c for c in live if not c.ended and len(c.logp) < c.horizon]
         if growing:
-            _extend(engine, growing, proposal, horizon)
-        accepted = [0] * len(chains)
+            _extend(engine, growing, proposal)
+        accepted = [0] * len(live)
         for _ in range(config.mcmc_steps):
-            for i, ok in enumerate(_mh_step(engine, chains, proposal, config.alpha, horizon, k)):
+            for i, ok in enumerate(_mh_step(engine, live, proposal, config.alpha, k)):
                 accepted[i] += ok
-        for c, a in zip(chains, accepted, strict=True):
+        for c, a in zip(live, accepted, strict=True):
             c.acceptance.append(a / config.mcmc_steps if config.mcmc_steps else 0.0)
+            c.done = c.horizon == total
     return chains
 
 
-def _extend(engine, growing, proposal, horizon) -> None:
+def _extend(engine, growing, proposal) -> None:
     """Sample each growing chain's next block from q (the first block starts at the prompt)."""
     requests = []
     for c in growing:
-        params = _params(proposal, c, horizon - len(c.logp))
+        params = _params(proposal, c, c.horizon - len(c.logp))
         if c.state is None:
             requests.append(GenerateRequest(c.prompt, params, keep_state=True))
         else:
@@ -182,14 +191,14 @@ def _extend(engine, growing, proposal, horizon) -> None:
         c.usage = c.usage + gen.usage
 
 
-def _mh_step(engine, chains, proposal, alpha, horizon, block_index) -> list[bool]:
+def _mh_step(engine, chains, proposal, alpha, block_index) -> list[bool]:
     """One MH step for every chain, with one batched engine call for all proposals."""
     moves = []
     for c in chains:
         length = len(c.logp)
         m = c.rng.randrange(length)
         prefix = c.state.truncate(c.prompt_len + m)
-        moves.append((m, GenerateRequest(state=prefix, params=_params(proposal, c, horizon - m),
+        moves.append((m, GenerateRequest(state=prefix, params=_params(proposal, c, c.horizon - m),
                                          keep_state=True)))
     generations = engine.generate([req for _, req in moves])
     accepted = []
