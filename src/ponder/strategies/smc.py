@@ -22,7 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from ponder.engines.base import require
-from ponder.strategies.base import check_problems, default_render, problem_seed, result
+from ponder.strategies.base import (
+    check_problems,
+    confidence_meta,
+    default_render,
+    problem_seed,
+    result,
+)
 from ponder.strategies.voting import majority, vote_table
 from ponder.tasks.extract import extract_answer
 from ponder.types import Candidate, GenerateRequest, Prompt, SamplingParams, SequenceState, Usage
@@ -66,7 +72,8 @@ class SMCPower:
             texts = [engine.detokenize(p.state.token_ids[swarm.prompt_len:]) for p in swarm.particles]
             candidates = tuple(
                 Candidate(t, extract(t), w, len(p.logp),
-                          {"log_weight": p.log_weight, "mean_logprob": p.mean_logprob})
+                          {"log_weight": p.log_weight, "mean_logprob": p.mean_logprob,
+                           **confidence_meta(p.entropies)})
                 for t, w, p in zip(texts, weights, swarm.particles, strict=True))
             answers = [c.answer for c in candidates]
             chosen = swarm.rng.choices(range(len(candidates)), weights=weights)[0]
@@ -84,6 +91,7 @@ class SMCPower:
 class Particle:
     state: SequenceState | None = None
     logp: list[float] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
     log_weight: float = 0.0
     ended: bool = False
 
@@ -126,8 +134,8 @@ class Swarm:
         # The average weight carries on, so the swarm's evidence estimate stays unbiased.
         mean = _logsumexp([p.log_weight for p in self.particles]) - math.log(n)
         old = self.particles
-        self.particles = [Particle(old[i].state, list(old[i].logp), mean, old[i].ended)
-                          for i in picks]
+        self.particles = [Particle(old[i].state, list(old[i].logp), list(old[i].entropies),
+                                   mean, old[i].ended) for i in picks]
         self.resamples += 1
 
 
@@ -160,6 +168,7 @@ def run_smc(engine, prompts: Sequence[Prompt], config: SMCPower,
                 s.prompt_len = len(gen.prompt_token_ids)
             p.state, p.ended = c.state, c.finish_reason == "eos"
             p.logp += c.logprobs
+            p.entropies += c.entropies or ()
             p.log_weight += alpha_k * sum(c.logprobs) - sum(c.sampling_logprobs)
             s.usage = s.usage + gen.usage
         alpha_prev = alpha_k
