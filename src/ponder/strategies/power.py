@@ -78,8 +78,7 @@ class PowerSampling:
 
     @property
     def proposal(self) -> SamplingParams:
-        return SamplingParams(temperature=self.proposal_temperature or 1.0 / self.alpha,
-                              top_p=self.top_p, max_tokens=self.max_tokens)
+        return power_proposal(self.alpha, self.proposal_temperature, self.top_p, self.max_tokens)
 
     def claimed_cost_ratio(self, length: int | None = None) -> float:
         """The paper's estimate of tokens spent per token of output: N_MCMC * T / (4B)."""
@@ -179,7 +178,7 @@ def _extend(engine, growing, proposal) -> None:
     """Sample each growing chain's next block from q (the first block starts at the prompt)."""
     requests = []
     for c in growing:
-        params = _params(proposal, c, c.horizon - len(c.logp))
+        params = seeded_step(proposal, c.rng, c.horizon - len(c.logp))
         if c.state is None:
             requests.append(GenerateRequest(c.prompt, params, keep_state=True))
         else:
@@ -198,7 +197,7 @@ def _mh_step(engine, chains, proposal, alpha, block_index) -> list[bool]:
         length = len(c.logp)
         m = c.rng.randrange(length)
         prefix = c.state.truncate(c.prompt_len + m)
-        moves.append((m, GenerateRequest(state=prefix, params=_params(proposal, c, c.horizon - m),
+        moves.append((m, GenerateRequest(state=prefix, params=seeded_step(proposal, c.rng, c.horizon - m),
                                          keep_state=True)))
     generations = engine.generate([req for _, req in moves])
     accepted = []
@@ -218,7 +217,16 @@ def _mh_step(engine, chains, proposal, alpha, block_index) -> list[bool]:
     return accepted
 
 
-def _params(proposal: SamplingParams, chain: Chain, max_tokens: int) -> SamplingParams:
+def power_proposal(alpha: float, temperature: float | None, top_p: float,
+                   max_tokens: int) -> SamplingParams:
+    """The proposal q of the power samplers: the model at temperature 1/alpha by default."""
+    return SamplingParams(temperature=temperature or 1.0 / alpha, top_p=top_p,
+                          max_tokens=max_tokens)
+
+
+def seeded_step(proposal: SamplingParams, rng: random.Random, max_tokens: int) -> SamplingParams:
+    """One proposal call's params: its own length, and a seed drawn from the caller's rng so
+    a chain (or swarm) is reproducible whatever else shares the batch."""
     from dataclasses import replace
 
-    return replace(proposal, max_tokens=max_tokens, seed=chain.rng.getrandbits(62))
+    return replace(proposal, max_tokens=max_tokens, seed=rng.getrandbits(62))

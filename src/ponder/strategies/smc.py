@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ponder.engines.base import require
 from ponder.strategies.base import (
@@ -29,6 +29,7 @@ from ponder.strategies.base import (
     problem_seed,
     result,
 )
+from ponder.strategies.power import power_proposal, seeded_step
 from ponder.strategies.voting import majority, vote_table
 from ponder.tasks.extract import extract_answer
 from ponder.types import Candidate, GenerateRequest, Prompt, SamplingParams, SequenceState, Usage
@@ -58,8 +59,7 @@ class SMCPower:
 
     @property
     def proposal(self) -> SamplingParams:
-        return SamplingParams(temperature=self.proposal_temperature or 1.0 / self.alpha,
-                              top_p=self.top_p, max_tokens=self.block_size)
+        return power_proposal(self.alpha, self.proposal_temperature, self.top_p, self.block_size)
 
     def run(self, problems: Sequence, engine, scorer=None, extract=extract_answer,
             render=default_render):
@@ -153,9 +153,9 @@ def run_smc(engine, prompts: Sequence[Prompt], config: SMCPower,
         live = [(s, p) for s in swarms for p in s.particles
                 if not p.ended and len(p.logp) < horizon]
         requests = [
-            GenerateRequest(s.prompt, _params(config, s, horizon - len(p.logp)), keep_state=True)
+            GenerateRequest(s.prompt, seeded_step(config.proposal, s.rng, horizon - len(p.logp)), keep_state=True)
             if p.state is None else
-            GenerateRequest(state=p.state, params=_params(config, s, horizon - len(p.logp)),
+            GenerateRequest(state=p.state, params=seeded_step(config.proposal, s.rng, horizon - len(p.logp)),
                             keep_state=True)
             for s, p in live]
         # Annealing re-weights what every particle already has by the rise in alpha.
@@ -191,6 +191,3 @@ def _logsumexp(values: list[float]) -> float:
     top = max(values)
     return top + math.log(sum(math.exp(v - top) for v in values))
 
-
-def _params(config: SMCPower, swarm: Swarm, max_tokens: int) -> SamplingParams:
-    return replace(config.proposal, max_tokens=max_tokens, seed=swarm.rng.getrandbits(62))
