@@ -12,7 +12,18 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default=DEFAULT_MODEL,
                        help=f"bundled name, HF folder, .gguf file or hub id (default {DEFAULT_MODEL}; "
                             "see `ponder models`)")
-    group.add_argument("--engine", default="hf", help="engine backend (default hf: native torch)")
+    group.add_argument("--engine", default="hf",
+                       help="engine backend: hf (default, native torch), vllm, llamacpp, or openai "
+                            "(an OpenAI-compatible server; needs --base-url)")
+    group.add_argument("--base-url", default=None, metavar="URL[,URL...]",
+                       help="--engine openai: server base URL(s), e.g. http://127.0.0.1:8000/v1; "
+                            "several, comma-separated, share the requests (data parallel)")
+    group.add_argument("--api-key", default=None,
+                       help="--engine openai: bearer token (default $OPENAI_API_KEY)")
+    group.add_argument("--concurrency", type=int, default=16,
+                       help="--engine openai: requests in flight per server (default 16)")
+    group.add_argument("--tensor-parallel-size", type=int, default=1,
+                       help="--engine vllm: GPUs per model (default 1)")
     group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                        help="weights dtype (default float32; bfloat16 is ~1.4x faster on CPU)")
     group.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -24,12 +35,31 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_from_args(args: argparse.Namespace):
-    from ponder.engines import load_engine
+    """Build the engine the flags name, passing each backend only the options it takes."""
+    from ponder.engines import ENGINES, load_engine
 
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    return load_engine(args.engine, model=args.model, dtype=args.dtype, device=args.device,
-                       max_batch_size=args.max_batch_size, threads=args.threads)
+    kind = args.engine
+    if kind not in ENGINES:
+        raise ValueError(f"unknown engine {kind!r}; known: {', '.join(ENGINES)}")
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    if kind == "hf":
+        return load_engine(kind, model=args.model, dtype=args.dtype, device=args.device,
+                           max_batch_size=args.max_batch_size, threads=threads)
+    if kind == "vllm":
+        return load_engine(kind, model=args.model, dtype=args.dtype,
+                           tensor_parallel_size=getattr(args, "tensor_parallel_size", 1))
+    if kind == "llamacpp":
+        return load_engine(kind, model=args.model, threads=threads)
+    base_url = getattr(args, "base_url", None)
+    if not base_url:
+        raise ValueError("--engine openai needs --base-url URL[,URL...], e.g. "
+                         "--base-url http://127.0.0.1:8000/v1 (start one with `ponder serve`)")
+    model = None if args.model == DEFAULT_MODEL else args.model
+    return load_engine(kind, base_urls=[u.strip() for u in base_url.split(",") if u.strip()],
+                       model=model, api_key=getattr(args, "api_key", None),
+                       concurrency=getattr(args, "concurrency", 16))
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, n_default: int = 1,

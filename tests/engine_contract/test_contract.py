@@ -1,0 +1,165 @@
+"""What every engine promises, checked on each engine available here (see conftest.py).
+
+All engines serve the bundled SmolLM2-135M-Instruct, so the same prompt must give
+log-probabilities that agree across engines too.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ponder.types import GenerateRequest, SamplingParams, ScoreRequest
+
+pytestmark = pytest.mark.slow
+
+PROMPT = [{"role": "user", "content": "What is 12 + 35? Answer with a number."}]
+OTHER = [{"role": "user", "content": "Name a colour."}]
+FINISH_REASONS = {"eos", "stop", "length", "stopped"}
+
+
+def one(engine, prompt=PROMPT, **params):
+    return engine.generate([GenerateRequest(prompt=prompt, params=SamplingParams(**params))])[0]
+
+
+def test_n_completions_with_consistent_shapes_and_usage(any_engine):
+    gen = one(any_engine, n=3, temperature=1.0, max_tokens=12, seed=7)
+    assert len(gen.completions) == 3
+    assert gen.prompt_token_ids
+    for c in gen.completions:
+        assert 1 <= len(c.token_ids) <= 12
+        assert len(c.logprobs) == len(c.sampling_logprobs) == len(c.token_ids)
+        assert all(lp <= 1e-6 for lp in c.logprobs)
+        assert c.finish_reason in FINISH_REASONS
+        assert c.usage.generated_tokens == len(c.token_ids)
+        assert c.text == any_engine.detokenize(c.token_ids) or c.finish_reason == "stop"
+    assert gen.usage.generated_tokens == sum(len(c.token_ids) for c in gen.completions)
+    assert gen.usage.prompt_tokens == len(gen.prompt_token_ids)
+    assert gen.usage.forward_tokens >= gen.usage.generated_tokens
+
+
+def test_length_finish_stops_at_max_tokens(any_engine):
+    gen = one(any_engine, temperature=1.0, max_tokens=5, seed=1, ignore_eos=True)
+    (c,) = gen.completions
+    assert len(c.token_ids) == 5 and c.finish_reason == "length"
+
+
+def test_batch_keeps_request_order(any_engine):
+    alone = [one(any_engine, p, temperature=0.0, max_tokens=8).completions[0].token_ids
+             for p in (PROMPT, OTHER)]
+    batch = any_engine.generate([GenerateRequest(prompt=p, params=SamplingParams(
+        temperature=0.0, max_tokens=8)) for p in (PROMPT, OTHER)])
+    assert [g.completions[0].token_ids for g in batch] == alone
+
+
+def test_same_seed_same_samples_different_seed_differs(any_engine):
+    a = one(any_engine, n=4, temperature=1.0, max_tokens=16, seed=123)
+    b = one(any_engine, n=4, temperature=1.0, max_tokens=16, seed=123)
+    c = one(any_engine, n=4, temperature=1.0, max_tokens=16, seed=456)
+    ids = lambda g: [x.token_ids for x in g.completions]  # noqa: E731
+    assert ids(a) == ids(b)
+    assert ids(a) != ids(c)
+    assert len(set(ids(a))) > 1, "n samples at T=1 should not all be the same"
+
+
+def test_greedy_is_deterministic_and_a_point_mass(any_engine):
+    a = one(any_engine, temperature=0.0, max_tokens=10).completions[0]
+    b = one(any_engine, temperature=0.0, max_tokens=10).completions[0]
+    assert a.token_ids == b.token_ids
+    assert all(abs(q) < 1e-6 for q in a.sampling_logprobs)
+
+
+def test_stop_string_cuts_the_text(any_engine):
+    full = one(any_engine, temperature=0.0, max_tokens=24, ignore_eos=True).completions[0]
+    assert len(full.text) > 6
+    stop = full.text[4:6]
+    cut = one(any_engine, temperature=0.0, max_tokens=24, stop=[stop]).completions[0]
+    assert cut.finish_reason == "stop"
+    assert stop not in cut.text
+    assert full.text.startswith(cut.text) and len(cut.text) == full.text.index(stop)
+
+
+def test_generation_logprobs_agree_with_score(any_engine):
+    c = one(any_engine, temperature=1.0, max_tokens=16, seed=3).completions[0]
+    (scored,) = any_engine.score([ScoreRequest(prompt=PROMPT, continuation=list(c.token_ids))])
+    assert scored.token_ids == c.token_ids
+    assert max(abs(a - b) for a, b in zip(scored.logprobs, c.logprobs, strict=True)) < 0.05
+    assert scored.usage.forward_tokens >= len(c.token_ids)
+
+
+def test_sampling_logprobs_are_the_tempered_distribution(any_engine):
+    params = SamplingParams(temperature=0.5, max_tokens=12, seed=5)
+    c = any_engine.generate([GenerateRequest(prompt=PROMPT, params=params)])[0].completions[0]
+    (scored,) = any_engine.score([ScoreRequest(PROMPT, list(c.token_ids), params=params)])
+    assert scored.sampling_logprobs is not None
+    assert max(abs(a - b) for a, b in zip(scored.sampling_logprobs, c.sampling_logprobs,
+                                          strict=True)) < 0.05
+    # At T=0.5 a sampled token is likelier under q than under p, summed over the sequence.
+    assert sum(c.sampling_logprobs) >= sum(c.logprobs)
+
+
+def test_scores_agree_with_the_native_engine(any_engine, _engine_stack, _started):
+    """Same model, same tokens: per-token log-probabilities within 0.05 of transformers'."""
+    from conftest import start_engine
+
+    if "hf" not in _started or isinstance(_started["hf"], pytest.skip.Exception):
+        _started["hf"] = start_engine("hf", _engine_stack)
+    request = ScoreRequest(PROMPT, " 12 + 35 = 47. The answer is 47.")
+    (ours,) = any_engine.score([request])
+    (native,) = _started["hf"].score([request])
+    assert ours.token_ids == native.token_ids
+    assert max(abs(a - b) for a, b in zip(ours.logprobs, native.logprobs, strict=True)) < 0.05
+
+
+def test_tokenize_detokenize_round_trip(any_engine):
+    text = "The answer is 47."
+    assert any_engine.detokenize(any_engine.tokenize(text)) == text
+
+
+def test_continuing_from_a_state_matches_one_long_generation(any_engine):
+    if not any_engine.capabilities.states:
+        pytest.skip(f"{any_engine.name} does not continue from states")
+    whole = one(any_engine, temperature=0.0, max_tokens=10, ignore_eos=True).completions[0]
+    head = any_engine.generate([GenerateRequest(prompt=PROMPT, keep_state=True, params=(
+        SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)))])[0].completions[0]
+    tail = any_engine.generate([GenerateRequest(state=head.state, params=SamplingParams(
+        temperature=0.0, max_tokens=6, ignore_eos=True))])[0].completions[0]
+    assert head.token_ids + tail.token_ids == whole.token_ids
+
+
+def test_top_logprobs_when_supported(any_engine):
+    if not any_engine.capabilities.top_logprobs:
+        pytest.skip(f"{any_engine.name} does not return top log-probabilities")
+    c = one(any_engine, temperature=1.0, max_tokens=6, seed=2, logprobs=3).completions[0]
+    assert c.top_logprobs is not None and len(c.top_logprobs) == len(c.token_ids)
+    for step, lp in zip(c.top_logprobs, c.logprobs, strict=True):
+        assert 1 <= len(step) <= 3
+        assert max(step.values()) >= lp - 0.05
+
+
+def test_early_stop_is_honoured_or_rejected(any_engine):
+    request = GenerateRequest(prompt=PROMPT, params=SamplingParams(
+        temperature=0.0, max_tokens=12, ignore_eos=True),
+        should_stop=lambda _i, step: step.generated >= 3)
+    if not any_engine.capabilities.early_stop:
+        with pytest.raises(ValueError, match="early_stop|should_stop"):
+            any_engine.generate([request])
+        return
+    (c,) = any_engine.generate([request])[0].completions
+    assert len(c.token_ids) == 3 and c.finish_reason == "stopped"
+
+
+def test_strategies_run_or_fail_clearly(any_engine):
+    from ponder.strategies.registry import make_strategy
+    from ponder.tasks.datasets import load_task
+
+    problems = load_task("arith:1", limit=2)
+    sc = make_strategy("self_consistency", n=3, temperature=0.7, max_tokens=48, seed=0)
+    results = sc.run(problems, any_engine, None)
+    assert len(results) == 2 and all(r.usage.generated_tokens > 0 for r in results)
+    power = make_strategy("power", max_tokens=16, block_size=8, mcmc_steps=1, seed=0)
+    if any_engine.capabilities.missing("states", "logprobs", "sampling_logprobs"):
+        with pytest.raises(ValueError, match="capabilit"):
+            power.run(problems[:1], any_engine, None)
+    else:
+        (result,) = power.run(problems[:1], any_engine, None)
+        assert result.usage.forward_tokens > 0
