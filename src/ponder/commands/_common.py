@@ -18,8 +18,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--base-url", default=None, metavar="URL[,URL...]",
                        help="--engine openai: server base URL(s), e.g. http://127.0.0.1:8000/v1; "
                             "several, comma-separated, share the requests (data parallel)")
-    group.add_argument("--api-key", default=None,
-                       help="--engine openai: bearer token (default $OPENAI_API_KEY)")
+    # `ponder serve` has its own --api-key (the key its clients need), so there the key for
+    # the upstream server of --engine openai is --upstream-api-key.
+    key_flag = "--upstream-api-key" if "--api-key" in parser._option_string_actions \
+        else "--api-key"
+    group.add_argument(key_flag, dest="engine_api_key", default=None, metavar="KEY",
+                       help="--engine openai: bearer token for the server(s) (default "
+                            "$OPENAI_API_KEY)")
     group.add_argument("--concurrency", type=int, default=16,
                        help="--engine openai: requests in flight per server (default 16)")
     group.add_argument("--tensor-parallel-size", type=int, default=1,
@@ -58,7 +63,7 @@ def engine_from_args(args: argparse.Namespace):
                          "--base-url http://127.0.0.1:8000/v1 (start one with `ponder serve`)")
     model = None if args.model == DEFAULT_MODEL else args.model
     return load_engine(kind, base_urls=[u.strip() for u in base_url.split(",") if u.strip()],
-                       model=model, api_key=getattr(args, "api_key", None),
+                       model=model, api_key=getattr(args, "engine_api_key", None),
                        concurrency=getattr(args, "concurrency", 16))
 
 
