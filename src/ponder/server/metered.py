@@ -28,7 +28,9 @@ class MeteredEngine:
                  progress: Callable[[Any, dict], None], every: float = 0.25):
         self._engine, self._jobs, self._budget = engine, list(jobs), budget
         self._progress, self._every = progress, every
-        self.name, self.capabilities = engine.name, engine.capabilities
+        # Follow-ups would bypass the metering of each call: chains run in rounds here.
+        self.name = engine.name
+        self.capabilities = replace(engine.capabilities, follow_ups=False)
         self.spent = 0
         n = len(self._jobs)
         self._tokens = [0] * n
