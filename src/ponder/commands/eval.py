@@ -22,6 +22,7 @@ examples:
   ponder eval --recipe sc8 --task gsm8k --limit 100
   ponder eval --recipe my_runs.yaml --model /path/to/hf-folder
   ponder eval --resume --out runs.db              continue every unfinished run in runs.db
+  ponder eval --task gsm8k --strategy sc --n 8 --ray --ray-workers 4   one engine per Ray worker
   ponder report runs.db                           the table again, with maj@k and pass@k
 
 {strategies}
@@ -72,7 +73,24 @@ def register(sub: Any) -> None:
                      help="problems per strategy call (default: fill the batch, 1-16)")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     out.add_argument("--json", action="store_true", help="end with one JSON line of summaries")
+    add_ray_args(p)
     p.set_defaults(func=run)
+
+
+def add_ray_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("distributed (Ray; pip install 'ponder[ray]')")
+    g.add_argument("--ray", action="store_true",
+                   help="one engine per Ray worker (built from the engine flags); the problems "
+                   "are shared among them and every result goes into --out")
+    g.add_argument("--ray-workers", type=int, metavar="N",
+                   help="workers, each with its own engine (default 2)")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="join a running Ray cluster (auto, HOST:6379 or ray://HOST:10001); "
+                   "default: start a local Ray with one CPU per worker")
+    g.add_argument("--ray-cpus-per-worker", type=float, default=1, metavar="C",
+                   help="CPUs each worker reserves; its torch threads unless --threads (default 1)")
+    g.add_argument("--ray-gpus-per-worker", type=float, default=0, metavar="G",
+                   help="GPUs each worker reserves (default 0; 1 for one engine per GPU)")
 
 
 def _strategy_names() -> str:
@@ -205,14 +223,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-batch-size must be >= 1, got {args.max_batch_size}")
     if getattr(args, "threads", None) is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if not args.ray and (args.ray_address or args.ray_workers is not None):
+        raise ValueError("--ray-workers and --ray-address need --ray")
+    pool = _ray_workers(args)  # validated (and Ray found) before anything is written
     bare_resume = args.resume and not (args.recipe or args.task or args.strategy)
     specs = unfinished_specs(args.out) if bare_resume else build_specs(args)
-    # Everything is validated: only now is the store created.
-    with Store(args.out) as store, _sigterm_as_interrupt():
+    # Everything is validated: only now is the store created. Ray starts before our SIGTERM
+    # handler goes in, since ray.init installs its own.
+    with Store(args.out) as store, pool as workers, _sigterm_as_interrupt():
         summaries = []
         engines: dict[tuple[str, str], Any] = {}
         for spec in specs:
-            summary = _run_one(spec, store, engines, args)
+            summary = _run_one(spec, store, engines, args, workers)
             if summary is None:
                 return 130
             summaries.append(summary)
@@ -224,9 +246,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_one(spec, store, engines: dict, args: argparse.Namespace):
-    """Run or resume one spec; its summary over the selected problems, or None when
-    interrupted (after saying how to resume)."""
+def _run_one(spec, store, engines: dict, args: argparse.Namespace, pool=None):
+    """Run or resume one spec (on the Ray pool when there is one); its summary over the
+    selected problems, or None when interrupted (after saying how to resume)."""
     from ponder.eval.report import summarize_run
     from ponder.eval.runner import run_eval
 
@@ -237,10 +259,18 @@ def _run_one(spec, store, engines: dict, args: argparse.Namespace):
         print(f"{spec.label}: resuming, {len(done)}/{len(problems)} problems already in "
               f"{args.out}", file=sys.stderr)
     try:
-        # Even with nothing left to do, run_eval records this invocation (limit, label).
-        engine = _engine(engines, spec, args) if len(done) < len(problems) else None
-        run_eval(spec, engine, store, problems, chunk=args.chunk,
-                 progress=not args.no_progress)
+        if pool is not None:
+            outcome = pool.run(spec, store, problems, chunk=args.chunk,
+                               progress=not args.no_progress)
+            if outcome.workers:
+                print(f"{spec.label}: " + ", ".join(f"{n} problems on {w}" for w, n in
+                                                    sorted(outcome.workers.items())),
+                      file=sys.stderr)
+        else:
+            # Even with nothing left to do, run_eval records this invocation (limit, label).
+            engine = _engine(engines, spec, args) if len(done) < len(problems) else None
+            run_eval(spec, engine, store, problems, chunk=args.chunk,
+                     progress=not args.no_progress)
     except KeyboardInterrupt:
         stored = len(store.done_ids(spec.run_id) & set(ids))
         print(f"\ninterrupted: {spec.label} has {stored}/{len(problems)} problems stored in "
@@ -249,6 +279,18 @@ def _run_one(spec, store, engines: dict, args: argparse.Namespace):
         return None
     run_row = next(r for r in store.runs() if r.run_id == spec.run_id)
     return summarize_run(store, run_row, ids)
+
+
+def _ray_workers(args: argparse.Namespace):
+    """For --ray, the Ray workers (they start on entering it, stop on leaving); else a
+    context that gives None."""
+    if not args.ray:
+        return contextlib.nullcontext()
+    from ponder.eval.distributed import RayWorkers
+
+    return RayWorkers(args, workers=2 if args.ray_workers is None else args.ray_workers,
+                      address=args.ray_address, cpus_per_worker=args.ray_cpus_per_worker,
+                      gpus_per_worker=args.ray_gpus_per_worker)
 
 
 @contextlib.contextmanager

@@ -17,8 +17,8 @@ samples exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ponder.eval.store import ProblemRow, SampleRow, Store, run_id_for
@@ -209,6 +209,59 @@ class Outcome:
     correct: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    # Distributed runs: problems added per worker ("host:pid"); empty for a local run.
+    workers: dict[str, int] = field(default_factory=dict)
+
+    def record(self, row: ProblemRow) -> None:
+        """Count one problem just stored."""
+        self.added += 1
+        self.correct += row.correct
+        self.tokens += _total_tokens(row.usage)
+
+
+def begin_run(spec: RunSpec, store: Store,
+              problems: Sequence[Problem]) -> tuple[Outcome, set[str], list[ProblemRow]]:
+    """Record this invocation of `spec` (limit, label, planned count) and find what is
+    stored already: the Outcome to fill, the stored problem ids, and their rows (which
+    start the progress bar)."""
+    run_id = spec.run_id
+    store.upsert_run(run_id, spec.label, spec.config(), spec.to_dict(), len(problems))
+    done = store.done_ids(run_id)
+    outcome = Outcome(spec, [p.id for p in problems], skipped=sum(p.id in done for p in problems))
+    prior = store.problems(run_id, outcome.problem_ids) if done else []
+    return outcome, done, prior
+
+
+def todo_chunks(problems: Sequence[Problem], chunk: int,
+                done: set[str]) -> list[list[tuple[int, Problem]]]:
+    """The problems still to run as (task position, problem), grouped in chunks.
+
+    Chunk boundaries follow task positions (not what is left), so a resumed run batches
+    the remaining problems of a chunk exactly as an uninterrupted run did."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    chunks = ([(i, p) for i, p in enumerate(problems[start:start + chunk], start)
+               if p.id not in done] for start in range(0, len(problems), chunk))
+    return [todo for todo in chunks if todo]
+
+
+def run_chunk(spec: RunSpec, strategy, engine, scorer, todo: Sequence[tuple[int, Problem]],
+              grade_timeout: float = 3.0) -> Iterator[ProblemRow]:
+    """One strategy call over a chunk's problems; each graded row as it is ready."""
+    code = spec.code_task()
+    extract = {"extract": code.extract} if code is not None else {}
+    results = strategy.run([p for _, p in todo], engine, scorer, render=spec.render, **extract)
+    for (position, problem), result in zip(todo, results, strict=True):
+        yield graded_row(problem, position, result, grade_timeout, code)
+
+
+def make_run_scorer(spec: RunSpec, engine):
+    """The run's scorer on `engine`, or None."""
+    if not spec.scorer:
+        return None
+    from ponder.scorers.registry import make_scorer
+
+    return make_scorer(spec.scorer, engine)
 
 
 def run_eval(spec: RunSpec, engine, store: Store, problems: Sequence[Problem] | None = None,
@@ -218,40 +271,18 @@ def run_eval(spec: RunSpec, engine, store: Store, problems: Sequence[Problem] | 
     chunks, grade, and store each problem in its own transaction. KeyboardInterrupt
     propagates after the current transaction finished or rolled back."""
     problems = list(problems if problems is not None else spec.load_problems())
-    run_id = spec.run_id
-    store.upsert_run(run_id, spec.label, spec.config(), spec.to_dict(), len(problems))
-    done = store.done_ids(run_id)
-    outcome = Outcome(spec, [p.id for p in problems], skipped=sum(p.id in done for p in problems))
-    chunk = chunk or auto_chunk(spec, getattr(engine, "max_batch_size", 64))
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    outcome, done, prior = begin_run(spec, store, problems)
+    chunks = todo_chunks(problems, chunk or auto_chunk(spec, getattr(engine, "max_batch_size",
+                                                                     64)), done)
     strategy = spec.build_strategy()
-    code = spec.code_task()
-    extract = {"extract": code.extract} if code is not None else {}
-    scorer = None
-    if spec.scorer:
-        from ponder.scorers.registry import make_scorer
-
-        scorer = make_scorer(spec.scorer, engine)
-    prior = store.problems(run_id, outcome.problem_ids) if done else []
+    scorer = make_run_scorer(spec, engine)
     bar = _Progress(spec.label, len(problems), prior, progress)
     started = time.perf_counter()
     try:
-        # Chunk boundaries follow task positions (not what is left), so a resumed run
-        # batches the remaining problems of a chunk exactly as an uninterrupted run did.
-        for start in range(0, len(problems), chunk):
-            todo = [(i, p) for i, p in enumerate(problems[start:start + chunk], start)
-                    if p.id not in done]
-            if not todo:
-                continue
-            results = strategy.run([p for _, p in todo], engine, scorer, render=spec.render,
-                                   **extract)
-            for (position, problem), result in zip(todo, results, strict=True):
-                row = graded_row(problem, position, result, grade_timeout, code)
-                store.add_problem(run_id, row)
-                outcome.added += 1
-                outcome.correct += row.correct
-                outcome.tokens += _total_tokens(row.usage)
+        for todo in chunks:
+            for row in run_chunk(spec, strategy, engine, scorer, todo, grade_timeout):
+                store.add_problem(spec.run_id, row)
+                outcome.record(row)
                 bar.update(row)
             bar.refresh()  # a chunk's rows arrive together, faster than tqdm redraws
     finally:
