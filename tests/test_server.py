@@ -160,6 +160,85 @@ def test_greedy_prefix_is_deterministic(client):
     assert len(texts) == 1
 
 
+# ---- log-probabilities, echo, token-id prompts ---------------------------------------------
+
+IDS = {"return_tokens_as_token_ids": True}
+
+
+def ids_of(logprobs) -> list[int]:
+    return [int(t.removeprefix("token_id:")) for t in logprobs.tokens]
+
+
+def test_completion_logprobs_with_token_ids_and_sampling_logprobs(client):
+    kw = dict(model=MODEL, prompt="Q: What is 2 + 3?\nA:", max_tokens=8, temperature=0.8, seed=5,
+              logprobs=2, extra_body={**IDS, "return_sampling_logprobs": True, "ignore_eos": True})
+    r = client.completions.create(**kw)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 8
+    assert r.usage.completion_tokens == 8 and all(t.startswith("token_id:") for t in lp.tokens)
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert value <= 0 and top[token] == value and 2 <= len(top) <= 3
+        assert max(top.values()) >= value  # the top 2, plus the chosen token when not in them
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    q = lp.model_extra["sampling_token_logprobs"]
+    # At T=0.8 the sampled tokens are likelier under q than under the model, summed.
+    assert len(q) == 8 and sum(q) >= sum(lp.token_logprobs)
+    again = client.completions.create(**kw).choices[0].logprobs
+    assert again.tokens == lp.tokens  # seed: the same samples
+
+
+def test_token_id_prompts_and_echo_scoring_match_generation(client):
+    text = "Q: What is 2 + 3?\nA:"
+    echoed = client.completions.create(model=MODEL, prompt=text, max_tokens=0, echo=True,
+                                       logprobs=0, extra_body=IDS)
+    choice = echoed.choices[0]
+    prompt_ids = ids_of(choice.logprobs)
+    assert choice.text == text and echoed.usage.completion_tokens == 0
+    assert echoed.usage.prompt_tokens == len(prompt_ids)
+    assert choice.logprobs.token_logprobs[0] is None  # nothing predicts the first token
+    kw = dict(model=MODEL, max_tokens=10, temperature=1.0, seed=9, logprobs=0, extra_body=IDS)
+    by_text = client.completions.create(prompt=text, **kw).choices[0]
+    by_ids = client.completions.create(prompt=prompt_ids, **kw).choices[0]
+    assert by_ids.text == by_text.text and by_ids.logprobs.tokens == by_text.logprobs.tokens
+    # Echo scores prompt + sampled tokens: the sampled part as generation reported it.
+    gen_ids = ids_of(by_text.logprobs)
+    scored = client.completions.create(model=MODEL, prompt=prompt_ids + gen_ids, max_tokens=0,
+                                       echo=True, logprobs=0, extra_body=IDS).choices[0].logprobs
+    assert ids_of(scored) == prompt_ids + gen_ids
+    tail = scored.token_logprobs[len(prompt_ids):]
+    assert max(abs(a - b) for a, b in zip(tail, by_text.logprobs.token_logprobs, strict=True)) < 1e-3
+    # Two token-id prompts in one request, n=2 each: four choices, prompt by prompt.
+    r = client.completions.create(model=MODEL, prompt=[prompt_ids, prompt_ids[:3]], n=2,
+                                  max_tokens=3, seed=1)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+
+
+def test_chat_logprobs_with_top_alternatives(client):
+    r = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=6, seed=3,
+                                       logprobs=True, top_logprobs=2,
+                                       extra_body={"ignore_eos": True})
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens == 6
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    for t in content:
+        assert t.bytes == list(t.token.encode()) and t.logprob <= 0
+        values = [a.logprob for a in t.top_logprobs]
+        assert len(values) == 2 and values == sorted(values, reverse=True)
+    plain = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=4)
+    assert plain.choices[0].logprobs is None
+
+
+def test_bad_logprob_and_prompt_requests_are_400s(client):
+    cases = [dict(prompt="Hi", logprobs=21), dict(prompt=[10**9]), dict(prompt=[1, "a"]),
+             dict(prompt="Hi", max_tokens=0), dict(prompt="Hi", echo=True, logprobs=1, stream=True)]
+    for kw in cases:
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(model=MODEL, **kw)
+        assert info.value.body["param"] in ("prompt", "logprobs", "max_tokens", "echo"), kw
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        client.chat.completions.create(model=MODEL, messages=ASK, top_logprobs=2)
+
+
 # ---- streaming ----------------------------------------------------------------------------
 
 

@@ -116,13 +116,48 @@ def test_strategies_refuse_choices_and_stop_strings():
     assert error_of(chat, model="sc2:smollm2-135m", stop="\n").param == "stop"
 
 
-def test_completions_take_one_or_more_prompts():
-    plan = parse_completion({"model": "smollm2-135m", "prompt": ["a", "b"], "n": 2}, SERVED, LIMITS)
+def completion(**body):
+    return parse_completion({"model": "smollm2-135m", "prompt": "Hi", **body}, SERVED, LIMITS)
+
+
+def test_completions_take_one_or_more_prompts_as_text_or_token_ids():
+    plan = completion(prompt=["a", "b"], n=2)
     assert plan.prompts == ("a", "b") and plan.params.n == 2
-    assert error_of(parse_completion, {"model": "smollm2-135m", "prompt": [1, 2]}, SERVED,
-                    LIMITS).param == "prompt"
+    assert completion(prompt=[1, 2]).prompts == ((1, 2),)
+    assert completion(prompt=[[1, 2], [3]]).prompts == ((1, 2), (3,))
+    for bad in ([1, "a"], [-1], [True], [[1], []], [[1], "a"], [], [[]], 3):
+        assert error_of(completion, prompt=bad).param == "prompt", bad
     with pytest.raises(LimitError, match="max_n"):  # 2 prompts x 5 samples > 8
-        parse_completion({"model": "smollm2-135m", "prompt": ["a", "b"], "n": 5}, SERVED, LIMITS)
+        completion(prompt=["a", "b"], n=5)
+
+
+def test_logprobs_echo_and_their_extensions_are_read_strictly():
+    plan = completion(logprobs=3, echo=True, return_tokens_as_token_ids=True,
+                      return_sampling_logprobs=True, max_tokens=0)
+    out = plan.output
+    assert (out.logprobs, out.echo, out.token_ids, out.sampling, out.score_only) == \
+        (3, True, True, True, True)
+    assert plan.params.logprobs == 3  # the engine is asked for the top 3
+    assert completion(logprobs=0).output.logprobs == 0
+    assert not completion().output.wanted
+    chat_out = chat(logprobs=True, top_logprobs=2).output
+    assert chat_out.chat and chat_out.logprobs == 2
+    assert chat(logprobs=True).output.logprobs == 0
+    cases = [(completion, {"logprobs": 21}, "logprobs"), (completion, {"logprobs": True}, "logprobs"),
+             (completion, {"logprobs": "2"}, "logprobs"), (completion, {"echo": 1}, "echo"),
+             (completion, {"max_tokens": 0}, "max_tokens"),  # only with echo
+             (completion, {"return_sampling_logprobs": True}, "return_sampling_logprobs"),
+             (completion, {"logprobs": 1, "stream": True}, "logprobs"),
+             (completion, {"echo": True, "stream": True}, "echo"),
+             (completion, {"logprobs": 1, "model": "sc2:smollm2-135m"}, "logprobs"),
+             (completion, {"prompt": [1, 2], "model": "sc2:smollm2-135m"}, "prompt"),
+             (chat, {"top_logprobs": 2}, "top_logprobs"),
+             (chat, {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+             (chat, {"logprobs": 1}, "logprobs"), (chat, {"echo": True}, "echo"),
+             (chat, {"return_tokens_as_token_ids": True}, "return_tokens_as_token_ids")]
+    for parse, body, param in cases:
+        err = error_of(parse, **body)
+        assert err.status == 400 and err.param == param, (body, err.message)
 
 
 def test_json_bodies():

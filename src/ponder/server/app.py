@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from ponder.server.batcher import EngineWorker, Job
 from ponder.server.errors import ApiError, error_body
 from ponder.server.limits import Counters, Gate, Limits, read_body
+from ponder.server.logprobs import Detailed
 from ponder.server.responses import (
     FINISH,
     Envelope,
@@ -195,7 +196,8 @@ def as_api_error(exc: BaseException) -> ApiError:
 async def execute(plan: Plan, worker: EngineWorker):
     events: asyncio.Queue = asyncio.Queue()
     jobs = [Job(i, events, prompt, plan.budget, plan.stream, params=plan.params,
-                strategy=plan.strategy, scorer=plan.scorer, question=plan.question)
+                strategy=plan.strategy, scorer=plan.scorer, question=plan.question,
+                output=plan.output if plan.output.wanted else None)
             for i, prompt in enumerate(plan.prompts)]
     pending = Pending(jobs, events)
     for job in jobs:
@@ -216,10 +218,21 @@ async def execute(plan: Plan, worker: EngineWorker):
 
 def _complete(plan: Plan, env: Envelope, done: list[Any]) -> dict:
     if plan.plain:
-        choices = [env.choice(i, text, finish)
-                   for i, (text, finish) in enumerate(plain_choices(done))]
-        usage = Usage.sum(g.usage for g in done)
-        ponder = plain_ponder(plan.strategy_name, done) if plan.return_candidates else None
+        # Jobs that asked for logprobs or echo come back Detailed: the generation plus, per
+        # choice, the echoed prompt and the log-probabilities.
+        gens, extras = [], []
+        for d in done:
+            if isinstance(d, Detailed):
+                gens.append(d.generation)
+                extras += [(d.echo_text, logprobs) for logprobs in d.logprobs]
+            else:
+                gens.append(d)
+                extras += [("", None)] * len(d.completions)
+        choices = [env.choice(i, echo + text, finish, logprobs)
+                   for i, ((text, finish), (echo, logprobs))
+                   in enumerate(zip(plain_choices(gens), extras, strict=True))]
+        usage = Usage.sum(g.usage for g in gens)
+        ponder = plain_ponder(plan.strategy_name, gens) if plan.return_candidates else None
         return env.body(choices, usage=usage_json(usage), ponder=ponder)
     [result] = done
     text, finish = chosen(result, plan.params.max_tokens)

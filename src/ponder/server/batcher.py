@@ -18,15 +18,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from ponder.server.errors import ApiError, LimitError
+from ponder.server.logprobs import detailed
 from ponder.server.metered import MeteredEngine
 from ponder.server.schemas import planned_tokens
-from ponder.types import GenerateRequest, Prompt, SamplingParams
+from ponder.types import (
+    Completion,
+    GenerateRequest,
+    Generation,
+    Prompt,
+    SamplingParams,
+    Scored,
+    ScoreRequest,
+    SequenceState,
+    Usage,
+)
 
 log = logging.getLogger("ponder.server")
 
@@ -52,6 +64,7 @@ class Job:
     strategy: Any = None  # a built strategy
     scorer: str | None = None
     question: str = ""
+    output: Any = None  # schemas.Output: logprobs / echo wanted (plain jobs)
     cancelled: bool = False  # the client went away: skip if not started yet
 
 
@@ -138,17 +151,18 @@ class EngineWorker:
     def _check(self, job: Job, generated: int) -> list[int] | None:
         """Tokenize the job's prompt and hold it to the context and the budget; None (and an
         error sent) when it fails."""
+        field = "messages" if isinstance(job.prompt, list) else "prompt"
         try:
             ids = self.engine.tokenize(job.prompt)
         except Exception as exc:  # e.g. a chat template that rejects the message order
             self._emit(job, "error", ApiError(400, f"cannot build the prompt: {exc}",
-                                              param="messages", code="invalid_prompt"))
+                                              param=field, code="invalid_prompt"))
             return None
         context = getattr(self.engine, "max_positions", None)
         if context is not None and len(ids) >= context:
             self._emit(job, "error", LimitError(
                 f"the prompt has {len(ids)} tokens, more than the model's context of "
-                f"{context}", param="messages", code="context_length_exceeded"))
+                f"{context}", param=field, code="context_length_exceeded"))
             return None
         if len(ids) + generated > job.budget:
             self._emit(job, "error", LimitError(
@@ -160,14 +174,15 @@ class EngineWorker:
         return ids
 
     def _run_plain(self, jobs: list[Job]) -> None:
-        ready: list[tuple[Job, GenerateRequest]] = []
+        checked: list[tuple[Job, list[int]]] = []
         for job in jobs:
-            ids = self._check(job, job.params.n * job.params.max_tokens)
+            score_only = job.output is not None and job.output.score_only
+            ids = self._check(job, 0 if score_only else job.params.n * job.params.max_tokens)
             if ids is not None:
-                ready.append((job, GenerateRequest(ids, job.params)))
+                checked.append((job, ids))
                 self._emit(job, "started")
-        if not ready:
-            return
+        ready = [(job, GenerateRequest(ids, job.params)) for job, ids in checked
+                 if job.output is None or not job.output.score_only]
 
         def on_token(request: int, sample: int, _token: int, delta: str) -> None:
             job = ready[request][0]
@@ -177,14 +192,48 @@ class EngineWorker:
         streaming = any(job.stream for job, _ in ready)
         try:
             generations = self.engine.generate([r for _, r in ready],
-                                               on_token if streaming else None)
+                                               on_token if streaming else None) if ready else []
         except Exception as exc:
             log.exception("engine.generate failed")
-            for job, _ in ready:
+            for job, _ in checked:
                 self._emit(job, "error", exc)
             return
-        for (job, _), gen in zip(ready, generations, strict=True):
-            self._emit(job, "done", gen)
+        by_job = {id(job): gen for (job, _), gen in zip(ready, generations, strict=True)}
+        plain = [(job, ids) for job, ids in checked if job.output is None or not job.output.wanted]
+        for job, _ in plain:
+            self._emit(job, "done", by_job[id(job)])
+        if len(plain) < len(checked):
+            self._finish_detailed([(job, ids, by_job.get(id(job))) for job, ids in checked
+                                   if job.output is not None and job.output.wanted])
+
+    def _finish_detailed(self, items: list[tuple[Job, list[int], Generation | None]]) -> None:
+        """Jobs that want logprobs or echo: score echoed prompts (one engine call for all of
+        them), then build each response's log-probabilities."""
+        scoring = [(job, ids) for job, ids, _ in items
+                   if job.output.echo and job.output.logprobs is not None and len(ids) > 1]
+        started = time.perf_counter()
+        try:
+            scored = self.engine.score([ScoreRequest(ids[:1], ids[1:], job.params
+                                                     if job.output.sampling else None)
+                                        for job, ids in scoring]) if scoring else []
+        except Exception as exc:
+            log.exception("engine.score failed")
+            error = ApiError(400, f"cannot score the prompt for echo: {exc}", param="echo") \
+                if isinstance(exc, ValueError) else exc
+            for job, _, _ in items:
+                self._emit(job, "error", error)
+            return
+        wall = time.perf_counter() - started
+        scores = {id(job): s for (job, _), s in zip(scoring, scored, strict=True)}
+        for job, ids, gen in items:
+            score = scores.get(id(job))
+            try:
+                gen = _with_scoring(job, ids, gen, score, wall / max(1, len(scoring)))
+                text = job.prompt if isinstance(job.prompt, str) else self.engine.detokenize(ids)
+                self._emit(job, "done", detailed(self.engine, job.output, ids, text, gen, score))
+            except Exception as exc:
+                log.exception("building logprobs failed")
+                self._emit(job, "error", exc)
 
     def _run_strategy(self, jobs: list[Job]) -> None:
         from ponder.scorers.likelihood import make_scorer
@@ -226,6 +275,22 @@ class EngineWorker:
             if job.stream and not job.cancelled:
                 self._emit(job, "progress", info)
         return send
+
+
+def _with_scoring(job: Job, ids: list[int], gen: Generation | None, score: Scored | None,
+                  wall: float) -> Generation:
+    """The job's Generation with the echo scoring pass in its usage; for max_tokens=0,
+    n empty completions (the choices carry the echoed prompt only)."""
+    forward = score.usage.forward_tokens if score is not None else 0
+    if gen is None:
+        empty = Completion("", (), (), (), "length", Usage(), SequenceState(tuple(ids)))
+        usage = Usage(prompt_tokens=len(ids), forward_tokens=forward,
+                      calls=1 if score is not None else 0, wall_seconds=wall)
+        return Generation((empty,) * job.params.n, usage, tuple(ids))
+    if score is None:
+        return gen
+    extra = Usage(forward_tokens=forward, calls=1, wall_seconds=wall)
+    return Generation(gen.completions, gen.usage + extra, gen.prompt_token_ids)
 
 
 def _rounds(jobs: list[Job]) -> list[list[Job]]:

@@ -14,16 +14,18 @@ from ponder.server.errors import bad_request
 from ponder.strategies import registry
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-# Fields both endpoints implement.
+# Fields both endpoints implement. Of the log-probability fields, return_tokens_as_token_ids
+# is vLLM's extension (tokens come back as "token_id:<id>") and return_sampling_logprobs is
+# ponder's (log q under the distribution sampled from, next to the model's log p).
 COMMON = {"model", "n", "max_tokens", "temperature", "top_p", "stop", "seed", "stream",
-          "stream_options", "ponder", "top_k", "min_p", "ignore_eos", "user"}
+          "stream_options", "ponder", "top_k", "min_p", "ignore_eos", "user",
+          "logprobs", "return_tokens_as_token_ids", "return_sampling_logprobs"}
 # OpenAI fields accepted only at a value that means "off".
 NEUTRAL: dict[str, Any] = {
     "presence_penalty": lambda v: v is None or (not isinstance(v, bool) and v == 0),
     "frequency_penalty": lambda v: v is None or (not isinstance(v, bool) and v == 0),
     "logit_bias": lambda v: v in (None, {}),
-    "logprobs": lambda v: v in (None, False, 0),
-    "top_logprobs": lambda v: v in (None, 0),
+    "top_logprobs": lambda v: v in (None, 0),  # on completions, where `logprobs` is the k
     "response_format": lambda v: v is None or v == {"type": "text"},
     "tools": lambda v: v in (None, []),
     "tool_choice": lambda v: v in (None, "none"),
@@ -33,11 +35,12 @@ NEUTRAL: dict[str, Any] = {
     "metadata": lambda v: v is None or isinstance(v, dict),
     "store": lambda v: v in (None, False),
     "service_tier": lambda v: v in (None, "auto", "default"),
-    "echo": lambda v: v in (None, False),
+    "echo": lambda v: v in (None, False),  # on chat; /v1/completions implements it
     "suffix": lambda v: v in (None, ""),
 }
-CHAT_ONLY = {"messages", "max_completion_tokens"}
-COMPLETION_ONLY = {"prompt", "best_of"}
+CHAT_ONLY = {"messages", "max_completion_tokens", "top_logprobs"}
+COMPLETION_ONLY = {"prompt", "best_of", "echo"}
+MAX_TOP_LOGPROBS = 20
 # Sampling settings go at the top level, where the limits check them, not inside `ponder`.
 NOT_IN_PONDER = set(registry.SAMPLING_OPTIONS) - {"n"}
 

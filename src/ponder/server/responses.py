@@ -33,11 +33,12 @@ class Envelope:
         out.update({k: v for k, v in extra.items() if v is not None})
         return out
 
-    def choice(self, index: int, text: str, finish: str | None) -> dict:
+    def choice(self, index: int, text: str, finish: str | None,
+               logprobs: dict | None = None) -> dict:
         if self.chat:
             return {"index": index, "message": {"role": "assistant", "content": text},
-                    "logprobs": None, "finish_reason": finish}
-        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+                    "logprobs": logprobs, "finish_reason": finish}
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
     def delta(self, index: int, text: str | None = None, finish: str | None = None,
               role: bool = False) -> dict:

@@ -7,7 +7,7 @@ every mistake gets a message a user can act on and types are strict.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ponder.server.errors import LimitError, bad_request
@@ -15,6 +15,7 @@ from ponder.server.fields import (
     CHAT_ONLY,
     COMMON,
     COMPLETION_ONLY,
+    MAX_TOP_LOGPROBS,
     check_fields,
     kind,
     read_bool,
@@ -29,6 +30,32 @@ from ponder.server.limits import Limits
 from ponder.server.routing import SINGLE_SAMPLE, Route, route
 from ponder.strategies import registry
 from ponder.types import Prompt, SamplingParams
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a plain request wants back besides text (OpenAI's logprobs and echo).
+
+    logprobs: alternatives per token to list (0: only the chosen token); None: no
+        log-probabilities at all.
+    echo: (completions) the prompt goes in front of the text, and with logprobs the prompt
+        tokens' log-probabilities, scored by the engine, go in front of the generated ones.
+    token_ids: tokens are written "token_id:<id>" (vLLM's return_tokens_as_token_ids).
+    sampling: also log q under the distribution sampled from (ponder's
+        return_sampling_logprobs); log p is always under the model at temperature 1.
+    score_only: max_tokens=0 with echo: nothing is generated, the prompt is scored.
+    """
+
+    logprobs: int | None = None
+    echo: bool = False
+    token_ids: bool = False
+    sampling: bool = False
+    score_only: bool = False
+    chat: bool = False  # the chat shape of logprobs ({"content": [...]}) instead of completions'
+
+    @property
+    def wanted(self) -> bool:
+        return self.logprobs is not None or self.echo
 
 
 @dataclass(frozen=True)
@@ -53,6 +80,7 @@ class Plan:
     include_usage: bool
     return_candidates: bool
     budget: int
+    output: Output = Output()
 
     @property
     def plain(self) -> bool:
@@ -83,36 +111,77 @@ def parse_chat(body: dict[str, Any], served: tuple[str, ...], limits: Limits) ->
     tokens_field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     users = [m["content"] for m in messages if m["role"] == "user"]
     question = users[-1] if users else messages[-1]["content"]
-    return _plan("chat", body, (messages,), question, tokens_field, served, limits)
+    logprobs = read_bool(body, "logprobs", False)
+    top = read_int(body, "top_logprobs", 0, low=0)
+    if top > MAX_TOP_LOGPROBS:
+        raise bad_request(f"'top_logprobs' must be <= {MAX_TOP_LOGPROBS}, got {top}",
+                          "top_logprobs")
+    if top and not logprobs:
+        raise bad_request("'top_logprobs' needs logprobs=true", "top_logprobs")
+    output = replace(_output(body, top if logprobs else None, echo=False), chat=True)
+    return _plan("chat", body, (messages,), question, tokens_field, served, limits, output)
 
 
 def parse_completion(body: dict[str, Any], served: tuple[str, ...], limits: Limits) -> Plan:
     check_fields(body, COMMON | COMPLETION_ONLY)
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        prompts = (prompt,)
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        prompts = tuple(prompt)
-    else:
-        raise bad_request("'prompt' must be a string or a non-empty list of strings "
-                          f"(token-id prompts are not supported), got {kind(prompt)}", "prompt",
-                          "invalid_type")
-    if any(not p for p in prompts):
-        raise bad_request("'prompt' must not be empty", "prompt")
+    prompts = read_prompts(body.get("prompt"))
     best_of = body.get("best_of")
     if best_of is not None and best_of != body.get("n", 1):
         raise bad_request("best_of is not supported: use a strategy instead, e.g. the model "
                           f"'bon{best_of}:{served[0]}'", "best_of", "unsupported")
-    return _plan("completion", body, prompts, prompts[0], "max_tokens", served, limits)
+    logprobs = read_int(body, "logprobs", None, low=0)
+    if logprobs is not None and logprobs > MAX_TOP_LOGPROBS:
+        raise bad_request(f"'logprobs' must be <= {MAX_TOP_LOGPROBS}, got {logprobs}", "logprobs")
+    output = _output(body, logprobs, echo=read_bool(body, "echo", False))
+    question = prompts[0] if isinstance(prompts[0], str) else ""
+    return _plan("completion", body, prompts, question, "max_tokens", served, limits, output)
 
 
-def _plan(endpoint, body, prompts, question, tokens_field, served, limits: Limits) -> Plan:
+def read_prompts(prompt: Any) -> tuple[Prompt, ...]:
+    """A string, a list of strings, a list of token ids, or a list of lists of token ids."""
+    if isinstance(prompt, str):
+        prompts = (prompt,)
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        prompts = tuple(prompt)
+    elif isinstance(prompt, list) and prompt and all(_is_token(t) for t in prompt):
+        prompts = (tuple(prompt),)
+    elif isinstance(prompt, list) and prompt and all(
+            isinstance(p, list) and all(_is_token(t) for t in p) for p in prompt):
+        prompts = tuple(tuple(p) for p in prompt)
+    else:
+        raise bad_request("'prompt' must be a string, a non-empty list of strings, a list of "
+                          "token ids (integers >= 0) or a list of such lists, got "
+                          f"{kind(prompt)}", "prompt", "invalid_type")
+    if any(len(p) == 0 for p in prompts):
+        raise bad_request("'prompt' must not be empty", "prompt")
+    return prompts
+
+
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _output(body: dict[str, Any], logprobs: int | None, echo: bool) -> Output:
+    token_ids = read_bool(body, "return_tokens_as_token_ids", False)
+    sampling = read_bool(body, "return_sampling_logprobs", False)
+    if logprobs is None:
+        for name, given in (("return_tokens_as_token_ids", token_ids),
+                            ("return_sampling_logprobs", sampling)):
+            if given:
+                raise bad_request(f"'{name}' needs logprobs", name)
+    return Output(logprobs, echo, token_ids, sampling)
+
+
+def _plan(endpoint, body, prompts, question, tokens_field, served, limits: Limits,
+          output: Output) -> Plan:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request(f"'model' must be a non-empty string, got {kind(model)}", "model",
                           "invalid_type" if model is not None else "missing")
     n = read_int(body, "n", 1, low=1)
-    max_tokens = read_int(body, tokens_field, limits.default_max_tokens, low=1)
+    # max_tokens=0 with echo scores the prompt without generating (OpenAI's scoring idiom).
+    max_tokens = read_int(body, tokens_field, limits.default_max_tokens,
+                          low=0 if output.echo else 1)
     sampling = {
         "temperature": read_number(body, "temperature", None, 0.0, 2.0),
         "top_p": read_number(body, "top_p", None, 0.0, 1.0, open_low=True),
@@ -135,13 +204,28 @@ def _plan(endpoint, body, prompts, question, tokens_field, served, limits: Limit
                          param=tokens_field)
     where = route(model, served, ponder)
     given = {k: v for k, v in sampling.items() if v is not None}
+    if output.wanted and stream:
+        field = "echo" if output.echo else "logprobs"
+        raise bad_request(f"'{field}' is not supported with stream=true: ask without streaming",
+                          field, "unsupported")
     if where.strategy is None or where.strategy in SINGLE_SAMPLE:
-        params = _plain_params(where, given, n, max_tokens, stop, ignore_eos)
+        if max_tokens == 0:
+            output = replace(output, score_only=True)
+        params = _plain_params(where, given, n, max(1, max_tokens), stop, ignore_eos)
+        if output.logprobs:  # the engine ranks the top k only when asked
+            params = replace(params, logprobs=output.logprobs)
         samples = params.n * len(prompts)
         _check_n(samples, limits, "n")
         _check_budget(samples * max_tokens, limits)
         return Plan(endpoint, model, prompts, question, params, None, where.strategy, None,
-                    stream, include_usage, return_candidates, limits.max_request_tokens)
+                    stream, include_usage, return_candidates, limits.max_request_tokens,
+                    output)
+    if output.wanted or any(isinstance(p, tuple) for p in prompts):  # tuple: token ids
+        field = ("echo" if output.echo else "logprobs") if output.wanted else "prompt"
+        raise bad_request("log-probabilities, echo and token-id prompts are for plain sampling: "
+                          "a strategy returns one chosen answer", field, "unsupported")
+    if max_tokens == 0:
+        raise bad_request("max_tokens=0 (scoring the prompt) is for plain sampling", "max_tokens")
     if n != 1:
         raise bad_request(f"n={n} asks for several choices, but a strategy returns one answer: "
                           "set the strategy's samples with the prefix (e.g. 'sc8:') or "
