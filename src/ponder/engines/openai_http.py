@@ -1,0 +1,470 @@
+"""An engine on any OpenAI-compatible server(s): ponder serve, vLLM, SGLang, llama.cpp...
+
+Everything goes through POST /v1/completions. Prompts are tokenized here with the model's
+own tokenizer (chat messages through its chat template) and sent as token ids where the
+server takes them, so generation and scoring see exactly the same tokens. What a server
+can do is probed once at start (see openai_probe.py) and becomes the engine's capabilities;
+a strategy needing something the server lacks fails with an error that names it.
+
+Semantics follow the native engine: n samples per request, per-sample seeds, stop strings
+(the server cuts the text), max_tokens, ignore_eos, log p of every sampled token under the
+model at T=1, log q under the sampling distribution where the server reports it (ponder
+serve does; otherwise exact only where q = p: greedy, or T=1 without truncation, and NaN
+elsewhere, with the capability off). Usage counts what the servers did: the prompt once per
+request as OpenAI bills it, every HTTP request's prefill in forward_tokens (less what the
+server says it had cached), and one call per HTTP request.
+
+Several base URLs share the requests (data parallel): each HTTP request goes to the server
+with the fewest requests in flight. See openai_pool.py for the limits and retries.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ponder.engines.base import Capabilities, TokenCallback
+from ponder.engines.openai_pool import ServerPool
+from ponder.engines.openai_probe import Features, find_model, probe
+from ponder.engines.openai_tokens import TokenMap, load_tokenizer
+from ponder.sampling import sample_seed
+from ponder.types import (
+    Completion,
+    GenerateRequest,
+    Generation,
+    Prompt,
+    SamplingParams,
+    Scored,
+    ScoreRequest,
+    SequenceState,
+    Usage,
+)
+
+NAN = float("nan")
+
+
+class OpenAIHTTPEngine:
+    """Engine over OpenAI-compatible servers.
+
+    base_urls: one or more base URLs (a comma-separated string works too), e.g.
+        http://127.0.0.1:8000/v1; all must serve the same model.
+    model: the model name to ask for (default: the first model the server lists).
+    api_key: bearer token (default $OPENAI_API_KEY; none when unset).
+    concurrency: HTTP requests in flight per server.
+    timeout: seconds to wait for one answer; max_retries: retries on 429/5xx/connection
+        errors, `backoff` seconds apart at first, doubling.
+    tokenizer: the model's tokenizer (bundled name, HF folder, .gguf file, hub id or a HF
+        tokenizer object); default: the served model's name.
+    """
+
+    name = "openai"
+
+    def __init__(self, base_urls: Sequence[str] | str, model: str | None = None,
+                 api_key: str | None = None, concurrency: int = 16, timeout: float = 120.0,
+                 max_retries: int = 4, tokenizer: Any = None, backoff: float = 0.5):
+        if isinstance(base_urls, str):
+            base_urls = base_urls.split(",")
+        if api_key is None:
+            api_key = os.environ.get("OPENAI_API_KEY") or None
+        self.pool = ServerPool(base_urls, api_key, concurrency, timeout, max_retries, backoff)
+        try:
+            self.model_name = self.pool.run(find_model(self.pool, model))
+            self.tokenizer = load_tokenizer(tokenizer if tokenizer is not None
+                                            else self.model_name)
+            self.features: Features = self.pool.run(probe(self.pool, self.model_name,
+                                                          self.tokenizer))
+        except BaseException:
+            self.pool.close()
+            raise
+        f = self.features
+        self.capabilities = Capabilities(
+            logprobs=f.logprobs, sampling_logprobs=f.logprobs and f.sampling,
+            top_logprobs=f.logprobs and f.token_ids_out, score=f.score is not None,
+            states=f.token_prompts, kv_reuse=False, early_stop=False, streaming=False)
+        self.base_urls = [s.url for s in self.pool.servers]
+        # Problems per strategy call (the eval runner sizes its chunks by this).
+        self.max_batch_size = concurrency * len(self.pool.servers)
+        self.eos_ids = frozenset(i for i in [self.tokenizer.eos_token_id] if i is not None)
+        self._vocab = len(self.tokenizer)
+        self._token_map = TokenMap(self.tokenizer)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __repr__(self) -> str:
+        return f"OpenAIHTTPEngine({self.base_urls}, model={self.model_name!r})"
+
+    # ---- text <-> tokens -------------------------------------------------------------
+
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        """As the native engine: text with the tokenizer's special tokens, chat messages
+        through the chat template with a generation prompt, token ids unchanged."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        items = list(prompt)
+        if items and all(isinstance(t, int) and not isinstance(t, bool) for t in items):
+            if any(t < 0 or t >= self._vocab for t in items):
+                raise ValueError(f"token ids must be in [0, {self._vocab})")
+            return items
+        if items and all(isinstance(m, dict) and "role" in m and "content" in m for m in items):
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ValueError(f"the tokenizer of {self.model_name!r} has no chat template: "
+                                 "pass raw text instead")
+            text = self.tokenizer.apply_chat_template(items, tokenize=False,
+                                                      add_generation_prompt=True)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        raise ValueError(
+            "a prompt must be text, a list of {'role', 'content'} messages, or token ids")
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def _wire(self, prompt: Prompt | None, ids: list[int]) -> str | list[int]:
+        """What goes in the request's `prompt`: the ids where the server takes them; else
+        the text (raw text as given, anything else decoded with its special tokens, which
+        the server parses back)."""
+        if self.features.token_prompts:
+            return ids
+        if isinstance(prompt, str):
+            return prompt
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    # ---- generation -------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerateRequest],
+                 on_token: TokenCallback | None = None) -> list[Generation]:
+        """One Generation per request, in order; all HTTP requests run concurrently."""
+        requests = list(requests)
+        if not all(isinstance(r, GenerateRequest) for r in requests):
+            raise ValueError("generate() takes a sequence of GenerateRequest")
+        jobs = [self._job(i, r) for i, r in enumerate(requests)]
+        started = time.perf_counter()
+        answers = self.pool.run(self._post_all([b for j in jobs for b in j.bodies]))
+        wall = time.perf_counter() - started
+        at = 0
+        for job in jobs:
+            job.answers = answers[at: at + len(job.bodies)]
+            at += len(job.bodies)
+        generations = self._collect(jobs, wall)
+        if on_token is not None:  # not live: the tokens arrive with the whole answer
+            for job, gen in zip(jobs, generations, strict=True):
+                for j, c in enumerate(gen.completions):
+                    self._replay(on_token, job.index, j, c.token_ids)
+        return generations
+
+    async def _post_all(self, bodies: list[dict]) -> list[dict]:
+        import asyncio
+
+        tasks = [asyncio.ensure_future(self.pool.post("/completions", b)) for b in bodies]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for t in tasks:  # one failed: the rest are not worth waiting for
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    def _job(self, index: int, request: GenerateRequest) -> _Job:
+        p = request.params
+        where = f"request {index}"
+        if request.should_stop is not None:
+            raise ValueError(f"{where}: should_stop needs the early_stop capability, which the "
+                             "openai engine does not have (the server decodes on its own)")
+        if request.state is not None:
+            if not self.features.token_prompts:
+                raise ValueError(f"{where}: continuing from a state needs the states "
+                                 "capability: this server does not take token-id prompts")
+            ids = list(request.state.token_ids)
+            wire: str | list[int] = ids
+        else:
+            ids = self.tokenize(request.prompt)
+            wire = self._wire(request.prompt, ids)
+        if p.logprobs and not self.capabilities.top_logprobs:
+            raise ValueError(f"{where}: logprobs={p.logprobs} needs the top_logprobs "
+                             "capability: this server does not return token ids with them")
+        seed = p.seed if p.seed is not None else random.getrandbits(63)
+        body = self._body(wire, p, where)
+        if p.n == 1 or self.features.multi_n:
+            bodies = [{**body, "n": p.n, "seed": seed}]
+            seeds = [seed] * p.n
+        else:  # one request per sample, seeded as the native engine seeds sample j
+            seeds = [sample_seed(seed, j) for j in range(p.n)]
+            bodies = [{**body, "n": 1, "seed": s} for s in seeds]
+        return _Job(index, request, p, ids, bodies, seeds)
+
+    def _body(self, wire, p: SamplingParams, where: str) -> dict[str, Any]:
+        f = self.features
+        body: dict[str, Any] = {"model": self.model_name, "prompt": wire,
+                                "max_tokens": p.max_tokens, "temperature": p.temperature,
+                                "top_p": p.top_p}
+        if f.logprobs:
+            body["logprobs"] = max(1, p.logprobs)
+            if f.token_ids_out:
+                body["return_tokens_as_token_ids"] = True
+            if f.sampling and not p.greedy:
+                body["return_sampling_logprobs"] = True
+        for name, value, supported in (("top_k", p.top_k, f.top_k), ("min_p", p.min_p, f.min_p)):
+            if supported:  # sent even when off: some servers default to on (llama.cpp)
+                body[name] = value
+            elif value:
+                raise ValueError(f"{where}: {name}={value} is not supported by this server")
+        if f.repeat_penalty:
+            body["repeat_penalty"] = 1.0  # llama.cpp's default is 1.1: the model, unchanged
+        if p.stop:
+            body["stop"] = list(p.stop)
+        if p.ignore_eos:
+            if f.ignore_eos == "field":
+                body["ignore_eos"] = True
+            elif f.ignore_eos == "logit_bias" and self.eos_ids:
+                body["logit_bias"] = {str(i): -100 for i in self.eos_ids}
+            else:
+                raise ValueError(f"{where}: ignore_eos is not supported by this server")
+        return body
+
+    def _collect(self, jobs: list[_Job], wall: float) -> list[Generation]:
+        for job in jobs:
+            job.samples = [s for answer, body in zip(job.answers, job.bodies, strict=True)
+                           for s in self._samples(answer, body, job)]
+            if len(job.samples) != job.params.n:
+                raise ValueError(f"request {job.index}: asked for {job.params.n} samples, the "
+                                 f"server returned {len(job.samples)}")
+        total = sum(j.forward for j in jobs) or 1
+        share = wall / total
+        out = []
+        for job in jobs:
+            completions = []
+            for j, s in enumerate(job.samples):
+                n_gen = len(s.token_ids)
+                completions.append(Completion(
+                    text=s.text, token_ids=tuple(s.token_ids), logprobs=tuple(s.logprobs),
+                    sampling_logprobs=tuple(s.sampling), finish_reason=s.finish,
+                    usage=Usage(generated_tokens=n_gen, forward_tokens=n_gen,
+                                wall_seconds=n_gen * share),
+                    state=SequenceState(tuple(job.ids) + tuple(s.token_ids)),
+                    top_logprobs=tuple(s.top) if job.params.logprobs else None,
+                    seed=None if job.params.greedy else job.seeds[j]))
+            prefill = Usage(prompt_tokens=len(job.ids), forward_tokens=job.prefill,
+                            calls=len(job.bodies), wall_seconds=job.prefill * share)
+            out.append(Generation(tuple(completions),
+                                  prefill + Usage.sum(c.usage for c in completions),
+                                  tuple(job.ids)))
+        return out
+
+    def _samples(self, answer: dict, body: dict, job: _Job) -> list[_Sample]:
+        choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
+        usage = answer.get("usage") or {}
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        job.prefill += max(0, len(job.ids) - int(cached))
+        return [self._sample(c, job.params) for c in choices[: body["n"]]]
+
+    def _sample(self, choice: dict, p: SamplingParams) -> _Sample:
+        text = choice.get("text") or ""
+        raw_finish = choice.get("finish_reason")
+        lp = choice.get("logprobs") if self.features.logprobs else None
+        if lp and lp.get("tokens") is not None:
+            tokens = lp["tokens"]
+            logprobs = [NAN if v is None else float(v) for v in lp["token_logprobs"]]
+            ids = self._ids(tokens, text, p, raw_finish)
+            top = [self._top(d, p.logprobs) for d in lp.get("top_logprobs") or []] \
+                if p.logprobs else []
+            served_q = lp.get("sampling_token_logprobs")
+        else:  # no log-probabilities at all: the text's own tokens, log p unknown
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            logprobs, top, served_q = [NAN] * len(ids), [], None
+        if p.greedy:
+            q = [0.0] * len(ids)  # a point mass
+        elif served_q is not None:
+            q = [-math.inf if v is None else float(v) for v in served_q]
+        elif p.temperature == 1 and p.top_k == 0 and p.top_p == 1 and p.min_p == 0:
+            q = list(logprobs)  # sampling from the model itself: q = p
+        else:
+            q = [NAN] * len(ids)  # unknown here (capability sampling_logprobs is off)
+        return _Sample(text, ids, logprobs, q, top, self._finish(raw_finish, choice, ids,
+                                                                 text, p))
+
+    def _ids(self, tokens: list[str], text: str, p: SamplingParams, finish) -> list[int]:
+        if self.features.token_ids_out:
+            return [_token_id(t) for t in tokens]
+        cut = bool(p.stop) and finish != "length"
+        eos = min(self.eos_ids) if self.eos_ids and finish != "length" else None
+        return self._token_map.ids(tokens, text, cut, eos)
+
+    def _top(self, entry: dict | None, k: int) -> dict[int, float]:
+        """The top-k alternatives of one step (servers add the chosen token as k+1st)."""
+        if not entry:
+            return {}
+        pairs = []
+        for key, value in entry.items():
+            tok = _token_id(key) if key.startswith("token_id:") else self._token_map.id_of(key)
+            if tok is not None and value is not None:
+                pairs.append((tok, float(value)))
+        return dict(sorted(pairs, key=lambda kv: -kv[1])[:k])
+
+    def _finish(self, raw, choice: dict, ids: list[int], text: str, p: SamplingParams) -> str:
+        if raw == "length":
+            return "length"
+        if "stop_reason" in choice:  # vLLM: None for end-of-sequence, else what matched
+            return "stop" if isinstance(choice["stop_reason"], str) else "eos"
+        # OpenAI says "stop" for both: a stop string cut the text short of its tokens.
+        if p.stop and self.detokenize(ids) != text:
+            return "stop"
+        return "eos"
+
+    def _replay(self, on_token: TokenCallback, index: int, j: int, ids: Sequence[int]) -> None:
+        before = ""
+        for k, tok in enumerate(ids):
+            now = self.detokenize(ids[: k + 1])
+            delta = "" if now.endswith("\ufffd") else now[len(before):]
+            if delta:
+                before = now
+            on_token(index, j, tok, delta)
+
+    # ---- scoring ----------------------------------------------------------------------
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[Scored]:
+        """Per-token log-probabilities of each continuation after its prompt, through the
+        server's echo + logprobs (or vLLM's prompt_logprobs)."""
+        requests = list(requests)
+        f = self.features
+        if f.score is None:
+            raise ValueError("score() needs the score capability: this server returns no "
+                             "log-probabilities for prompt tokens (echo or prompt_logprobs)")
+        rows = []
+        for i, r in enumerate(requests):
+            if not isinstance(r, ScoreRequest):
+                raise ValueError("score() takes a sequence of ScoreRequest")
+            cont = r.continuation
+            cont_ids = (self.tokenizer.encode(cont, add_special_tokens=False)
+                        if isinstance(cont, str) else list(cont))
+            if not cont_ids:
+                raise ValueError(f"the continuation {cont!r} has no tokens")
+            prompt_ids = self.tokenize(r.prompt)
+            rows.append((prompt_ids, cont_ids, r.params, self._score_body(
+                i, r.prompt, prompt_ids + cont_ids, r.params)))
+        started = time.perf_counter()
+        answers = self.pool.run(self._post_all([body for *_, body in rows]))
+        wall = time.perf_counter() - started
+        scored = [self._scored(i, row, answer) for i, (row, answer) in
+                  enumerate(zip(rows, answers, strict=True))]
+        total = sum(s.usage.forward_tokens for s in scored) or 1
+        return [Scored(s.token_ids, s.logprobs, s.sampling_logprobs, Usage(
+            prompt_tokens=s.usage.prompt_tokens, forward_tokens=s.usage.forward_tokens,
+            calls=1, wall_seconds=wall * s.usage.forward_tokens / total)) for s in scored]
+
+    def _score_body(self, index: int, prompt: Prompt, ids: list[int],
+                    params: SamplingParams | None) -> dict[str, Any]:
+        f = self.features
+        if params is not None and not f.sampling and not _is_model_itself(params):
+            raise ValueError(f"score request {index}: log q under these sampling params needs "
+                             "the sampling_logprobs capability, which this server lacks")
+        wire = ids if f.token_prompts else self.tokenizer.decode(ids, skip_special_tokens=False)
+        body: dict[str, Any] = {"model": self.model_name, "prompt": wire,
+                                "max_tokens": f.score_max_tokens, "temperature": 0.0}
+        if f.score == "prompt_logprobs":
+            body["prompt_logprobs"] = 1
+            return body
+        body.update(echo=True, logprobs=1)
+        if f.token_ids_out:
+            body["return_tokens_as_token_ids"] = True
+        if params is not None and f.sampling:
+            body.update(temperature=params.temperature, top_p=params.top_p,
+                        return_sampling_logprobs=True)
+            if f.top_k:
+                body["top_k"] = params.top_k
+            if f.min_p:
+                body["min_p"] = params.min_p
+        return body
+
+    def _scored(self, index: int, row, answer: dict) -> Scored:
+        prompt_ids, cont_ids, params, _ = row
+        full = prompt_ids + cont_ids
+        where = f"score request {index}"
+        choice = (answer.get("choices") or [{}])[0]
+        start, end = len(prompt_ids), len(full)
+        if self.features.score == "prompt_logprobs":
+            entries = choice.get("prompt_logprobs") or []
+            if len(entries) < end:
+                raise ValueError(f"{where}: the server returned {len(entries)} prompt "
+                                 f"log-probabilities for {end} tokens")
+            logprobs = [_prompt_logprob(entries[i], full[i], where) for i in range(start, end)]
+            q = None
+        else:
+            lp = choice.get("logprobs") or {}
+            tokens, values = lp.get("tokens") or [], lp.get("token_logprobs") or []
+            if len(tokens) < end:
+                raise ValueError(f"{where}: the server echoed {len(tokens)} tokens for {end}")
+            self._check_echo(tokens[:end], full, where)
+            logprobs = [NAN if v is None else float(v) for v in values[start:end]]
+            served_q = lp.get("sampling_token_logprobs")
+            q = None if served_q is None else \
+                [-math.inf if v is None else float(v) for v in served_q[start:end]]
+        if params is not None and q is None:
+            q = list(logprobs)  # _score_body let only q = p through without the server's q
+        generated = self.features.score_max_tokens
+        return Scored(tuple(cont_ids), tuple(logprobs), tuple(q) if q is not None else None,
+                      Usage(prompt_tokens=len(prompt_ids), forward_tokens=end + generated))
+
+    def _check_echo(self, tokens: list[str], full: list[int], where: str) -> None:
+        """The server must have scored exactly our tokens (it re-tokenizes text prompts)."""
+        if self.features.token_ids_out:
+            same = [_token_id(t) for t in tokens] == full
+        else:
+            texts = self.tokenizer.batch_decode([[i] for i in full], skip_special_tokens=True)
+            same = all(t == x.replace("\ufffd", "") or not t and not x.replace("\ufffd", "")
+                       for t, x in zip(tokens, texts, strict=True))
+        if not same:
+            raise ValueError(f"{where}: the server tokenized the text differently from the "
+                             "model's tokenizer (it takes no token-id prompts), so it scored "
+                             "other tokens; use a server that takes token-id prompts")
+
+
+def _is_model_itself(params: SamplingParams) -> bool:
+    """Sampling from the model unchanged: q = p."""
+    return (params.temperature == 1 and params.top_k == 0 and params.top_p == 1
+            and params.min_p == 0)
+
+
+def _token_id(token: str) -> int:
+    if not token.startswith("token_id:"):
+        raise ValueError(f"expected a token written as token_id:<id>, got {token!r}")
+    return int(token.removeprefix("token_id:"))
+
+
+def _prompt_logprob(entry, token_id: int, where: str) -> float:
+    """vLLM's prompt_logprobs entry: {"<id>": {"logprob": x, ...}} or {"<id>": x}."""
+    if not isinstance(entry, dict) or str(token_id) not in entry:
+        raise ValueError(f"{where}: no prompt log-probability for token {token_id}")
+    value = entry[str(token_id)]
+    return float(value["logprob"] if isinstance(value, dict) else value)
+
+
+@dataclass(eq=False)
+class _Sample:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    sampling: list[float]
+    top: list[dict[int, float]]
+    finish: str
+
+
+@dataclass(eq=False)
+class _Job:
+    index: int
+    request: GenerateRequest
+    params: SamplingParams
+    ids: list[int]
+    bodies: list[dict]
+    seeds: list[int]
+    answers: list[dict] = field(default_factory=list)
+    samples: list[_Sample] = field(default_factory=list)
+    prefill: int = 0  # prompt tokens the servers computed, over this job's HTTP requests
+
+    @property
+    def forward(self) -> int:
+        return self.prefill + sum(len(s.token_ids) for s in self.samples)
