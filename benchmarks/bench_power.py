@@ -14,6 +14,7 @@ same problems. The LAST line is one JSON object with the figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -29,7 +30,8 @@ class NoReuse:
     (no KV state kept or reused), one request at a time."""
 
     def __init__(self, engine: HFEngine):
-        self.engine, self.name, self.capabilities = engine, "no-reuse", engine.capabilities
+        self.engine, self.name = engine, "no-reuse"
+        self.capabilities = dataclasses.replace(engine.capabilities, follow_ups=False)
 
     def generate(self, requests, on_token=None):
         out = []

@@ -239,3 +239,56 @@ def test_should_stop_ends_a_sample_inside_the_decode_loop(engine):
     # The unaffected sample is the one it would have been without the hook.
     [plain] = engine.generate([GenerateRequest(Q2, params)])
     assert plain.completions[0].token_ids == free.token_ids
+
+
+def test_follow_ups_join_the_running_decode_loop(engine):
+    """A request returned by follow_up starts decoding while a longer one is still running,
+    continues from the finished request's cache, and samples what it would alone."""
+    long = GenerateRequest(prompt=Q2, params=SamplingParams(temperature=0.0, max_tokens=40,
+                                                            ignore_eos=True))
+    short = GenerateRequest(prompt=Q1, keep_state=True, params=SamplingParams(
+        temperature=0.0, max_tokens=3, ignore_eos=True))
+    more = SamplingParams(temperature=1.0, max_tokens=4, seed=11, ignore_eos=True)
+    order = []
+
+    def follow_up(index, generation):
+        if index != 1:
+            return []
+        return [GenerateRequest(state=generation.completions[0].state, params=more)]
+
+    out = engine.generate([long, short], follow_up=follow_up,
+                          on_token=lambda r, _s, _t, _d: order.append(r))
+    assert len(out) == 3
+    assert order.index(2) < len(order) - 1 - order[::-1].index(0), "follow-up waited"
+    assert out[2].usage.forward_tokens == 1 + 3  # its last prefix token, then 3 of 4 sampled
+    alone = engine.generate([GenerateRequest(state=SequenceState(
+        out[1].completions[0].state.token_ids), params=more)])[0]
+    assert ids(out[2]) == ids(alone)
+    assert ids(out[0]) == ids(engine.generate([long])[0])
+
+
+def test_generate_chained_gives_the_same_generations_with_or_without_follow_ups(engine):
+    from dataclasses import replace
+
+    from ponder.engines.base import generate_chained
+
+    class Rounds:  # the same engine, advertising no follow-ups: chains step in rounds
+        name, capabilities = "rounds", replace(engine.capabilities, follow_ups=False)
+
+        def generate(self, requests):
+            return engine.generate(requests)
+
+    def chain_of_three(index, generation):
+        c = generation.completions[0]
+        if len(c.state.token_ids) - len(generation.prompt_token_ids) >= 9 or index > 20:
+            return []
+        return [GenerateRequest(state=c.state, keep_state=True, params=SamplingParams(
+            temperature=1.0, max_tokens=3, seed=index, ignore_eos=True))]
+
+    first = [GenerateRequest(prompt=q, keep_state=True, params=SamplingParams(
+        temperature=1.0, max_tokens=3 + i, seed=i, ignore_eos=True)) for i, q in enumerate((Q1, Q2))]
+    joined = generate_chained(engine, first, chain_of_three)
+    rounds = generate_chained(Rounds(), first, chain_of_three)
+    as_sets = lambda gens: sorted(g.completions[0].state.token_ids for g in gens)  # noqa: E731
+    assert len(joined) == len(rounds) > 2
+    assert as_sets(joined) == as_sets(rounds)

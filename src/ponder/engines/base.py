@@ -24,6 +24,7 @@ class Capabilities:
     kv_reuse: bool = False  # ... without recomputing the prefix
     early_stop: bool = False  # a per-sample stop predicate inside the decode loop
     streaming: bool = False  # on_token callbacks while decoding
+    follow_ups: bool = False  # generate(..., follow_up=) admits new requests mid-decode
 
     def missing(self, *needed: str) -> list[str]:
         names = {f.name for f in fields(self)}
@@ -35,6 +36,8 @@ class Capabilities:
 
 # on_token(request_index, sample_index, token_id, text_delta)
 TokenCallback = Callable[[int, int, int, str], None]
+# follow_up(request_index, generation) -> the requests to run next (see generate_chained)
+FollowUp = Callable[[int, Generation], Sequence[GenerateRequest]]
 
 
 @runtime_checkable
@@ -51,6 +54,28 @@ class Engine(Protocol):
     def tokenize(self, prompt: Prompt) -> list[int]: ...
 
     def detokenize(self, token_ids: Sequence[int]) -> str: ...
+
+
+def generate_chained(engine: Engine, requests: Sequence[GenerateRequest],
+                     follow_up: FollowUp) -> list[Generation]:
+    """Run `requests`, and the requests `follow_up(index, generation)` returns as each one
+    completes, until none are left; every Generation by index (follow-ups take the next
+    indices in the order they are returned).
+
+    Work that proceeds in many independent chains (MCMC, one step after another) uses this:
+    on an engine with the `follow_ups` capability a chain's next request joins the running
+    decode loop as soon as its last one finishes; elsewhere the chains advance in lockstep
+    rounds, each one batched call. Same requests and seeds either way, so the same results.
+    """
+    if engine.capabilities.follow_ups:
+        return engine.generate(requests, follow_up=follow_up)
+    out: list[Generation] = []
+    current = list(requests)
+    while current:
+        first = len(out)
+        out += engine.generate(current)
+        current = [r for i in range(first, len(out)) for r in follow_up(i, out[i])]
+    return out
 
 
 def require(engine: Engine, what: str, *needed: str) -> None:

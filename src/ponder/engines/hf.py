@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from ponder.engines import kv as kvlib
-from ponder.engines.base import Capabilities, TokenCallback
+from ponder.engines.base import Capabilities, FollowUp, TokenCallback
 from ponder.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve
 from ponder.sampling import process_logits, sample_rows, sample_seed
 from ponder.types import (
@@ -52,7 +53,7 @@ class HFEngine:
     name = "hf"
     capabilities = Capabilities(
         logprobs=True, sampling_logprobs=True, top_logprobs=True, score=True,
-        states=True, kv_reuse=True, early_stop=True, streaming=True,
+        states=True, kv_reuse=True, early_stop=True, streaming=True, follow_ups=True,
     )
 
     def __init__(self, model: str | None = None, dtype: str = "float32",
@@ -125,47 +126,111 @@ class HFEngine:
 
     # ---- generation -------------------------------------------------------------------
 
-    def generate(self, requests: Sequence[GenerateRequest],
-                 on_token: TokenCallback | None = None) -> list[Generation]:
-        """One Generation per request, in order. See the module docstring for how."""
+    def generate(self, requests: Sequence[GenerateRequest], on_token: TokenCallback | None = None,
+                 follow_up: FollowUp | None = None) -> list[Generation]:
+        """One Generation per request, in order. See the module docstring for how.
+
+        follow_up(index, generation), when given, is called as soon as request `index` has all
+        its samples; the requests it returns join the running decode loop at once (no waiting
+        for the rest of the batch) and take the next indices, in order. The result holds every
+        request's Generation by index, follow-ups included.
+        """
         requests = list(requests)
         if not all(isinstance(r, GenerateRequest) for r in requests):
             raise ValueError("generate() takes a sequence of GenerateRequest")
         started = time.perf_counter()
         jobs = [self._job(i, r) for i, r in enumerate(requests)]
-        pending = list(reversed(jobs))
+        pending = deque(jobs)
         batch: kvlib.KVBatch | None = None
         live: list[_Sample] = []
         logits = torch.empty(0)
+        next_tokens = torch.empty(0, dtype=torch.long, device=self.device)
         while pending or live:
-            admitted = []
-            while pending and (not live and not admitted or
-                               len(live) + sum(j.params.n for j in admitted)
-                               + pending[-1].params.n <= self.max_batch_size):
-                admitted.append(pending.pop())
-            if admitted:
-                new_logits, new_batch, new_samples = self._prefill(admitted)
+            admitted = self._admit(pending, len(live))
+            joining = [j for j in admitted if self._joins_step(j)]
+            fresh = [j for j in admitted if not self._joins_step(j)]
+            if fresh:
+                new_logits, new_batch, new_samples = self._prefill(fresh)
                 batch = new_batch if batch is None or not live else kvlib.concat(batch, new_batch)
                 logits = new_logits if not live else torch.cat([logits, new_logits])
                 live += new_samples
-            next_tokens = self._sample_step(logits, live, on_token)
-            keep = [i for i, s in enumerate(live) if not s.done]
-            for i, sample in enumerate(live):
-                if sample.done:
-                    self._finish(sample, batch, i)
-            live = [live[i] for i in keep]
+            if live:
+                next_tokens = self._sample_step(logits, live, on_token)
+                keep = [i for i, s in enumerate(live) if not s.done]
+                completed = []
+                for i, sample in enumerate(live):
+                    if sample.done:
+                        self._finish(sample, batch, i)
+                        if sample.job.finished:
+                            completed.append(sample.job)
+                live = [live[i] for i in keep]
+                if len(keep) < batch.size:
+                    batch = batch.select(torch.tensor(keep, device=self.device)) if keep else None
+                    next_tokens = next_tokens[keep]
+                if follow_up is not None and completed:
+                    self._follow(follow_up, completed, jobs, pending, started)
+                    # Follow-ups that continue a cached state join this very step.
+                    joining += self._admit(pending, len(live) + len(joining), self._joins_step)
+            for sample in live:
+                sample.forward_tokens += 1  # its last sampled token goes through the model
+            if joining:
+                join_batch, join_tokens, join_samples = self._join(joining)
+                batch = join_batch if not live else kvlib.concat(batch, join_batch)
+                next_tokens = join_tokens if not live else torch.cat([next_tokens, join_tokens])
+                live += join_samples
             if not live:
                 batch = None
                 continue
-            if len(keep) < batch.size:
-                batch = batch.select(torch.tensor(keep, device=self.device))
-                next_tokens = next_tokens[keep]
             ones = torch.ones(len(live), 1, dtype=torch.long, device=self.device)
             step_logits, batch = kvlib.forward(self.model, batch, next_tokens.unsqueeze(1), ones)
             logits = step_logits[:, -1]
-            for sample in live:
-                sample.forward_tokens += 1
-        return self._collect(jobs, time.perf_counter() - started)
+        return self._collect(jobs, self._wall_share(jobs, started))
+
+    def _admit(self, pending: deque, in_batch: int, only=None) -> list[_Job]:
+        """Take waiting jobs, first come first served, while their samples fit in the batch
+        (always at least one when the batch is empty); with `only`, stop at the first job
+        that does not satisfy it."""
+        admitted: list[_Job] = []
+        room = self.max_batch_size - in_batch
+        while pending and (only is None or only(pending[0])):
+            need = pending[0].params.n
+            if need > room and (admitted or in_batch):
+                break
+            admitted.append(pending.popleft())
+            room -= need
+        return admitted
+
+    @staticmethod
+    def _joins_step(job: _Job) -> bool:
+        """A one-sample continuation whose state is cached but for its last token needs no
+        prefill pass of its own: that token rides along in the next decode step."""
+        return job.cache is not None and job.cached == len(job.ids) - 1 and job.params.n == 1
+
+    def _join(self, jobs: list[_Job]):
+        batch = kvlib.from_row_caches([(j.cache, j.cached) for j in jobs], self.device)
+        tokens = torch.tensor([j.ids[-1] for j in jobs], dtype=torch.long, device=self.device)
+        samples = []
+        for job in jobs:
+            job.prefill_tokens = 1
+            samples.append(_Sample(job, 0, self._generator(job, 0), self._detok()))
+        return batch, tokens, samples
+
+    def _follow(self, follow_up: FollowUp, completed: list[_Job], jobs: list[_Job],
+                pending: deque, started: float) -> None:
+        share = self._wall_share(jobs, started)
+        for job in completed:
+            for request in follow_up(job.index, self._collect([job], share)[0]):
+                if not isinstance(request, GenerateRequest):
+                    raise ValueError("follow_up must return GenerateRequests")
+                new = self._job(len(jobs), request)
+                jobs.append(new)
+                pending.append(new)
+
+    @staticmethod
+    def _wall_share(jobs: list[_Job], started: float) -> float:
+        """Seconds per forward token so far: batched work is shared out by tokens fed."""
+        total = sum(j.prefill_tokens + sum(s.forward_tokens for s in j.samples) for j in jobs)
+        return (time.perf_counter() - started) / (total or 1)
 
     def _job(self, index: int, request: GenerateRequest) -> _Job:
         params = request.params
@@ -277,10 +342,7 @@ class HFEngine:
         else:
             sample.state = SequenceState(token_ids)
 
-    def _collect(self, jobs: list[_Job], wall: float) -> list[Generation]:
-        total_forward = sum(j.prefill_tokens + sum(s.forward_tokens for s in j.samples)
-                            for j in jobs) or 1
-        share = wall / total_forward
+    def _collect(self, jobs: list[_Job], share: float) -> list[Generation]:
         out = []
         for job in jobs:
             completions = []
@@ -389,6 +451,10 @@ class _Job:
     seed: int
     prefill_tokens: int = 0
     samples: list[_Sample] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return len(self.samples) == self.params.n and all(s.done for s in self.samples)
 
 
 @dataclass(eq=False)

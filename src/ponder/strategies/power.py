@@ -28,18 +28,19 @@ them. So the last N_MCMC steps of every chain are applied by a kernel that keeps
 T_max invariant, at the cost of one extra round for chains that end early; stopping at the
 first EOS, as the paper's code does, would leave such samples targeting a shorter horizon.
 
-Speed: a proposal from m continues from the KV state of x[:m] (prefix reuse), and the MH steps
-of every chain of every problem run as one batched engine call.
+Speed: a proposal from m continues from the KV state of x[:m] (prefix reuse), and the chains of
+every problem decode together; each chain steps on as soon as its own proposal is back
+(engine follow-ups), instead of every step waiting for the longest proposal of a round.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
-from ponder.engines.base import require
+from ponder.engines.base import generate_chained, require
 from ponder.strategies.base import (
     check_problems,
     confidence_meta,
@@ -150,71 +151,75 @@ class Chain:
 
 def run_chains(engine, prompts: Sequence[Prompt], config: PowerSampling,
                seeds: Sequence[int | None]) -> list[Chain]:
-    """Run one chain per prompt, all chains batched together; returns the final chains."""
+    """Run one chain per prompt, all chains batched together; returns the final chains.
+
+    Each chain is a coroutine that yields its next engine request and receives the result.
+    Chains step independently: on an engine with follow-ups, a chain's next proposal joins
+    the running decode loop as soon as its last one is back, so no chain waits for the
+    longest proposal of a round. Everything random comes from each chain's own rng and
+    seeds, so the order the chains step in changes nothing.
+    """
     require(engine, "power sampling", "logprobs", "sampling_logprobs", "states")
     chains = [Chain(random.Random(s), p) for p, s in zip(prompts, seeds, strict=True)]
-    proposal = config.proposal
-    block, total = config.block, config.max_tokens
-    for k in range(1, math.ceil(total / block) + 1):
-        live = [c for c in chains if not c.done]
-        if not live:
-            break
-        for c in live:  # an ended chain takes its last round at the final horizon
-            c.horizon = total if c.ended else min(k * block, total)
-        growing = [c for c in live if not c.ended and len(c.logp) < c.horizon]
-        if growing:
-            _extend(engine, growing, proposal)
-        accepted = [0] * len(live)
-        for _ in range(config.mcmc_steps):
-            for i, ok in enumerate(_mh_step(engine, live, proposal, config.alpha, k)):
-                accepted[i] += ok
-        for c, a in zip(live, accepted, strict=True):
-            c.acceptance.append(a / config.mcmc_steps if config.mcmc_steps else 0.0)
-            c.done = c.horizon == total
+    owner: list[tuple[Chain, Generator]] = []  # by request index
+
+    def advance(chain: Chain, process: Generator, generation=None) -> list[GenerateRequest]:
+        try:
+            request = process.send(generation)
+        except StopIteration:
+            return []
+        owner.append((chain, process))
+        return [request]
+
+    def follow_up(index: int, generation) -> list[GenerateRequest]:
+        return advance(*owner[index], generation)
+
+    first = [r for c in chains for r in advance(c, _chain_process(c, config))]
+    for (chain, _), generation in zip(owner, generate_chained(engine, first, follow_up),
+                                      strict=True):
+        chain.usage = chain.usage + generation.usage
     return chains
 
 
-def _extend(engine, growing, proposal) -> None:
-    """Sample each growing chain's next block from q (the first block starts at the prompt)."""
-    requests = []
-    for c in growing:
-        params = seeded_step(proposal, c.rng, c.horizon - len(c.logp))
-        if c.state is None:
-            requests.append(GenerateRequest(c.prompt, params, keep_state=True))
-        else:
-            requests.append(GenerateRequest(state=c.state, params=params, keep_state=True))
-    for c, gen in zip(growing, engine.generate(requests), strict=True):
-        if c.state is None:
-            c.prompt_len = len(gen.prompt_token_ids)
-        c.take(len(c.logp), gen.completions[0])
-        c.usage = c.usage + gen.usage
+def _chain_process(c: Chain, config: PowerSampling) -> Generator:
+    """Algorithm 1 for one chain: grow a block, then N_MCMC MH steps; yields requests."""
+    proposal, block, total = config.proposal, config.block, config.max_tokens
+    for k in range(1, math.ceil(total / block) + 1):
+        # An ended chain takes its last round at the final horizon (module docstring).
+        c.horizon = total if c.ended else min(k * block, total)
+        if not c.ended and len(c.logp) < c.horizon:
+            params = seeded_step(proposal, c.rng, c.horizon - len(c.logp))
+            if c.state is None:
+                gen = yield GenerateRequest(c.prompt, params, keep_state=True)
+                c.prompt_len = len(gen.prompt_token_ids)
+            else:
+                gen = yield GenerateRequest(state=c.state, params=params, keep_state=True)
+            c.take(len(c.logp), gen.completions[0])
+        accepted = 0
+        for _ in range(config.mcmc_steps):
+            m = c.rng.randrange(len(c.logp))
+            params = seeded_step(proposal, c.rng, c.horizon - m)
+            gen = yield GenerateRequest(state=c.state.truncate(c.prompt_len + m), params=params,
+                                        keep_state=True)
+            accepted += _mh_accept(c, m, gen.completions[0], config.alpha, k)
+        c.acceptance.append(accepted / config.mcmc_steps if config.mcmc_steps else 0.0)
+        if c.horizon == total:
+            c.done = True
+            return
 
 
-def _mh_step(engine, chains, proposal, alpha, block_index) -> list[bool]:
-    """One MH step for every chain, with one batched engine call for all proposals."""
-    moves = []
-    for c in chains:
-        length = len(c.logp)
-        m = c.rng.randrange(length)
-        prefix = c.state.truncate(c.prompt_len + m)
-        moves.append((m, GenerateRequest(state=prefix, params=seeded_step(proposal, c.rng, c.horizon - m),
-                                         keep_state=True)))
-    generations = engine.generate([req for _, req in moves])
-    accepted = []
-    for c, (m, _), gen in zip(chains, moves, generations, strict=True):
-        new = gen.completions[0]
-        old_len, new_len = len(c.logp), m + len(new.token_ids)
-        log_ratio = (alpha * (sum(new.logprobs) - sum(c.logp[m:]))
-                     + sum(c.logq[m:]) - sum(new.sampling_logprobs)
-                     + math.log(old_len) - math.log(new_len))
-        ok = math.log(c.rng.random() or 1e-300) < log_ratio
-        c.history.append({"block": block_index, "m": m, "proposed_tokens": len(new.token_ids),
-                          "log_ratio": round(log_ratio, 4), "accepted": ok})
-        if ok:
-            c.take(m, new)
-        c.usage = c.usage + gen.usage
-        accepted.append(ok)
-    return accepted
+def _mh_accept(c: Chain, m: int, new, alpha: float, block_index: int) -> bool:
+    """Accept or reject the proposal that regenerated the chain from position m."""
+    old_len, new_len = len(c.logp), m + len(new.token_ids)
+    log_ratio = (alpha * (sum(new.logprobs) - sum(c.logp[m:]))
+                 + sum(c.logq[m:]) - sum(new.sampling_logprobs)
+                 + math.log(old_len) - math.log(new_len))
+    ok = math.log(c.rng.random() or 1e-300) < log_ratio
+    c.history.append({"block": block_index, "m": m, "proposed_tokens": len(new.token_ids),
+                      "log_ratio": round(log_ratio, 4), "accepted": ok})
+    if ok:
+        c.take(m, new)
+    return ok
 
 
 def power_proposal(alpha: float, temperature: float | None, top_p: float,
