@@ -135,6 +135,7 @@ class VLLMEngine:
         self.llm = LLM(model=path, tokenizer=path, **options)
         self.tokenizer = self.llm.get_tokenizer()
         config = self.llm.llm_engine.model_config
+        self.block_size = self.llm.llm_engine.vllm_config.cache_config.block_size
         self.vocab_size = config.get_vocab_size()
         self.max_model_len = config.max_model_len
         self.max_logprobs = config.max_logprobs
