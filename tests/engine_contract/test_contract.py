@@ -88,6 +88,10 @@ def test_generation_logprobs_agree_with_score(any_engine):
 
 def test_sampling_logprobs_are_the_tempered_distribution(any_engine):
     params = SamplingParams(temperature=0.5, max_tokens=12, seed=5)
+    if not any_engine.capabilities.sampling_logprobs:  # e.g. a server that reports only log p
+        with pytest.raises(ValueError, match="sampling_logprobs"):
+            any_engine.score([ScoreRequest(PROMPT, " 47", params=params)])
+        return
     c = any_engine.generate([GenerateRequest(prompt=PROMPT, params=params)])[0].completions[0]
     (scored,) = any_engine.score([ScoreRequest(PROMPT, list(c.token_ids), params=params)])
     assert scored.sampling_logprobs is not None
@@ -104,7 +108,14 @@ def test_scores_agree_with_the_native_engine(any_engine, _engine_stack, _started
     if "hf" not in _started or isinstance(_started["hf"], pytest.skip.Exception):
         _started["hf"] = start_engine("hf", _engine_stack)
     request = ScoreRequest(PROMPT, " 12 + 35 = 47. The answer is 47.")
-    (ours,) = any_engine.score([request])
+    try:
+        (ours,) = any_engine.score([request])
+    except ValueError as exc:
+        # A server that takes only text re-tokenizes prompt + continuation as one string,
+        # and here merges "\n" + " " at the boundary: it cannot score these very tokens.
+        if "tokenized the text differently" not in str(exc):
+            raise
+        pytest.skip(str(exc))
     (native,) = _started["hf"].score([request])
     assert ours.token_ids == native.token_ids
     assert max(abs(a - b) for a, b in zip(ours.logprobs, native.logprobs, strict=True)) < 0.05

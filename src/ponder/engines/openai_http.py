@@ -362,6 +362,11 @@ class OpenAIHTTPEngine:
         if params is not None and not f.sampling and not _is_model_itself(params):
             raise ValueError(f"score request {index}: log q under these sampling params needs "
                              "the sampling_logprobs capability, which this server lacks")
+        if not f.echo_without_bos and f.score == "echo" and ids[0] != self.tokenizer.bos_token_id:
+            raise ValueError(f"score request {index}: this server's echo log-probabilities are "
+                             "shifted by one token for prompts that do not start with the BOS "
+                             "token (a llama-cpp-python bug), so it can score only those: use "
+                             "a chat prompt, or a server such as ponder serve or vLLM")
         wire = ids if f.token_prompts else self.tokenizer.decode(ids, skip_special_tokens=False)
         body: dict[str, Any] = {"model": self.model_name, "prompt": wire,
                                 "max_tokens": f.score_max_tokens, "temperature": 0.0}
@@ -396,31 +401,42 @@ class OpenAIHTTPEngine:
         else:
             lp = choice.get("logprobs") or {}
             tokens, values = lp.get("tokens") or [], lp.get("token_logprobs") or []
-            if len(tokens) < end:
-                raise ValueError(f"{where}: the server echoed {len(tokens)} tokens for {end}")
-            self._check_echo(tokens[:end], full, where)
-            logprobs = [NAN if v is None else float(v) for v in values[start:end]]
+            at = self._align_echo(tokens, full, where)[start:end]
+            if any(i is None for i in at):
+                raise ValueError(f"{where}: the server left continuation tokens out of its echo")
+            logprobs = [NAN if values[i] is None else float(values[i]) for i in at]
             served_q = lp.get("sampling_token_logprobs")
             q = None if served_q is None else \
-                [-math.inf if v is None else float(v) for v in served_q[start:end]]
+                [-math.inf if served_q[i] is None else float(served_q[i]) for i in at]
         if params is not None and q is None:
             q = list(logprobs)  # _score_body let only q = p through without the server's q
         generated = self.features.score_max_tokens
         return Scored(tuple(cont_ids), tuple(logprobs), tuple(q) if q is not None else None,
                       Usage(prompt_tokens=len(prompt_ids), forward_tokens=end + generated))
 
-    def _check_echo(self, tokens: list[str], full: list[int], where: str) -> None:
-        """The server must have scored exactly our tokens (it re-tokenizes text prompts)."""
+    def _align_echo(self, tokens: list[str], full: list[int], where: str) -> list[int | None]:
+        """Where each token of `full` is in the server's echo (None: left out). The server
+        must have scored exactly our tokens: one that takes text re-tokenizes it."""
         if self.features.token_ids_out:
-            same = [_token_id(t) for t in tokens] == full
-        else:
-            texts = self.tokenizer.batch_decode([[i] for i in full], skip_special_tokens=True)
-            same = all(t == x.replace("\ufffd", "") or not t and not x.replace("\ufffd", "")
-                       for t, x in zip(tokens, texts, strict=True))
-        if not same:
-            raise ValueError(f"{where}: the server tokenized the text differently from the "
-                             "model's tokenizer (it takes no token-id prompts), so it scored "
-                             "other tokens; use a server that takes token-id prompts")
+            if [_token_id(t) for t in tokens[: len(full)]] != full:
+                raise ValueError(f"{where}: the server echoed other tokens than it was sent")
+            return list(range(len(full)))
+        texts = self.tokenizer.batch_decode([[i] for i in full], skip_special_tokens=True)
+        bos = self.tokenizer.bos_token_id
+        at: list[int | None] = []
+        j = 0
+        for tid, text in zip(full, texts, strict=True):
+            if j < len(tokens) and tokens[j] == text.replace("\ufffd", ""):
+                at.append(j)
+                j += 1
+            elif tid == bos:  # llama-cpp-python leaves BOS tokens out of its echo
+                at.append(None)
+            else:
+                raise ValueError(
+                    f"{where}: the server tokenized the text differently from the model's "
+                    "tokenizer (it takes no token-id prompts), so it scored other tokens; "
+                    "use a server that takes token-id prompts (ponder serve, vLLM)")
+        return at
 
 
 def _is_model_itself(params: SamplingParams) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-RETRY_STATUS = {429, 500, 502, 503, 504}
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
 class ServerError(RuntimeError):
@@ -108,14 +108,17 @@ class ServerPool:
 
     async def get(self, server: Server, path: str) -> dict[str, Any]:
         """GET from one given server (probing), with the same retries."""
-        return await self._request("GET", path, None, fixed=server)
+        return await self._request("GET", path, None, server, RETRY_STATUS)
 
-    async def post(self, path: str, body: dict[str, Any], server: Server | None = None
-                   ) -> dict[str, Any]:
-        """POST to the least-loaded server (or `server`); the parsed JSON answer."""
-        return await self._request("POST", path, body, fixed=server)
+    async def post(self, path: str, body: dict[str, Any], server: Server | None = None,
+                   retry_status: frozenset[int] | set[int] = RETRY_STATUS) -> dict[str, Any]:
+        """POST to the least-loaded server (or `server`); the parsed JSON answer. Statuses
+        not in `retry_status` raise ServerRejected at once (probes pass fewer: some servers
+        answer 500 to a field they cannot parse)."""
+        return await self._request("POST", path, body, server, retry_status)
 
-    async def _request(self, method: str, path: str, body, fixed: Server | None):
+    async def _request(self, method: str, path: str, body, fixed: Server | None,
+                       retry_status) -> dict[str, Any]:
         failed: set[int] = set()
         last = ""
         for attempt in range(self.max_retries + 1):
@@ -143,7 +146,7 @@ class ServerPool:
                     server.sent += 1
                     return _json(response, server.url + path)
                 message = _error_message(response)
-                if response.status_code not in RETRY_STATUS:
+                if response.status_code not in retry_status:
                     raise ServerRejected(response.status_code, server.url + path, message)
                 last = f"{server.url}{path} answered {response.status_code}: {message}"
                 if response.status_code >= 500:

@@ -18,6 +18,9 @@ from ponder.engines.openai_pool import Server, ServerPool, ServerRejected
 
 # Servers known (by /v1/models owned_by) to implement ignore_eos when they accept it.
 KNOWN_OWNERS = {"vllm", "sglang", "ponder"}
+# A probe is retried only when the server is busy: llama-cpp-python answers 500 to a body it
+# cannot validate (a token-id prompt), which here means "not supported".
+PROBE_RETRY = frozenset({429, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Features:
     ignore_eos: str | None = None  # "field", "logit_bias" or None
     score: str | None = None  # "echo", "prompt_logprobs" or None
     score_max_tokens: int = 1  # what a scoring request generates: 0 where the server allows
+    echo_without_bos: bool = True  # echo values are right for prompts not starting with BOS
 
     @staticmethod
     def common(each: list[Features]) -> Features:
@@ -78,7 +82,8 @@ async def _probe(pool: ServerPool, server: Server, model: str, tokenizer) -> Fea
 
     async def answer(**extra) -> dict | None:
         try:
-            return await pool.post("/completions", {**base, **extra}, server=server)
+            return await pool.post("/completions", {**base, **extra}, server=server,
+                                   retry_status=PROBE_RETRY)
         except ServerRejected:
             return None
 
@@ -111,22 +116,42 @@ async def _probe(pool: ServerPool, server: Server, model: str, tokenizer) -> Fea
     elif eos is not None and await answer(logit_bias={str(eos): -100}) is not None:
         found["ignore_eos"] = "logit_bias"
     if logprobs:
-        found.update(await _probe_score(answer, ids, found["token_prompts"], strict,
-                                        tokenizer))
+        found.update(await _probe_score(answer, ids, found["token_prompts"],
+                                        found["token_ids_out"], strict, tokenizer))
     return Features(**found)
 
 
-async def _probe_score(answer, ids: list[int], token_prompts: bool, strict: bool,
-                       tokenizer) -> dict[str, Any]:
+async def _probe_score(answer, ids: list[int], token_prompts: bool, token_ids_out: bool,
+                       strict: bool, tokenizer) -> dict[str, Any]:
     """echo + logprobs (max_tokens 0 where a strict server allows it: a lenient one may
-    read 0 as "no limit"), else vLLM's prompt_logprobs."""
-    prompt = ids if token_prompts else tokenizer.decode(ids)
+    read 0 as "no limit"), else vLLM's prompt_logprobs.
+
+    The echo must put each value on the token it belongs to: the greedy next token C after
+    the probe prompt, echoed after it, must get the log-probability generation gave it.
+    llama-cpp-python gets this right only for prompts that start with the BOS token (it
+    shifts values by one otherwise): then echo_without_bos is False and scoring such
+    prompts is refused rather than wrong.
+    """
+    text = tokenizer.decode(ids)
+    extra = {"return_tokens_as_token_ids": True} if token_ids_out else {}
+    gen = _first_logprobs(await answer(prompt=ids if token_prompts else text, logprobs=1,
+                                       **extra))
+    if gen is None:
+        return {}
+    first, expected = gen["tokens"][0], float(gen["token_logprobs"][0])
+    if token_prompts and first.startswith("token_id:"):
+        prompt: Any = ids + [int(first.removeprefix("token_id:"))]
+    else:
+        prompt = text + first
     for max_tokens in ([0, 1] if strict else [1]):
         echoed = _first_logprobs(await answer(prompt=prompt, echo=True, logprobs=1,
                                               max_tokens=max_tokens))
         values = (echoed or {}).get("token_logprobs") or []
-        if len(values) >= len(ids) and all(isinstance(v, float | int) for v in values[1:len(ids)]):
-            return {"score": "echo", "score_max_tokens": max_tokens}
+        if len(values) > len(ids) and all(isinstance(v, float | int)
+                                          for v in values[1:len(ids) + 1]):
+            aligned = abs(values[len(ids)] - expected) < 0.05
+            return {"score": "echo", "score_max_tokens": max_tokens,
+                    "echo_without_bos": aligned}
     if token_prompts:
         got = await answer(prompt=ids, prompt_logprobs=1)
         choice = ((got or {}).get("choices") or [{}])[0]
