@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,7 +26,8 @@ from ponder.eval.store import Store
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="ray is not installed (scripts/install_ray.sh)")
 
-COMMON = {"task": "arith:1", "limit": 6, "max_tokens": 16, "prompt": "fewshot", "seed": 3}
+LIMIT = 4  # problems per run; two runs (greedy and sampled)
+COMMON = {"task": "arith:1", "limit": LIMIT, "max_tokens": 16, "prompt": "fewshot", "seed": 3}
 GREEDY = {**COMMON, "strategy": "greedy"}
 SAMPLED = {**COMMON, "strategy": "sc", "n": 2}
 ENV = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
@@ -65,36 +67,71 @@ def threads() -> int:
     return torch.get_num_threads()
 
 
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    """A Ray cluster as a user starts one (`ray start --head`, 2 CPUs, on loopback): its
+    address. Token authentication is on, as `ray start` has it by default."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the driver sends the cluster's token
+    log = tmp_path / "head.log"
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    with open(log, "w") as out:
+        # --block: the head lives as long as this process, which takes it down on SIGTERM.
+        head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}",
+                                 "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                                 "--include-dashboard=false", "--disable-usage-stats",
+                                 "--object-store-memory=100000000"],
+                                stdout=out, stderr=subprocess.STDOUT, env=os.environ,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "block forever" not in log.read_text():
+            assert head.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)  # the session we started, and only it
+            head.wait()
+
+
 @needs_ray
-def test_python_api_matches_a_local_run_resumes_and_uses_every_worker(engine, reference,
-                                                                      tmp_path):
+def test_python_api_on_a_cluster_matches_a_local_run_and_resumes(engine, reference, cluster,
+                                                                 tmp_path):
     from ponder.eval.distributed import RayWorkers
 
     db = tmp_path / "ray.db"
-    with RayWorkers({"device": "cpu", "threads": threads()}, workers=2) as pool, \
-            Store(db) as store:
-        # A shorter run first: 3 of the 6 problems, one chunk per worker.
+    with RayWorkers({"device": "cpu", "threads": threads()}, workers=2,
+                    address=cluster) as pool, Store(db) as store:
+        # A shorter run first: half of the problems, shared by the two workers.
+        half = LIMIT // 2
         for raw in (GREEDY, SAMPLED):
-            first = pool.run(make_spec({**raw, "limit": 3}), store, chunk=1, progress=False)
-            assert (first.added, first.skipped) == (3, 0)
-            assert len(first.workers) == 2 and sum(first.workers.values()) == 3
+            first = pool.run(make_spec({**raw, "limit": half}), store, chunk=1, progress=False)
+            assert (first.added, first.skipped) == (half, 0)
+            assert len(first.workers) == 2 and sum(first.workers.values()) == half
         before = created(db)
         # The full run has the same id: it resumes, running only the 3 missing problems.
         for raw in (GREEDY, SAMPLED):
             rest = pool.run(make_spec(raw), store, chunk=1, progress=False)
-            assert (rest.added, rest.skipped) == (3, 3)
-            assert sum(rest.workers.values()) == 3
+            assert (rest.added, rest.skipped) == (LIMIT - half, half)
+            assert sum(rest.workers.values()) == LIMIT - half
             again = pool.run(make_spec(raw), store, chunk=1, progress=False)
-            assert (again.added, again.skipped, again.workers) == (0, 6, {})
+            assert (again.added, again.skipped, again.workers) == (0, LIMIT, {})
         assert all(created(db)[key] == t for key, t in before.items())  # rows left alone
-        assert store.counts() == (2, 12, 6 + 12)
+        assert store.counts() == (2, 2 * LIMIT, LIMIT + 2 * LIMIT)  # greedy 1, sc 2 samples
     assert results(db) == results(reference)
 
 
 @needs_ray
 def test_cli_interrupted_ray_eval_resumes_to_the_local_result(reference, tmp_path):
     db = tmp_path / "runs.db"
-    argv = [sys.executable, "-m", "ponder.cli", "eval", "--task", "arith:1", "--limit", "6",
+    argv = [sys.executable, "-m", "ponder.cli", "eval", "--task", "arith:1", "--limit", str(LIMIT),
             "--strategy", "greedy,sc", "--n", "2", "--seed", "3", "--max-tokens", "16",
             "--prompt", "fewshot", "--chunk", "1", "--device", "cpu", "--threads",
             str(threads()), "--ray", "--ray-workers", "2", "--out", str(db)]
@@ -112,9 +149,9 @@ def test_cli_interrupted_ray_eval_resumes_to_the_local_result(reference, tmp_pat
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     partial = stored(db)
-    assert 2 <= partial < 12
+    assert 2 <= partial < 2 * LIMIT
     with sqlite3.connect(db) as conn:
-        most_left = 6 - min(n for (n,) in conn.execute(
+        most_left = LIMIT - min(n for (n,) in conn.execute(
             "SELECT COUNT(p.problem_id) FROM runs r LEFT JOIN problems p USING (run_id) "
             "GROUP BY r.run_id"))
 
@@ -127,7 +164,7 @@ def test_cli_interrupted_ray_eval_resumes_to_the_local_result(reference, tmp_pat
     # host:pid" per worker).
     if most_left >= 2:
         assert any(line.count(" problems on ") == 2 for line in done.stderr.splitlines())
-    assert stored(db) == 12
+    assert stored(db) == 2 * LIMIT
     assert results(db) == results(reference)
 
 

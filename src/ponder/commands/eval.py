@@ -228,9 +228,10 @@ def run(args: argparse.Namespace) -> int:
     pool = _ray_workers(args)  # validated (and Ray found) before anything is written
     bare_resume = args.resume and not (args.recipe or args.task or args.strategy)
     specs = unfinished_specs(args.out) if bare_resume else build_specs(args)
-    # Everything is validated: only now is the store created. Ray starts before our SIGTERM
-    # handler goes in, since ray.init installs its own.
-    with Store(args.out) as store, pool as workers, _sigterm_as_interrupt():
+    # Everything is validated: only now do Ray (with --ray) and then the store start (so a
+    # cluster that cannot be joined leaves no file). Our SIGTERM handler goes in after
+    # ray.init, which installs its own.
+    with pool as workers, Store(args.out) as store, _sigterm_as_interrupt():
         summaries = []
         engines: dict[tuple[str, str], Any] = {}
         for spec in specs:

@@ -154,8 +154,11 @@ class RayWorkers:
         ray = self.ray
         if not ray.is_initialized():
             if self.address:
-                ray.init(address=self.address, logging_level=logging.WARNING,
-                         log_to_driver=False)
+                try:
+                    ray.init(address=self.address, logging_level=logging.WARNING,
+                             log_to_driver=False)
+                except (ConnectionError, RuntimeError) as exc:
+                    raise ValueError(_cannot_join(self.address, exc)) from None
             else:
                 # Modest on purpose: evals pass small objects, and the box may be small.
                 ray.init(address="local", num_cpus=max(1, round(self.workers * self.cpus)),
@@ -254,6 +257,23 @@ class RayWorkers:
             outcome.seconds = time.perf_counter() - started
             bar.close()
         return outcome
+
+
+def _cannot_join(address: str, exc: BaseException) -> str:
+    """Why ray.init could not join a cluster, and what to do about it."""
+    causes, cause = [], exc
+    while cause is not None:
+        causes.append(str(cause))
+        cause = cause.__cause__
+    if any("InvalidAuthToken" in text for text in causes):
+        # `ray start` turns token authentication on, but a driver only sends the token when
+        # told to: RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token (or
+        # $RAY_AUTH_TOKEN).
+        return (f"the Ray cluster at {address} wants its authentication token: set "
+                "RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token or "
+                "$RAY_AUTH_TOKEN")
+    return (f"could not join the Ray cluster at {address} ({str(exc).splitlines()[0]}); "
+            "is it running (`ray start --head`, then `ray status`)?")
 
 
 def run_eval_ray(spec: RunSpec, store: Store, problems: Sequence[Problem] | None = None, *,
