@@ -189,11 +189,14 @@ class OpenAIHTTPEngine:
                              "capability: this server does not return token ids with them")
         seed = p.seed if p.seed is not None else random.getrandbits(63)
         body = self._body(wire, p, where)
-        if p.n == 1 or self.features.multi_n:
+        # Sample j is seeded sample_seed(seed, j), as in the native engine, so each sample
+        # can be reproduced alone. ponder serve does that for n samples in one request;
+        # elsewhere each sample is its own request (the prompt is read n times, counted in
+        # forward_tokens; vLLM's prefix cache makes that cheap).
+        seeds = [sample_seed(seed, j) for j in range(p.n)]
+        if p.n == 1 or self.features.multi_n and self.features.sample_seeds:
             bodies = [{**body, "n": p.n, "seed": seed}]
-            seeds = [seed] * p.n
-        else:  # one request per sample, seeded as the native engine seeds sample j
-            seeds = [sample_seed(seed, j) for j in range(p.n)]
+        else:
             bodies = [{**body, "n": 1, "seed": s} for s in seeds]
         return _Job(index, request, p, ids, bodies, seeds)
 

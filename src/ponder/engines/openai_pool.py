@@ -92,8 +92,7 @@ class ServerPool:
             server.limit = asyncio.Semaphore(self.concurrency)
         limits = httpx.Limits(max_connections=self.concurrency * len(self.servers) + 4,
                               max_keepalive_connections=self.concurrency * len(self.servers))
-        return httpx.AsyncClient(headers=headers, limits=limits, timeout=httpx.Timeout(
-            self.timeout, connect=min(10.0, self.timeout)))
+        return httpx.AsyncClient(headers=headers, limits=limits)
 
     def run(self, coro):
         """Run a coroutine on the pool's loop and wait for its result (any thread)."""
@@ -127,8 +126,9 @@ class ServerPool:
             server.load += 1
             try:
                 async with server.limit:
-                    response = await self._client.request(method, server.url + path,
-                                                           json=body)
+                    response = await self._client.request(
+                        method, server.url + path, json=body, timeout=httpx.Timeout(
+                            self.timeout, connect=min(10.0, self.timeout)))
             except httpx.TimeoutException as exc:
                 if isinstance(exc, httpx.ConnectTimeout):
                     last = f"could not connect to {server.url} within the timeout"

@@ -29,6 +29,7 @@ class Features:
     token_prompts: bool = False  # a prompt may be a list of token ids
     token_ids_out: bool = False  # return_tokens_as_token_ids
     multi_n: bool = False  # n > 1 in one request
+    sample_seeds: bool = False  # ... seeding sample j as ponder does: sample_seed(seed, j)
     sampling: bool = False  # return_sampling_logprobs (ponder): log q of sampled tokens
     top_k: bool = False
     min_p: bool = False
@@ -107,6 +108,7 @@ async def _probe(pool: ServerPool, server: Server, model: str, tokenizer) -> Fea
         token_ids_out=logprobs and bool(tokens) and all(
             isinstance(t, str) and t.startswith("token_id:") for t in tokens),
         multi_n=two is not None and len(two.get("choices") or []) == 2,
+        sample_seeds="ponder" in owners,
         sampling=logprobs and "sampling_token_logprobs" in (_first_logprobs(sampling) or {}),
         top_k=top_k is not None, min_p=min_p is not None,
         repeat_penalty=repeat is not None)
