@@ -27,6 +27,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                             "$OPENAI_API_KEY)")
     group.add_argument("--concurrency", type=int, default=16,
                        help="--engine openai: requests in flight per server (default 16)")
+    group.add_argument("--tokenizer", default=None,
+                       help="--engine openai: the served model's tokenizer (bundled name, HF "
+                            "folder, .gguf file or hub id), to render chat prompts and count "
+                            "tokens on this side (default: the model name the server gives)")
     group.add_argument("--tensor-parallel-size", type=int, default=1,
                        help="--engine vllm: GPUs per model (default 1)")
     group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
@@ -64,7 +68,8 @@ def engine_from_args(args: argparse.Namespace):
     model = None if args.model == DEFAULT_MODEL else args.model
     return load_engine(kind, base_urls=[u.strip() for u in base_url.split(",") if u.strip()],
                        model=model, api_key=getattr(args, "engine_api_key", None),
-                       concurrency=getattr(args, "concurrency", 16))
+                       concurrency=getattr(args, "concurrency", 16),
+                       tokenizer=getattr(args, "tokenizer", None))
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, n_default: int = 1,
