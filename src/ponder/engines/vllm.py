@@ -48,18 +48,20 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
           "float16": "float16", "fp16": "float16", "auto": "auto"}
 
 
-def _env_defaults() -> dict[str, str]:
+def _env_defaults(local_model: bool = True) -> dict[str, str]:
     """vLLM settings that suit ponder on a small CPU host; any already set are kept."""
-    return {
+    env = {
         "VLLM_CPU_KVCACHE_SPACE": "2",  # GiB; without it LLM() fails on 'CPU memory utilization'
         "VLLM_CACHE_ROOT": str(ponder_home() / "vllm"),  # else it writes under ~/.cache/vllm
-        "HF_HUB_OFFLINE": "1",  # the bundled model is local; don't wait on the hub
         "VLLM_USE_AOT_COMPILE": "0",  # a restart recompiles faster than it loads AOT artifacts
         # The engine core in this process: no spawned worker re-importing the caller's
         # __main__ (scripts without a main guard would fail), and nothing left running.
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "VLLM_LOGGING_LEVEL": "WARNING",
     }
+    if local_model:  # nothing to fetch: don't let a hub lookup wait on the network
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
 
 
 def model_folder(model: str | None) -> str:
@@ -103,8 +105,11 @@ class VLLMEngine:
         if not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be an integer >= 1, got "
                              f"{tensor_parallel_size!r}")
-        for key, value in _env_defaults().items():
-            os.environ.setdefault(key, value)
+        self.model_name = model or DEFAULT_MODEL
+        source = resolve(self.model_name)  # fails early on an unknown name
+        local = source.cache_dir is not None or os.path.isdir(source.path)
+        for key, value in _env_defaults(local_model=local).items():
+            os.environ.setdefault(key, value)  # before vllm (and huggingface_hub) read them
         try:
             from vllm import LLM
             from vllm.platforms import current_platform
@@ -113,7 +118,6 @@ class VLLMEngine:
                 "the vllm engine needs vLLM: run scripts/install_vllm.sh (creates .venv-vllm) "
                 "and run ponder from that venv, or pip install 'ponder[vllm]' on a GPU host"
             ) from err
-        self.model_name = model or DEFAULT_MODEL
         path = model_folder(self.model_name)
         on_cpu = current_platform.is_cpu()
         if enforce_eager is None:
