@@ -94,7 +94,14 @@ class OpenAIHTTPEngine:
         self._token_map = TokenMap(self.tokenizer)
 
     def close(self) -> None:
+        """Close the connections and stop the engine's event loop thread."""
         self.pool.close()
+
+    def __enter__(self) -> OpenAIHTTPEngine:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"OpenAIHTTPEngine({self.base_urls}, model={self.model_name!r})"
@@ -283,7 +290,8 @@ class OpenAIHTTPEngine:
             q = [0.0] * len(ids)  # a point mass
         elif served_q is not None:
             q = [-math.inf if v is None else float(v) for v in served_q]
-        elif p.temperature == 1 and p.top_k == 0 and p.top_p == 1 and p.min_p == 0:
+        elif _is_model_itself(p) and not (p.ignore_eos and self.features.ignore_eos
+                                          == "logit_bias"):  # a banned EOS changes q
             q = list(logprobs)  # sampling from the model itself: q = p
         else:
             q = [NAN] * len(ids)  # unknown here (capability sampling_logprobs is off)

@@ -46,6 +46,7 @@ class Server:
     limit: asyncio.Semaphore | None = None
     load: int = 0  # requests in flight or waiting for a slot here
     sent: int = 0  # requests answered, for the record and for tie-breaking
+    resting_until: float = 0.0  # after a failure, other servers are preferred until then
 
 
 class ServerPool:
@@ -78,6 +79,7 @@ class ServerPool:
         self.concurrency, self.timeout, self.max_retries = concurrency, float(timeout), max_retries
         self.backoff, self.max_backoff = backoff, max_backoff
         self.retries = 0  # retries made, over the pool's life
+        self.rest_seconds = 5.0  # how long a server that failed is passed over when possible
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
@@ -132,7 +134,7 @@ class ServerPool:
             except httpx.TimeoutException as exc:
                 if isinstance(exc, httpx.ConnectTimeout):
                     last = f"could not connect to {server.url} within the timeout"
-                    failed.add(id(server))
+                    self._failed(server, failed)
                 else:
                     raise ServerTimeout(
                         f"{server.url}{path} gave no answer within {self.timeout:g} s; the "
@@ -140,7 +142,7 @@ class ServerPool:
                         "concurrency") from None
             except httpx.TransportError as exc:
                 last = f"{server.url}: {type(exc).__name__}: {exc}"
-                failed.add(id(server))
+                self._failed(server, failed)
             else:
                 if response.status_code < 400:
                     server.sent += 1
@@ -150,7 +152,7 @@ class ServerPool:
                     raise ServerRejected(response.status_code, server.url + path, message)
                 last = f"{server.url}{path} answered {response.status_code}: {message}"
                 if response.status_code >= 500:
-                    failed.add(id(server))
+                    self._failed(server, failed)
                 wait = _retry_after(response)
             finally:
                 server.load -= 1
@@ -165,8 +167,16 @@ class ServerPool:
         raise ServerError(f"giving up after {self.max_retries + 1} attempts: {last}")
 
     def _pick(self, failed: set[int]) -> Server:
-        healthy = [s for s in self.servers if id(s) not in failed] or self.servers
+        """Least load first, among servers this request has not seen fail and that are not
+        resting after a recent failure (any server when none is left)."""
+        now = self._loop.time()
+        fresh = [s for s in self.servers if id(s) not in failed]
+        healthy = [s for s in fresh if s.resting_until <= now] or fresh or self.servers
         return min(healthy, key=lambda s: (s.load, s.sent))
+
+    def _failed(self, server: Server, failed: set[int]) -> None:
+        failed.add(id(server))
+        server.resting_until = self._loop.time() + self.rest_seconds
 
 
 def _json(response: httpx.Response, where: str) -> dict[str, Any]:
