@@ -284,6 +284,31 @@ def test_a_server_without_token_prompts_or_sampling_logprobs_fails_strategies_cl
         engine.close()
 
 
+def test_a_server_without_logprobs_still_samples_and_refuses_scoring(proxies):
+    from ponder.strategies.registry import make_strategy
+    from ponder.tasks.datasets import load_task
+
+    proxy = proxies[0]
+    proxy.reset()
+    proxy.refuse_fields = {"logprobs"}
+    engine = engine_on(proxy.url)
+    try:
+        caps = engine.capabilities
+        assert not caps.logprobs and not caps.score and not caps.top_logprobs
+        (gen,) = engine.generate(requests(1, max_tokens=6))
+        c = gen.completions[0]
+        # Token ids come from the text; log p is unknown, not made up.
+        assert c.text and engine.detokenize(c.token_ids) == c.text
+        assert all(v != v for v in c.logprobs)  # NaN
+        with pytest.raises(ValueError, match="score capability"):
+            engine.score([ScoreRequest(ASK, " 5")])
+        sc = make_strategy("self_consistency", n=2, max_tokens=8, seed=0)
+        assert sc.run(load_task("arith:1", limit=1), engine, None)[0].candidates
+    finally:
+        proxy.reset()
+        engine.close()
+
+
 def test_usage_counts_every_request_and_the_samples_match_the_native_seeding(servers):
     engine = engine_on(servers[0].url)
     try:

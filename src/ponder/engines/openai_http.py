@@ -9,8 +9,8 @@ a strategy needing something the server lacks fails with an error that names it.
 Semantics follow the native engine: n samples per request, per-sample seeds, stop strings
 (the server cuts the text), max_tokens, ignore_eos, log p of every sampled token under the
 model at T=1, log q under the sampling distribution where the server reports it (ponder
-serve does; otherwise exact only where q = p: greedy, or T=1 without truncation, and NaN
-elsewhere, with the capability off). Usage counts what the servers did: the prompt once per
+serve does; elsewhere it is known only for greedy, 0, and for T=1 without truncation, where
+q = p; NaN otherwise, with the capability off). Usage counts what the servers did: the prompt once per
 request as OpenAI bills it, every HTTP request's prefill in forward_tokens (less what the
 server says it had cached), and one call per HTTP request.
 
