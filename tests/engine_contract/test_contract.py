@@ -101,8 +101,16 @@ def test_sampling_logprobs_are_the_tempered_distribution(any_engine):
     assert sum(c.sampling_logprobs) >= sum(c.logprobs)
 
 
+# Engines that compute in the GGUF's quantized arithmetic rather than on the dequantized
+# weights: llama.cpp multiplies 8-bit activations by the 4-bit weights, and was measured
+# 0.21 nats off transformers' fp32 on one token of the continuation below (0.19 through
+# llama-cpp-python's own Llama.eval; summed over its 19 tokens, +0.03), so 0.05 cannot hold.
+QUANTIZED_TOLERANCE = {"llamacpp": 0.3}
+
+
 def test_scores_agree_with_the_native_engine(any_engine, _engine_stack, _started):
-    """Same model, same tokens: per-token log-probabilities within 0.05 of transformers'."""
+    """Same model, same tokens: per-token log-probabilities within 0.05 of transformers'
+    (QUANTIZED_TOLERANCE for engines computing in quantized arithmetic)."""
     from conftest import start_engine
 
     if "hf" not in _started or isinstance(_started["hf"], pytest.skip.Exception):
@@ -118,7 +126,8 @@ def test_scores_agree_with_the_native_engine(any_engine, _engine_stack, _started
         pytest.skip(str(exc))
     (native,) = _started["hf"].score([request])
     assert ours.token_ids == native.token_ids
-    assert max(abs(a - b) for a, b in zip(ours.logprobs, native.logprobs, strict=True)) < 0.05
+    tolerance = QUANTIZED_TOLERANCE.get(any_engine.name, 0.05)
+    assert max(abs(a - b) for a, b in zip(ours.logprobs, native.logprobs, strict=True)) < tolerance
 
 
 def test_tokenize_detokenize_round_trip(any_engine):
