@@ -6,7 +6,7 @@ import pytest
 
 from ponder.eval.metrics import Samples, summarize
 from ponder.eval.report import format_table, summarize_run, summarize_store
-from ponder.eval.runner import load_recipe, make_spec, recipe_names, run_eval
+from ponder.eval.runner import RunSpec, load_recipe, make_spec, recipe_names, run_eval
 from ponder.eval.store import Store
 from ponder.tasks.grade import is_equiv
 
@@ -121,3 +121,13 @@ def test_report_metrics_come_from_the_stored_samples(engine, tmp_path):
         assert summarize_store(store, [spec.run_id[:6]]) == [summary]
         with pytest.raises(ValueError, match="no run"):
             summarize_store(store, ["zzzz"])
+
+
+def test_the_engine_is_part_of_the_run_id_and_native_ids_are_unchanged():
+    native = make_spec({"task": "arith:1", "strategy": "greedy"})
+    vllm = make_spec({"task": "arith:1", "strategy": "greedy", "engine": "vllm"})
+    assert "engine" not in native.config()  # ids of runs stored before engines had names
+    assert vllm.engine == "vllm" and vllm.run_id != native.run_id
+    assert RunSpec.from_dict(vllm.to_dict()).run_id == vllm.run_id
+    with pytest.raises(ValueError, match="unknown engine 'tgi'"):
+        make_spec({"task": "arith:1", "engine": "tgi"})

@@ -43,7 +43,7 @@ shipped recipes: ponder/recipes/*.yaml (greedy, cot, sc8, bon8, self-refine, dem
 # Flags that set run options of the same name (--top-p sets top_p); unset ones are None.
 FLAG_OPTIONS = ("task", "limit", "levels", "subjects", "shuffle_seed", "prompt", "scorer",
                 "label", "n", "temperature", "top_p", "top_k", "min_p", "max_tokens", "seed",
-                "iterations", "model", "dtype")
+                "iterations", "model", "dtype", "engine")
 
 
 def register(sub: Any) -> None:
@@ -316,9 +316,9 @@ def _engine(cache: dict, spec, args: argparse.Namespace):
     flags (--device, --threads, ...) as given."""
     from ponder.commands._common import engine_from_args
 
-    key = (spec.model, spec.dtype)
+    key = (spec.engine, spec.model, spec.dtype)
     if key not in cache:
         cache.clear()  # free the previous model first: only one is in use at a time
-        cache[key] = engine_from_args(argparse.Namespace(**{**vars(args), "model": spec.model,
-                                                            "dtype": spec.dtype}))
+        cache[key] = engine_from_args(argparse.Namespace(**{
+            **vars(args), "engine": spec.engine, "model": spec.model, "dtype": spec.dtype}))
     return cache[key]

@@ -28,7 +28,7 @@ STYLES = ("plain", "cot", "boxed", "fewshot")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 # Run options besides the strategy's own (sampling options and its extra_options).
 RUN_KEYS = ("task", "limit", "levels", "subjects", "shuffle_seed", "strategy", "prompt", "raw",
-            "model", "dtype", "scorer", "label")
+            "model", "dtype", "engine", "scorer", "label")
 DEFAULT_SEED = 0  # eval runs are reproducible unless the user asks otherwise
 
 
@@ -44,6 +44,7 @@ class RunSpec:
     chat: bool = True
     model: str = "smollm2-135m"
     dtype: str = "float32"
+    engine: str = "hf"  # the backend; it changes the numerics, so it is part of the run id
     scorer: str | None = None
     levels: tuple[int, ...] | None = None
     subjects: tuple[str, ...] | None = None
@@ -52,11 +53,16 @@ class RunSpec:
     label: str = ""
 
     def config(self) -> dict[str, Any]:
-        """What defines the run's results (and its id): everything but limit and label."""
-        return {"task": self.task, "levels": self.levels, "subjects": self.subjects,
-                "shuffle_seed": self.shuffle_seed, "strategy": self.strategy,
-                "options": dict(self.options), "prompt": self.prompt, "chat": self.chat,
-                "model": self.model, "dtype": self.dtype, "scorer": self.scorer}
+        """What defines the run's results (and its id): everything but limit and label.
+        The native engine is left out, so runs stored before engines were named keep
+        their ids."""
+        config = {"task": self.task, "levels": self.levels, "subjects": self.subjects,
+                  "shuffle_seed": self.shuffle_seed, "strategy": self.strategy,
+                  "options": dict(self.options), "prompt": self.prompt, "chat": self.chat,
+                  "model": self.model, "dtype": self.dtype, "scorer": self.scorer}
+        if self.engine != "hf":
+            config["engine"] = self.engine
+        return config
 
     @property
     def run_id(self) -> str:
@@ -143,8 +149,14 @@ def make_spec(raw: Mapping[str, Any]) -> RunSpec:
     dtype = str(raw.get("dtype", "float32"))
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPE_NAMES)}")
+    from ponder.engines import ENGINES
+
+    engine = str(raw.get("engine", "hf"))
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
     model = str(raw.get("model", DEFAULT_MODEL))
-    resolve(model)  # an unknown model fails here, before anything is written
+    if engine != "openai":  # a server names its own models
+        resolve(model)  # an unknown model fails here, before anything is written
     scorer = raw.get("scorer")
     if entry.needs_scorer and scorer is None:
         raise ValueError(f"strategy {strategy!r} needs a scorer: add --scorer mean_logprob "
@@ -157,7 +169,7 @@ def make_spec(raw: Mapping[str, Any]) -> RunSpec:
     spec = RunSpec(
         task=str(raw["task"]), strategy=strategy, options=options, prompt=prompt,
         chat=not _as_bool(raw.get("raw", False), "raw"), model=model, dtype=dtype,
-        scorer=scorer, levels=_as_tuple(raw.get("levels"), int, "levels"),
+        engine=engine, scorer=scorer, levels=_as_tuple(raw.get("levels"), int, "levels"),
         subjects=_as_tuple(raw.get("subjects"), str, "subjects"),
         shuffle_seed=raw.get("shuffle_seed"), limit=raw.get("limit"),
         label=str(raw.get("label") or ""))
