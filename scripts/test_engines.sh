@@ -3,13 +3,13 @@
 # run in .venv-vllm (scripts/install_vllm.sh; run here if vLLM is not there yet).
 #
 # One pytest session, so vLLM loads once (~25 s with enforce_eager) and the native engine
-# once; the contract suite also starts vLLM's OpenAI server for the openai engine. About
-# 6 minutes on 2 CPU cores. Extra pytest arguments are passed on (e.g. -x, -k vllm).
+# once. A few minutes on 2 CPU cores. Extra pytest arguments are passed on (e.g. -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VPY=.venv-vllm/bin/python
 "$VPY" -c "import vllm" 2>/dev/null || bash scripts/install_vllm.sh
 # Two cores are shared with other jobs: one torch thread, OpenMP threads that sleep.
 export PONDER_THREADS=${PONDER_THREADS:-1} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-exec "$VPY" -m pytest -q -p no:cacheprovider -k "vllm or hf" \
+# The main suite already ran the native engine and the openai engine on vLLM's server.
+exec "$VPY" -m pytest -q -p no:cacheprovider -k "vllm and not openai" \
   tests/engine_contract tests/test_engine_vllm.py "$@"
