@@ -186,3 +186,36 @@ def test_score_evaluates_token_lists_and_reuses_the_cached_prompt(engine):
     assert first.usage.forward_tokens == len(gen.token_ids)
     assert second.usage.forward_tokens == len(second.token_ids)
     assert first.usage.prompt_tokens == second.usage.prompt_tokens == len(engine.tokenize(PROMPT))
+
+
+# ---- callbacks -------------------------------------------------------------------------
+
+@needs_llama
+def test_streamed_deltas_add_up_to_each_text(engine):
+    deltas: dict[tuple[int, int], str] = {}
+
+    def on_token(request, index, _token, delta):
+        deltas[request, index] = deltas.get((request, index), "") + delta
+
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=10, seed=8)
+    gens = engine.generate([GenerateRequest(PROMPT, params), GenerateRequest(OTHER, params)],
+                           on_token=on_token)
+    for r, gen in enumerate(gens):
+        for j, c in enumerate(gen.completions):
+            assert deltas.get((r, j), "") == c.text
+
+
+@needs_llama
+def test_a_failing_callback_leaves_the_engine_usable(engine):
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=8, seed=21)
+    before = engine.generate([GenerateRequest(PROMPT, params)])[0]
+
+    def boom(_index, step):
+        if step.generated == 4:
+            raise RuntimeError("callback failed")
+        return False
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        engine.generate([GenerateRequest(PROMPT, params, should_stop=boom)])
+    after = engine.generate([GenerateRequest(PROMPT, params)])[0]
+    assert [c.token_ids for c in after.completions] == [c.token_ids for c in before.completions]

@@ -21,7 +21,7 @@ breaks on token lists. Here llama.cpp only runs the model; everything else is po
 
 llama.cpp computes in the GGUF's quantized arithmetic (8-bit activations against 4-bit
 weights here), so its log-probabilities differ from the native engine's, which runs the
-dequantized weights in float32: by up to ~0.3 nats on single tokens of the bundled model.
+dequantized weights in float32: by 0.2-0.4 nats on single tokens of the bundled model.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ class LlamaCppEngine:
         cparams.n_ctx = self.kv_cells
         cparams.n_batch = cparams.n_ubatch = _UBATCH
         # Live samples, as many finished ones kept for prefix reuse, a scratch sequence and
-        # a graveyard (see _prepare).
+        # a graveyard (see _decode and _retire).
         cparams.n_seq_max = 2 * max_batch_size + 2
         cparams.n_threads = cparams.n_threads_batch = self.threads
         # One KV buffer for all sequences: the n samples of a request share their prompt's
@@ -618,16 +618,20 @@ class LlamaCppEngine:
                                  f"tokens, more than the context of {self.max_positions} (n_ctx)")
             rows.append((prompt_ids, cont_ids, r.params))
         out, walls = [], []
-        for prompt_ids, cont_ids, params in rows:
-            started = time.perf_counter()
-            seq = prompt_ids + cont_ids
-            _, shared = self._cached(seq, len(prompt_ids) - 1)
-            if len(seq) - 1 - shared > self._room():
-                self._reset()
-            slot, logits, evaluated = self._evaluate(seq[:-1], len(prompt_ids) - 1)
-            self._touch(slot)
-            out.append(_scored(torch.from_numpy(logits), prompt_ids, cont_ids, params, evaluated))
-            walls.append(time.perf_counter() - started)
+        try:
+            for prompt_ids, cont_ids, params in rows:
+                started = time.perf_counter()
+                seq = prompt_ids + cont_ids
+                _, shared = self._cached(seq, len(prompt_ids) - 1)
+                if len(seq) - 1 - shared > self._room():
+                    self._reset()
+                _, logits, evaluated = self._evaluate(seq[:-1], len(prompt_ids) - 1)
+                out.append(_scored(torch.from_numpy(logits), prompt_ids, cont_ids, params,
+                                   evaluated))
+                walls.append(time.perf_counter() - started)
+        except BaseException:
+            self._reset()  # leave no half-written slot behind
+            raise
         return [Scored(s.token_ids, s.logprobs, s.sampling_logprobs,
                        Usage(prompt_tokens=s.usage.prompt_tokens,
                              forward_tokens=s.usage.forward_tokens, calls=1, wall_seconds=wall))
