@@ -98,6 +98,12 @@ def _import_llama_cpp():
         import llama_cpp
     except (ImportError, OSError, RuntimeError) as e:
         raise ImportError(f"{INSTALL_HINT} ({type(e).__name__}: {e})") from e
+    fields = {name for name, _ in llama_cpp.llama_context_params._fields_}
+    has_api = hasattr(llama_cpp, "llama_memory_seq_cp") and "kv_unified" in fields
+    if not has_api:
+        raise ImportError(f"llama-cpp-python {llama_cpp.__version__} is too old for the llama.cpp "
+                          "engine (it needs the API of 0.3.36): run `bash "
+                          "scripts/install_llamacpp.sh`")
     global _log_callback
     if _log_callback is None:
         llama_cpp.llama_backend_init()
