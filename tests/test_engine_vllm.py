@@ -59,8 +59,8 @@ def test_greedy_self_consistency_eval_gives_the_native_engines_answers(engine, t
     env = {**os.environ, "PONDER_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    with Store(tmp_path / "vllm.db", read_only=True) as store:
-        served = store.problems(spec.run_id)
+    with Store(tmp_path / "vllm.db", read_only=True) as store:  # the engine is in the run id
+        served = store.problems(make_spec({**options, "engine": "vllm"}).run_id)
     assert len(native) == len(served) == 6
     assert [r.answer for r in served] == [r.answer for r in native]
     assert any(r.answer is not None for r in native)
