@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install llama-cpp-python (with its [server] extra) into ./.venv for `--engine llamacpp`.
+# Install llama-cpp-python (with its [server] extra) into ./.venv for `--engine llamacpp`
+# (PONDER_VENV=.venv-vllm puts it beside vLLM too, e.g. for benchmarks/bench_engines.py).
 #
 # llama-cpp-python ships only as a source distribution: pip compiles llama.cpp, which takes
 # ~4.5 minutes on 2 cores. So this script
@@ -18,9 +19,10 @@
 # the build. Override with PONDER_LLAMACPP_CMAKE_ARGS="..." (e.g. "-DGGML_NATIVE=ON").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VPY=.venv/bin/python
+VENV=${PONDER_VENV:-.venv}
+VPY=$VENV/bin/python
 VERSION=${PONDER_LLAMACPP_VERSION:-0.3.36}
-[ -x "$VPY" ] || { echo "install_llamacpp: no .venv; run scripts/install.sh first" >&2; exit 1; }
+[ -x "$VPY" ] || { echo "install_llamacpp: no $VENV; run scripts/install.sh first" >&2; exit 1; }
 
 if "$VPY" -c "import llama_cpp, llama_cpp.server.app" 2>/dev/null; then
   echo "install_llamacpp: llama-cpp-python $("$VPY" -c 'import llama_cpp; print(llama_cpp.__version__)') already installed"
