@@ -78,6 +78,25 @@ def generate_chained(engine: Engine, requests: Sequence[GenerateRequest],
     return out
 
 
+def tokenize_prompt(tokenizer, prompt: Prompt, vocab_size: int, model_name: str) -> list[int]:
+    """A prompt as token ids, the way every engine with a Hugging Face tokenizer reads it:
+    text with the tokenizer's special tokens (BOS, if any); chat messages through the chat
+    template with a generation prompt; token ids unchanged (checked against the vocabulary)."""
+    if isinstance(prompt, str):
+        return tokenizer.encode(prompt)
+    items = list(prompt)
+    if items and all(isinstance(t, int) and not isinstance(t, bool) for t in items):
+        if any(t < 0 or t >= vocab_size for t in items):
+            raise ValueError(f"token ids must be in [0, {vocab_size})")
+        return items
+    if items and all(isinstance(m, dict) and "role" in m and "content" in m for m in items):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"model {model_name!r} has no chat template: pass raw text instead")
+        text = tokenizer.apply_chat_template(items, tokenize=False, add_generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False)
+    raise ValueError("a prompt must be text, a list of {'role', 'content'} messages, or token ids")
+
+
 def require(engine: Engine, what: str, *needed: str) -> None:
     """Raise a clear error when `engine` lacks capabilities that `what` needs."""
     missing = engine.capabilities.missing(*needed)

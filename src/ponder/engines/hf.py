@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ponder.engines import kv as kvlib
-from ponder.engines.base import Capabilities, FollowUp, TokenCallback
+from ponder.engines.base import Capabilities, FollowUp, TokenCallback, tokenize_prompt
 from ponder.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve
 from ponder.sampling import process_logits, sample_rows, sample_seed
 from ponder.types import (
@@ -101,25 +101,7 @@ class HFEngine:
     def tokenize(self, prompt: Prompt) -> list[int]:
         """Text -> ids (with the tokenizer's BOS, if any); chat messages -> the chat
         template with a generation prompt; token ids pass through unchanged."""
-        if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)
-        items = list(prompt)
-        if items and all(isinstance(t, int) and not isinstance(t, bool) for t in items):
-            vocab = self.model.config.vocab_size
-            if any(t < 0 or t >= vocab for t in items):
-                raise ValueError(f"token ids must be in [0, {vocab})")
-            return items
-        if items and all(isinstance(m, dict) and "role" in m and "content" in m for m in items):
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise ValueError(
-                    f"model {self.model_name!r} has no chat template: pass raw text instead"
-                )
-            text = self.tokenizer.apply_chat_template(items, tokenize=False,
-                                                      add_generation_prompt=True)
-            return self.tokenizer.encode(text, add_special_tokens=False)
-        raise ValueError(
-            "a prompt must be text, a list of {'role', 'content'} messages, or token ids"
-        )
+        return tokenize_prompt(self.tokenizer, prompt, self.model.config.vocab_size, self.model_name)
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
@@ -184,7 +166,7 @@ class HFEngine:
             ones = torch.ones(len(live), 1, dtype=torch.long, device=self.device)
             step_logits, batch = kvlib.forward(self.model, batch, next_tokens.unsqueeze(1), ones)
             logits = step_logits[:, -1]
-        return self._collect(jobs, self._wall_share(jobs, started))
+        return collect_generations(jobs, wall_share(jobs, started))
 
     def _admit(self, pending: deque, in_batch: int, only=None) -> list[_Job]:
         """Take waiting jobs, first come first served, while their samples fit in the batch
@@ -217,20 +199,14 @@ class HFEngine:
 
     def _follow(self, follow_up: FollowUp, completed: list[_Job], jobs: list[_Job],
                 pending: deque, started: float) -> None:
-        share = self._wall_share(jobs, started)
+        share = wall_share(jobs, started)
         for job in completed:
-            for request in follow_up(job.index, self._collect([job], share)[0]):
+            for request in follow_up(job.index, collect_generations([job], share)[0]):
                 if not isinstance(request, GenerateRequest):
                     raise ValueError("follow_up must return GenerateRequests")
                 new = self._job(len(jobs), request)
                 jobs.append(new)
                 pending.append(new)
-
-    @staticmethod
-    def _wall_share(jobs: list[_Job], started: float) -> float:
-        """Seconds per forward token so far: batched work is shared out by tokens fed."""
-        total = sum(j.prefill_tokens + sum(s.forward_tokens for s in j.samples) for j in jobs)
-        return (time.perf_counter() - started) / (total or 1)
 
     def _job(self, index: int, request: GenerateRequest) -> _Job:
         params = request.params
@@ -342,27 +318,6 @@ class HFEngine:
         else:
             sample.state = SequenceState(token_ids)
 
-    def _collect(self, jobs: list[_Job], share: float) -> list[Generation]:
-        out = []
-        for job in jobs:
-            completions = []
-            for s in sorted(job.samples, key=lambda s: s.index):
-                usage = Usage(generated_tokens=len(s.token_ids), forward_tokens=s.forward_tokens,
-                              wall_seconds=s.forward_tokens * share)
-                completions.append(Completion(
-                    text=s.detok.text, token_ids=tuple(s.token_ids), logprobs=tuple(s.logprobs),
-                    sampling_logprobs=tuple(s.sampling_logprobs), finish_reason=s.finish_reason,
-                    usage=usage, state=s.state,
-                    top_logprobs=tuple(s.top_logprobs) if job.params.logprobs else None,
-                    seed=None if job.params.greedy else sample_seed(job.seed, s.index),
-                    entropies=tuple(s.entropies),
-                ))
-            prefill = Usage(prompt_tokens=len(job.ids), forward_tokens=job.prefill_tokens,
-                            calls=1, wall_seconds=job.prefill_tokens * share)
-            usage = prefill + Usage.sum(c.usage for c in completions)
-            out.append(Generation(tuple(completions), usage, tuple(job.ids)))
-        return out
-
     # ---- scoring ----------------------------------------------------------------------
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[Scored]:
@@ -438,6 +393,37 @@ class HFEngine:
                               Usage(prompt_tokens=len(prompt),
                                     forward_tokens=len(prompt) + len(cont))))
         return out
+
+
+def wall_share(jobs, started: float) -> float:
+    """Seconds per forward token since `started`: batched work is shared out by tokens fed."""
+    total = sum(j.prefill_tokens + sum(s.forward_tokens for s in j.samples) for j in jobs)
+    return (time.perf_counter() - started) / (total or 1)
+
+
+def collect_generations(jobs, share: float) -> list[Generation]:
+    """Each finished job's Generation: its samples as Completions, in sample order, and its
+    Usage (prefill once + every sample's decode), wall time shared out at `share` seconds
+    per forward token. Used by every engine that runs ponder's own decode loop."""
+    out = []
+    for job in jobs:
+        completions = []
+        for s in sorted(job.samples, key=lambda s: s.index):
+            usage = Usage(generated_tokens=len(s.token_ids), forward_tokens=s.forward_tokens,
+                          wall_seconds=s.forward_tokens * share)
+            completions.append(Completion(
+                text=s.detok.text, token_ids=tuple(s.token_ids), logprobs=tuple(s.logprobs),
+                sampling_logprobs=tuple(s.sampling_logprobs), finish_reason=s.finish_reason,
+                usage=usage, state=s.state,
+                top_logprobs=tuple(s.top_logprobs) if job.params.logprobs else None,
+                seed=None if job.params.greedy else sample_seed(job.seed, s.index),
+                entropies=tuple(s.entropies),
+            ))
+        prefill = Usage(prompt_tokens=len(job.ids), forward_tokens=job.prefill_tokens,
+                        calls=1, wall_seconds=job.prefill_tokens * share)
+        usage = prefill + Usage.sum(c.usage for c in completions)
+        out.append(Generation(tuple(completions), usage, tuple(job.ids)))
+    return out
 
 
 @dataclass(eq=False)

@@ -43,11 +43,10 @@ import numpy as np
 import torch
 
 from ponder.engines.base import Capabilities, TokenCallback
-from ponder.engines.hf import _Detokenizer
+from ponder.engines.hf import _Detokenizer, collect_generations, wall_share
 from ponder.models import BUNDLED, DEFAULT_MODEL, bundled_gguf_path
 from ponder.sampling import process_logits, sample_rows, sample_seed
 from ponder.types import (
-    Completion,
     GenerateRequest,
     Generation,
     Prompt,
@@ -457,7 +456,7 @@ class LlamaCppEngine:
         except BaseException:
             self._reset()  # an exception (a callback's, say) leaves no half-written slot
             raise
-        return self._collect(jobs, time.perf_counter() - started)
+        return collect_generations(jobs, wall_share(jobs, started))
 
     def _job(self, index: int, request: GenerateRequest) -> _Job:
         params = request.params
@@ -571,30 +570,6 @@ class LlamaCppEngine:
             sample.state = SequenceState(token_ids, _KEPT, len(slot.tokens))
         else:
             sample.state = SequenceState(token_ids)
-
-    def _collect(self, jobs: list[_Job], wall: float) -> list[Generation]:
-        total_forward = sum(j.prefill_tokens + sum(s.forward_tokens for s in j.samples)
-                            for j in jobs) or 1
-        share = wall / total_forward
-        out = []
-        for job in jobs:
-            completions = []
-            for s in sorted(job.samples, key=lambda s: s.index):
-                usage = Usage(generated_tokens=len(s.token_ids), forward_tokens=s.forward_tokens,
-                              wall_seconds=s.forward_tokens * share)
-                completions.append(Completion(
-                    text=s.detok.text, token_ids=tuple(s.token_ids), logprobs=tuple(s.logprobs),
-                    sampling_logprobs=tuple(s.sampling_logprobs), finish_reason=s.finish_reason,
-                    usage=usage, state=s.state,
-                    top_logprobs=tuple(s.top_logprobs) if job.params.logprobs else None,
-                    seed=None if job.params.greedy else sample_seed(job.seed, s.index),
-                    entropies=tuple(s.entropies),
-                ))
-            prefill = Usage(prompt_tokens=len(job.ids), forward_tokens=job.prefill_tokens,
-                            calls=1, wall_seconds=job.prefill_tokens * share)
-            usage = prefill + Usage.sum(c.usage for c in completions)
-            out.append(Generation(tuple(completions), usage, tuple(job.ids)))
-        return out
 
     # ---- scoring ----------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ponder.engines.base import Capabilities, TokenCallback
+from ponder.engines.base import Capabilities, TokenCallback, tokenize_prompt
 from ponder.models import DEFAULT_MODEL, ponder_home, resolve
 from ponder.sampling import sample_seed
 from ponder.types import (
@@ -158,24 +158,7 @@ class VLLMEngine:
     def tokenize(self, prompt: Prompt) -> list[int]:
         """As the native engine: text with the tokenizer's specials, chat messages through
         the chat template with a generation prompt, token ids unchanged."""
-        if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)
-        items = list(prompt)
-        if items and all(isinstance(t, int) and not isinstance(t, bool) for t in items):
-            if any(t < 0 or t >= self.vocab_size for t in items):
-                raise ValueError(f"token ids must be in [0, {self.vocab_size})")
-            return items
-        if items and all(isinstance(m, dict) and "role" in m and "content" in m for m in items):
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise ValueError(
-                    f"model {self.model_name!r} has no chat template: pass raw text instead"
-                )
-            text = self.tokenizer.apply_chat_template(items, tokenize=False,
-                                                      add_generation_prompt=True)
-            return self.tokenizer.encode(text, add_special_tokens=False)
-        raise ValueError(
-            "a prompt must be text, a list of {'role', 'content'} messages, or token ids"
-        )
+        return tokenize_prompt(self.tokenizer, prompt, self.vocab_size, self.model_name)
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
