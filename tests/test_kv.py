@@ -1,0 +1,64 @@
+"""The KV batch appends each step's keys and values in place, into room it owns; these check
+that the logits equal a fresh forward over the whole sequence, and that feeding the same
+batch twice (a fork) copies instead of overwriting what the other branch wrote."""
+
+import torch
+
+from ponder.engines import kv as kvlib
+
+
+def feed(engine, batch, tokens):
+    ids = torch.tensor([tokens])
+    logits, after = kvlib.forward(engine.model, batch, ids, torch.ones_like(ids))
+    return logits[:, -1], after
+
+
+def fresh(engine, tokens):
+    return feed(engine, kvlib.KVBatch.empty(1, "cpu"), tokens)[0]
+
+
+def storage(batch):
+    return batch.kv[0][0].untyped_storage().data_ptr()
+
+
+def test_in_place_appends_match_a_fresh_forward_and_forks_do_not_clobber(engine):
+    prompt = engine.tokenize("The capital of France is")
+    x, y, z, w = engine.tokenize(" Paris, Lyon and Nice")[:4]
+    _, b0 = feed(engine, kvlib.KVBatch.empty(1, "cpu"), prompt)
+    _, b1 = feed(engine, b0, [x])  # the first append makes room
+    assert b1.room > 0 and b0.room == 0
+    room = b1.room
+    y_logits, b2 = feed(engine, b1, [y])  # then writes into it
+    assert b2.room == room - 1 and b1.room == 0 and storage(b2) == storage(b1)
+
+    z_logits, b2_fork = feed(engine, b1, [z])  # b1 gave its room away: this copies
+    assert storage(b2_fork) != storage(b2)
+    w_logits, _ = feed(engine, b2, [w])  # b2's columns are untouched by the fork
+
+    torch.testing.assert_close(y_logits, fresh(engine, [*prompt, x, y]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z_logits, fresh(engine, [*prompt, x, z]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(w_logits, fresh(engine, [*prompt, x, y, w]), atol=1e-4, rtol=0)
+
+
+def test_room_runs_out_and_regrows_without_changing_results(engine):
+    prompt = engine.tokenize("Count: one two three")
+    continuation = engine.tokenize(" four five six seven eight nine ten eleven twelve") * 8
+    _, batch = feed(engine, kvlib.KVBatch.empty(1, "cpu"), prompt)
+    buffers = set()
+    for token in continuation:  # more steps than one allocation's headroom
+        logits, batch = feed(engine, batch, [token])
+        buffers.add(storage(batch))
+    assert len(buffers) >= 2
+    torch.testing.assert_close(logits, fresh(engine, [*prompt, *continuation]), atol=1e-4, rtol=0)
+
+
+def test_trim_hands_its_room_to_the_trimmed_batch(engine):
+    ids = torch.tensor([[0, 0, *engine.tokenize("Hello there")]])
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    _, batch = kvlib.forward(engine.model, kvlib.KVBatch.empty(1, "cpu"), ids, mask)
+    _, batch = feed(engine, batch, engine.tokenize(" friend")[:1])
+    room = batch.room
+    trimmed = batch.trim()
+    assert trimmed.length == batch.length - 2
+    assert trimmed.room == room and batch.room == 0
