@@ -145,8 +145,9 @@ def test_power_samples_are_likelier_than_low_temperature_than_plain(engine):
 
 
 def test_power_chains_step_independently_with_the_same_result(engine):
-    """Follow-ups let each chain step as soon as its proposal is back; the chains (and so
-    the answers and the token counts) are exactly those of lockstep rounds."""
+    """Follow-ups let each chain step as soon as its proposal is back, and speculate on
+    rejection in the tail; the chains (and so the answers) are exactly those of lockstep
+    rounds, and the token counts differ by exactly the speculative tokens reported wasted."""
     from dataclasses import replace
 
     class Rounds:
@@ -171,5 +172,8 @@ def test_power_chains_step_independently_with_the_same_result(engine):
         assert ratios == pytest.approx([h["log_ratio"] for chain in b.trace["chains"]
                                         for h in chain], abs=1e-2)
         assert a.candidates[0].text == b.candidates[0].text
-        assert a.usage.generated_tokens == b.usage.generated_tokens
-        assert a.usage.forward_tokens <= b.usage.forward_tokens
+        # Speculative steps that turned stale cost tokens, counted in usage and reported.
+        wasted = a.trace["speculative_tokens_wasted"]
+        assert a.usage.generated_tokens == b.usage.generated_tokens + wasted
+        assert b.trace["speculative_tokens_wasted"] == 0
+    assert sum(r.trace["speculative_tokens_wasted"] for r in joined) > 0  # it did speculate

@@ -78,6 +78,7 @@ def _power(params, extra):
                          block_size=extra.get("block_size"),
                          mcmc_steps=int(extra.get("mcmc_steps", 10)),
                          proposal_temperature=extra.get("proposal_temperature"),
+                         speculation_rows=int(extra.get("speculation_rows", 8)),
                          top_p=params.top_p, n=params.n, seed=params.seed)
 
 
@@ -93,7 +94,8 @@ def _smc(params, extra):
                     top_p=params.top_p, vote=bool(extra.get("vote", False)), seed=params.seed)
 
 
-_POWER_OPTIONS = ("alpha", "block_size", "mcmc_steps", "proposal_temperature")
+_POWER_OPTIONS = ("alpha", "block_size", "mcmc_steps", "proposal_temperature",
+                  "speculation_rows")
 
 
 def _search(kind):
