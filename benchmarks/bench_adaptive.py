@@ -1,14 +1,18 @@
 """Adaptive compute: tokens and accuracy of DeepConf-online and adaptive self-consistency
 against fixed-N self-consistency at the same N, on the same problems, in one process.
 
-Bundled model, arith:1 (16 problems) and a GSM8K slice (8 problems), N=8, temperature 0.7,
+Bundled model, arith:1 (16 problems) and a GSM8K slice (8 problems), N=16, temperature 0.7,
 seed 0. DeepConf-online: 4 warm-up traces, rounds of 2, window = max_tokens / 8 (the paper's
 2048-token window is ~1/8 of its traces), consensus 0.95; run as DeepConf-low (keep 10%)
 and DeepConf-high (keep 90%). Adaptive SC: rounds of 2, at least 2 rounds, stop at 0.95.
 token_saving = 1 - generated tokens / self-consistency's generated tokens (targets: >= 0.4,
 accuracy within self-consistency's bootstrap 95% CI). The LAST line is one JSON object.
 
-    python benchmarks/bench_adaptive.py [--arith 16] [--gsm8k 8] [--n 8] [--threads 1]
+How much adaptive SC can save depends on how often the model agrees with itself: it stops a
+problem only once its leading answer is decided. `leader_share` (self-consistency's mean share
+of votes for its winning answer) shows how decided the problems were.
+
+    python benchmarks/bench_adaptive.py [--arith 16] [--gsm8k 8] [--n 16] [--temperature 0.7]
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from ponder.tasks.grade import is_equiv
 from ponder.types import SamplingParams, Usage
 
 
-def strategies(n: int, max_tokens: int) -> dict:
-    params = SamplingParams(n=n, temperature=0.7, max_tokens=max_tokens, seed=0)
+def strategies(n: int, max_tokens: int, temperature: float) -> dict:
+    params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, seed=0)
     online = dict(warmup=min(4, n), round_size=2, window=max(4, max_tokens // 8),
                   consensus=0.95)
     return {
@@ -44,7 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arith", type=int, default=16)
     parser.add_argument("--gsm8k", type=int, default=8)
-    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--arith-tokens", type=int, default=128)
     parser.add_argument("--gsm8k-tokens", type=int, default=192)
     parser.add_argument("--threads", type=int, default=None)
@@ -61,14 +66,18 @@ def main() -> None:
     usage: dict[str, Usage] = {}
     seconds: dict[str, float] = {}
     saved: dict[str, int] = {}
+    shares: list[float] = []
     per_task: dict[str, dict] = {}
     for task, problems, max_tokens in tasks:
         per_task[task] = {}
-        for name, strategy in strategies(args.n, max_tokens).items():
+        for name, strategy in strategies(args.n, max_tokens, args.temperature).items():
             start = time.perf_counter()
             results = strategy.run(problems, engine)
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
             ok = [is_equiv(r.answer, p.answer) for r, p in zip(results, problems, strict=True)]
+            if name == "self_consistency":
+                shares += [r.trace["votes"][0]["votes"] / args.n if r.trace["votes"] else 0.0
+                           for r in results]
             spent = Usage.sum(r.usage for r in results)
             correct.setdefault(name, []).extend(ok)
             usage[name] = usage.get(name, Usage()) + spent
@@ -103,8 +112,10 @@ def main() -> None:
         print(f"{name}: token saving {saving[name]:.1%}, accuracy {acc[name]['mean']:.3f} vs "
               f"{base_ci.mean:.3f} [{base_ci.low:.3f}, {base_ci.high:.3f}] -> {verdict} the "
               "target (saving >= 40%, accuracy not below the baseline's CI)")
+    leader_share = sum(shares) / len(shares)
+    print(f"self-consistency's winning answer had {leader_share:.0%} of the votes on average")
     print(json.dumps({
-        "n": args.n, "problems": {task: len(p) for task, p, _ in tasks},
+        "n": args.n, "temperature": args.temperature, "leader_share": round(leader_share, 4), "problems": {task: len(p) for task, p, _ in tasks},
         "token_saving": saving, "forward_token_saving": forward_saving, "accuracy": acc,
         "generated_tokens": {k: u.generated_tokens for k, u in usage.items()},
         "samples_saved": saved, "per_task": per_task,
