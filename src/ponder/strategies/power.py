@@ -183,16 +183,23 @@ def run_chains(engine, prompts: Sequence[Prompt], config: PowerSampling,
         steps of any runner while there is spare room."""
         nonlocal in_flight, active
         out: list[GenerateRequest] = []
-        for group in (first, active):
-            for runner in group:
-                spare = max(0, rows - in_flight - len(out))
-                if group is active and not spare:
+
+        def take(runner: _Runner) -> None:
+            for op, version, request in runner.launches(max(0, rows - in_flight - len(out))):
+                owner.append((runner, op, version))
+                out.append(request)
+
+        for runner in first:
+            take(runner)
+        # Every unfinished chain has its current step running, so there is spare room only
+        # when fewer than `rows` chains are left: only then is the list of them walked.
+        if rows - in_flight - len(out) > 0:
+            active = [r for r in active if not r.chain.done]
+            for runner in active:
+                if rows - in_flight - len(out) <= 0:
                     break
-                for op, version, request in runner.launches(spare):
-                    owner.append((runner, op, version))
-                    out.append(request)
+                take(runner)
         in_flight += len(out)
-        active = [r for r in active if not r.chain.done]
         return out
 
     def follow_up(index: int, generation) -> list[GenerateRequest]:
@@ -248,10 +255,9 @@ class _Runner:
         block, step = divmod(op, self.per_block)
         stop = self._stop_hook() if self.cancellable else None
         if step == 0:
-            horizon = self.horizon(block + 1)
-            if c.ended or len(c.logp) >= horizon:
+            if self.adds_nothing(op):
                 return None
-            params = replace(proposal, max_tokens=horizon - len(c.logp),
+            params = replace(proposal, max_tokens=self.horizon(block + 1) - len(c.logp),
                              seed=self.draws(op, 0)[0])
             if c.state is None:
                 return GenerateRequest(c.prompt, params, keep_state=True, should_stop=stop)
@@ -261,6 +267,12 @@ class _Runner:
         params = replace(proposal, max_tokens=c.horizon - m, seed=seed)
         return GenerateRequest(state=c.state.truncate(c.prompt_len + m), params=params,
                                keep_state=True, should_stop=stop)
+
+    def adds_nothing(self, op: int) -> bool:
+        """Extension op `op` has nothing to generate: the chain has ended, or already
+        reaches the block's horizon."""
+        c = self.chain
+        return c.ended or len(c.logp) >= self.horizon(op // self.per_block + 1)
 
     def _stop_hook(self):
         version = self.version
@@ -311,7 +323,7 @@ class _Runner:
             op = self.op
             if op in self.ready:
                 generation = self.ready.pop(op)
-            elif op % self.per_block == 0 and self.request(op) is None:
+            elif op % self.per_block == 0 and self.adds_nothing(op):
                 generation = None
             else:
                 return
