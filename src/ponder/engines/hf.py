@@ -22,10 +22,17 @@ import torch
 
 from ponder.engines import kv as kvlib
 from ponder.engines.base import Capabilities, FollowUp, TokenCallback, tokenize_prompt
+from ponder.engines.decode import (
+    DecodeSample,
+    Detokenizer,
+    collect_generations,
+    sample_generator,
+    sample_step,
+    wall_share,
+)
 from ponder.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve
-from ponder.sampling import process_logits, sample_rows, sample_seed
+from ponder.sampling import process_logits
 from ponder.types import (
-    Completion,
     GenerateRequest,
     Generation,
     Prompt,
@@ -33,7 +40,6 @@ from ponder.types import (
     Scored,
     ScoreRequest,
     SequenceState,
-    StepView,
     Usage,
 )
 
@@ -124,7 +130,7 @@ class HFEngine:
         jobs = [self._job(i, r) for i, r in enumerate(requests)]
         pending = deque(jobs)
         batch: kvlib.KVBatch | None = None
-        live: list[_Sample] = []
+        live: list[DecodeSample] = []
         logits = torch.empty(0)
         next_tokens = torch.empty(0, dtype=torch.long, device=self.device)
         while pending or live:
@@ -137,7 +143,8 @@ class HFEngine:
                 logits = new_logits if not live else torch.cat([logits, new_logits])
                 live += new_samples
             if live:
-                next_tokens = self._sample_step(logits, live, on_token)
+                next_tokens = sample_step(logits, live, self.eos_ids.__contains__,
+                                          self.max_positions, on_token)
                 keep = [i for i, s in enumerate(live) if not s.done]
                 completed = []
                 for i, sample in enumerate(live):
@@ -194,7 +201,7 @@ class HFEngine:
         samples = []
         for job in jobs:
             job.prefill_tokens = 1
-            samples.append(_Sample(job, 0, self._generator(job, 0), self._detok()))
+            samples.append(self._new_sample(job, 0))
         return batch, tokens, samples
 
     def _follow(self, follow_up: FollowUp, completed: list[_Job], jobs: list[_Job],
@@ -242,74 +249,15 @@ class HFEngine:
             job.prefill_tokens = len(fresh[row])
             for j in range(job.params.n):
                 rows.append(row)
-                samples.append(_Sample(job, j, self._generator(job, j), self._detok()))
+                samples.append(self._new_sample(job, j))
         index = torch.tensor(rows, device=self.device)
         return logits[:, -1].index_select(0, index), batch.select(index), samples
 
-    def _generator(self, job: _Job, j: int) -> torch.Generator | None:
-        if job.params.greedy:
-            return None
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(sample_seed(job.seed, j))
-        return gen
+    def _new_sample(self, job: _Job, j: int) -> DecodeSample:
+        return DecodeSample(job, j, sample_generator(job.params, job.seed, j),
+                            Detokenizer(self.tokenizer))
 
-    def _detok(self) -> _Detokenizer:
-        return _Detokenizer(self.tokenizer)
-
-    def _sample_step(self, logits: torch.Tensor, live: list[_Sample],
-                     on_token: TokenCallback | None) -> torch.Tensor:
-        """Sample one token for every live sample and record it; mark finished ones."""
-        params = [s.job.params for s in live]
-        processed = process_logits(
-            logits,
-            temperature=torch.tensor([p.temperature for p in params]),
-            top_k=torch.tensor([p.top_k for p in params]),
-            top_p=torch.tensor([p.top_p for p in params]),
-            min_p=torch.tensor([p.min_p for p in params]),
-        )
-        uniforms = torch.tensor(
-            [torch.rand(1, generator=s.generator, dtype=torch.float64).item()
-             if s.generator is not None else 0.0 for s in live],
-            dtype=torch.float64,
-        )
-        tokens = sample_rows(processed, uniforms.to(processed.device))
-        model_lp = logits.log_softmax(dim=-1)
-        entropies = (-(model_lp.exp() * model_lp).nan_to_num().sum(dim=-1)).tolist()
-        chosen_model = model_lp.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
-        chosen_sampling = processed.log_softmax(dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
-        top_k = max(p.logprobs for p in params)
-        top = model_lp.topk(top_k, dim=-1) if top_k else None
-        token_list = tokens.tolist()
-        for i, sample in enumerate(live):
-            p = sample.job.params
-            tok = token_list[i]
-            sample.token_ids.append(tok)
-            sample.logprobs.append(chosen_model[i])
-            sample.sampling_logprobs.append(0.0 if p.greedy else chosen_sampling[i])
-            sample.entropies.append(entropies[i])
-            if p.logprobs:
-                ids = top.indices[i, : p.logprobs].tolist()
-                vals = top.values[i, : p.logprobs].tolist()
-                sample.top_logprobs.append(dict(zip(ids, vals, strict=True)))
-            if tok in self.eos_ids and not p.ignore_eos:
-                sample.finish("eos")
-                continue
-            delta = sample.detok.push(tok)
-            if on_token is not None:
-                on_token(sample.job.index, sample.index, tok, delta)
-            stop_hook = sample.job.request.should_stop
-            if stop_hook is not None and stop_hook(sample.index, StepView(
-                    tok, chosen_model[i], entropies[i],
-                    sample.top_logprobs[-1] if p.logprobs else None, len(sample.token_ids))):
-                sample.finish("stopped")
-            elif p.stop and sample.detok.cut_at_stop(p.stop, len(delta)):
-                sample.finish("stop")
-            elif (len(sample.token_ids) >= p.max_tokens
-                  or len(sample.job.ids) + len(sample.token_ids) >= self.max_positions):
-                sample.finish("length")
-        return tokens
-
-    def _finish(self, sample: _Sample, batch: kvlib.KVBatch, row: int) -> None:
+    def _finish(self, sample: DecodeSample, batch: kvlib.KVBatch, row: int) -> None:
         job = sample.job
         token_ids = tuple(job.ids) + tuple(sample.token_ids)
         if job.request.keep_state:
@@ -395,37 +343,6 @@ class HFEngine:
         return out
 
 
-def wall_share(jobs, started: float) -> float:
-    """Seconds per forward token since `started`: batched work is shared out by tokens fed."""
-    total = sum(j.prefill_tokens + sum(s.forward_tokens for s in j.samples) for j in jobs)
-    return (time.perf_counter() - started) / (total or 1)
-
-
-def collect_generations(jobs, share: float) -> list[Generation]:
-    """Each finished job's Generation: its samples as Completions, in sample order, and its
-    Usage (prefill once + every sample's decode), wall time shared out at `share` seconds
-    per forward token. Used by every engine that runs ponder's own decode loop."""
-    out = []
-    for job in jobs:
-        completions = []
-        for s in sorted(job.samples, key=lambda s: s.index):
-            usage = Usage(generated_tokens=len(s.token_ids), forward_tokens=s.forward_tokens,
-                          wall_seconds=s.forward_tokens * share)
-            completions.append(Completion(
-                text=s.detok.text, token_ids=tuple(s.token_ids), logprobs=tuple(s.logprobs),
-                sampling_logprobs=tuple(s.sampling_logprobs), finish_reason=s.finish_reason,
-                usage=usage, state=s.state,
-                top_logprobs=tuple(s.top_logprobs) if job.params.logprobs else None,
-                seed=None if job.params.greedy else sample_seed(job.seed, s.index),
-                entropies=tuple(s.entropies),
-            ))
-        prefill = Usage(prompt_tokens=len(job.ids), forward_tokens=job.prefill_tokens,
-                        calls=1, wall_seconds=job.prefill_tokens * share)
-        usage = prefill + Usage.sum(c.usage for c in completions)
-        out.append(Generation(tuple(completions), usage, tuple(job.ids)))
-    return out
-
-
 @dataclass(eq=False)
 class _Job:
     index: int
@@ -436,69 +353,8 @@ class _Job:
     cached: int
     seed: int
     prefill_tokens: int = 0
-    samples: list[_Sample] = field(default_factory=list)
+    samples: list[DecodeSample] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
         return len(self.samples) == self.params.n and all(s.done for s in self.samples)
-
-
-@dataclass(eq=False)
-class _Sample:
-    job: _Job
-    index: int
-    generator: torch.Generator | None
-    detok: _Detokenizer
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    sampling_logprobs: list[float] = field(default_factory=list)
-    top_logprobs: list[dict[int, float]] = field(default_factory=list)
-    entropies: list[float] = field(default_factory=list)
-    forward_tokens: int = 0
-    finish_reason: str | None = None
-    state: SequenceState | None = None
-
-    def __post_init__(self) -> None:
-        self.job.samples.append(self)
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-    def finish(self, reason: str) -> None:
-        self.finish_reason = reason
-
-
-class _Detokenizer:
-    """Incremental decoding: text grows only by whole characters, so a multi-byte character
-    split across tokens is emitted once complete, and a stop string that spans tokens is
-    seen as soon as its last character arrives."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0
-        self.read = 0
-        self.text = ""
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        decode = self.tokenizer.decode
-        before = decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
-        after = decode(self.ids[self.prefix:], skip_special_tokens=True)
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            delta = after[len(before):]
-            self.prefix, self.read = self.read, len(self.ids)
-            self.text += delta
-            return delta
-        return ""
-
-    def cut_at_stop(self, stops: tuple[str, ...], new_chars: int) -> bool:
-        """If a stop string now appears, cut the text before its first occurrence."""
-        window = max(len(s) for s in stops) + new_chars
-        start = max(0, len(self.text) - window)
-        hits = [i for s in stops if (i := self.text.find(s, start)) >= 0]
-        if not hits:
-            return False
-        self.text = self.text[: min(hits)]
-        return True

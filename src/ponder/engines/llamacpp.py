@@ -43,9 +43,16 @@ import numpy as np
 import torch
 
 from ponder.engines.base import Capabilities, TokenCallback
-from ponder.engines.hf import _Detokenizer, collect_generations, wall_share
+from ponder.engines.decode import (
+    DecodeSample,
+    Detokenizer,
+    collect_generations,
+    sample_generator,
+    sample_step,
+    wall_share,
+)
 from ponder.models import BUNDLED, DEFAULT_MODEL, bundled_gguf_path
-from ponder.sampling import process_logits, sample_rows, sample_seed
+from ponder.sampling import process_logits
 from ponder.types import (
     GenerateRequest,
     Generation,
@@ -54,7 +61,6 @@ from ponder.types import (
     Scored,
     ScoreRequest,
     SequenceState,
-    StepView,
     Usage,
 )
 
@@ -441,7 +447,8 @@ class LlamaCppEngine:
                     live += self._start(job, take)
                     if job.admitted == job.params.n:
                         pending.popleft()
-                self._sample_step(live, on_token)
+                logits = torch.from_numpy(np.stack([s.logits for s in live]))
+                sample_step(logits, live, self._is_eog, self.max_positions, on_token)
                 for sample in live:
                     if sample.done:
                         self._finish(sample)
@@ -499,64 +506,10 @@ class LlamaCppEngine:
                 copy = slot
             copy.busy = True
             self._touch(copy)
-            generator = None
-            if not job.params.greedy:
-                generator = torch.Generator(device="cpu")
-                generator.manual_seed(sample_seed(job.seed, j))
-            samples.append(_Sample(job, j, copy, generator, _Detokenizer(self.tokenizer), rows[0]))
+            samples.append(_Sample(job, j, sample_generator(job.params, job.seed, j),
+                                   Detokenizer(self.tokenizer), slot=copy, logits=rows[0]))
         job.admitted += take
         return samples
-
-    def _sample_step(self, live: list[_Sample], on_token: TokenCallback | None) -> None:
-        """Sample one token for every live sample from its logits; record it and its
-        log-probabilities; mark finished samples."""
-        params = [s.job.params for s in live]
-        logits = torch.from_numpy(np.stack([s.logits for s in live]))
-        processed = process_logits(
-            logits,
-            temperature=torch.tensor([p.temperature for p in params]),
-            top_k=torch.tensor([p.top_k for p in params]),
-            top_p=torch.tensor([p.top_p for p in params]),
-            min_p=torch.tensor([p.min_p for p in params]),
-        )
-        uniforms = torch.tensor(
-            [torch.rand(1, generator=s.generator, dtype=torch.float64).item()
-             if s.generator is not None else 0.0 for s in live],
-            dtype=torch.float64,
-        )
-        tokens = sample_rows(processed, uniforms).unsqueeze(1)
-        model_lp = logits.log_softmax(dim=-1)
-        entropies = (-(model_lp.exp() * model_lp).nan_to_num().sum(dim=-1)).tolist()
-        chosen_model = model_lp.gather(1, tokens).squeeze(1).tolist()
-        chosen_sampling = processed.log_softmax(dim=-1).gather(1, tokens).squeeze(1).tolist()
-        top_k = max(p.logprobs for p in params)
-        top = model_lp.topk(top_k, dim=-1) if top_k else None
-        for i, (sample, tok) in enumerate(zip(live, tokens.squeeze(1).tolist(), strict=True)):
-            p = sample.job.params
-            sample.token_ids.append(tok)
-            sample.logprobs.append(chosen_model[i])
-            sample.sampling_logprobs.append(0.0 if p.greedy else chosen_sampling[i])
-            sample.entropies.append(entropies[i])
-            if p.logprobs:
-                ids = top.indices[i, : p.logprobs].tolist()
-                vals = top.values[i, : p.logprobs].tolist()
-                sample.top_logprobs.append(dict(zip(ids, vals, strict=True)))
-            if self._is_eog(tok) and not p.ignore_eos:
-                sample.finish_reason = "eos"
-                continue
-            delta = sample.detok.push(tok)
-            if on_token is not None:
-                on_token(sample.job.index, sample.index, tok, delta)
-            stop_hook = sample.job.request.should_stop
-            if stop_hook is not None and stop_hook(sample.index, StepView(
-                    tok, chosen_model[i], entropies[i],
-                    sample.top_logprobs[-1] if p.logprobs else None, len(sample.token_ids))):
-                sample.finish_reason = "stopped"
-            elif p.stop and sample.detok.cut_at_stop(p.stop, len(delta)):
-                sample.finish_reason = "stop"
-            elif (len(sample.token_ids) >= p.max_tokens
-                  or len(sample.job.ids) + len(sample.token_ids) >= self.max_positions):
-                sample.finish_reason = "length"
 
     def _finish(self, sample: _Sample) -> None:
         """Release the sample's slot; its sequence stays cached there for prefix reuse."""
@@ -695,26 +648,7 @@ class _Job:
     samples: list[_Sample] = field(default_factory=list)
 
 
-@dataclass(eq=False)
-class _Sample:
-    job: _Job
-    index: int
+@dataclass(eq=False, kw_only=True)
+class _Sample(DecodeSample):
     slot: _Slot
-    generator: torch.Generator | None
-    detok: _Detokenizer
     logits: np.ndarray  # the next-token logits this sample samples from
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    sampling_logprobs: list[float] = field(default_factory=list)
-    top_logprobs: list[dict[int, float]] = field(default_factory=list)
-    entropies: list[float] = field(default_factory=list)
-    forward_tokens: int = 0
-    finish_reason: str | None = None
-    state: SequenceState | None = None
-
-    def __post_init__(self) -> None:
-        self.job.samples.append(self)
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None

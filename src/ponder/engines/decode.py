@@ -1,0 +1,182 @@
+"""What every engine that runs ponder's own decode loop shares (the native and llama.cpp
+engines): a sample's record, the per-step sampling and bookkeeping, incremental
+detokenization, and turning finished jobs into Generations.
+
+The engines differ in how they run the model and keep the KV cache; what a step does with
+the next-token logits is the same, so samples (and their log-probabilities) follow the same
+rules on both: the shared logit processors, inverse-CDF sampling with one uniform per step
+from the sample's own seeded generator, log p at T=1 and log q under the processors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ponder.engines.base import TokenCallback
+from ponder.sampling import process_logits, sample_rows, sample_seed
+from ponder.types import Completion, Generation, SequenceState, StepView, Usage
+
+
+@dataclass(eq=False)
+class DecodeSample:
+    """One sample being decoded. `job` is the engine's record of its request: it has
+    `index`, `request`, `params`, `ids` (the prompt's tokens), `seed`, `prefill_tokens`
+    and `samples` (this sample adds itself)."""
+
+    job: Any
+    index: int
+    generator: torch.Generator | None
+    detok: Detokenizer
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    sampling_logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
+    forward_tokens: int = 0
+    finish_reason: str | None = None
+    state: SequenceState | None = None
+
+    def __post_init__(self) -> None:
+        self.job.samples.append(self)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+def sample_generator(params, base_seed: int, index: int) -> torch.Generator | None:
+    """Sample `index`'s own generator: its draws depend on the request seed and its index
+    only, never on what shares its batch (None for greedy decoding)."""
+    if params.greedy:
+        return None
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(sample_seed(base_seed, index))
+    return gen
+
+
+def sample_step(logits: torch.Tensor, live: list[DecodeSample], is_end: Callable[[int], bool],
+                max_positions: int, on_token: TokenCallback | None) -> torch.Tensor:
+    """Sample one token for every live sample from its row of `logits`; record it, its log
+    p, log q, entropy and top log-probabilities; mark samples that finish (end of sequence,
+    the request's should_stop hook, a stop string, max_tokens or the context). Returns the
+    sampled tokens, one per row."""
+    params = [s.job.params for s in live]
+    processed = process_logits(
+        logits,
+        temperature=torch.tensor([p.temperature for p in params]),
+        top_k=torch.tensor([p.top_k for p in params]),
+        top_p=torch.tensor([p.top_p for p in params]),
+        min_p=torch.tensor([p.min_p for p in params]),
+    )
+    uniforms = torch.tensor(
+        [torch.rand(1, generator=s.generator, dtype=torch.float64).item()
+         if s.generator is not None else 0.0 for s in live],
+        dtype=torch.float64,
+    )
+    tokens = sample_rows(processed, uniforms.to(processed.device))
+    model_lp = logits.log_softmax(dim=-1)
+    entropies = (-(model_lp.exp() * model_lp).nan_to_num().sum(dim=-1)).tolist()
+    column = tokens.unsqueeze(1)
+    chosen_model = model_lp.gather(1, column).squeeze(1).tolist()
+    chosen_sampling = processed.log_softmax(dim=-1).gather(1, column).squeeze(1).tolist()
+    top_k = max(p.logprobs for p in params)
+    top = model_lp.topk(top_k, dim=-1) if top_k else None
+    for i, (sample, tok) in enumerate(zip(live, tokens.tolist(), strict=True)):
+        p = sample.job.params
+        sample.token_ids.append(tok)
+        sample.logprobs.append(chosen_model[i])
+        sample.sampling_logprobs.append(0.0 if p.greedy else chosen_sampling[i])
+        sample.entropies.append(entropies[i])
+        if p.logprobs:
+            ids = top.indices[i, : p.logprobs].tolist()
+            vals = top.values[i, : p.logprobs].tolist()
+            sample.top_logprobs.append(dict(zip(ids, vals, strict=True)))
+        if is_end(tok) and not p.ignore_eos:
+            sample.finish_reason = "eos"
+            continue
+        delta = sample.detok.push(tok)
+        if on_token is not None:
+            on_token(sample.job.index, sample.index, tok, delta)
+        stop_hook = sample.job.request.should_stop
+        if stop_hook is not None and stop_hook(sample.index, StepView(
+                tok, chosen_model[i], entropies[i],
+                sample.top_logprobs[-1] if p.logprobs else None, len(sample.token_ids))):
+            sample.finish_reason = "stopped"
+        elif p.stop and sample.detok.cut_at_stop(p.stop, len(delta)):
+            sample.finish_reason = "stop"
+        elif (len(sample.token_ids) >= p.max_tokens
+              or len(sample.job.ids) + len(sample.token_ids) >= max_positions):
+            sample.finish_reason = "length"
+    return tokens
+
+
+def wall_share(jobs, started: float) -> float:
+    """Seconds per forward token since `started`: batched work is shared out by tokens fed."""
+    total = sum(j.prefill_tokens + sum(s.forward_tokens for s in j.samples) for j in jobs)
+    return (time.perf_counter() - started) / (total or 1)
+
+
+def collect_generations(jobs, share: float) -> list[Generation]:
+    """Each finished job's Generation: its samples as Completions, in sample order, and its
+    Usage (prefill once + every sample's decode), wall time shared out at `share` seconds
+    per forward token."""
+    out = []
+    for job in jobs:
+        completions = []
+        for s in sorted(job.samples, key=lambda s: s.index):
+            usage = Usage(generated_tokens=len(s.token_ids), forward_tokens=s.forward_tokens,
+                          wall_seconds=s.forward_tokens * share)
+            completions.append(Completion(
+                text=s.detok.text, token_ids=tuple(s.token_ids), logprobs=tuple(s.logprobs),
+                sampling_logprobs=tuple(s.sampling_logprobs), finish_reason=s.finish_reason,
+                usage=usage, state=s.state,
+                top_logprobs=tuple(s.top_logprobs) if job.params.logprobs else None,
+                seed=None if job.params.greedy else sample_seed(job.seed, s.index),
+                entropies=tuple(s.entropies),
+            ))
+        prefill = Usage(prompt_tokens=len(job.ids), forward_tokens=job.prefill_tokens,
+                        calls=1, wall_seconds=job.prefill_tokens * share)
+        usage = prefill + Usage.sum(c.usage for c in completions)
+        out.append(Generation(tuple(completions), usage, tuple(job.ids)))
+    return out
+
+
+class Detokenizer:
+    """Incremental decoding: text grows only by whole characters, so a multi-byte character
+    split across tokens is emitted once complete, and a stop string that spans tokens is
+    seen as soon as its last character arrives. `tokenizer` needs only
+    decode(ids, skip_special_tokens=True)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+        self.text = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        after = decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            delta = after[len(before):]
+            self.prefix, self.read = self.read, len(self.ids)
+            self.text += delta
+            return delta
+        return ""
+
+    def cut_at_stop(self, stops: tuple[str, ...], new_chars: int) -> bool:
+        """If a stop string now appears, cut the text before its first occurrence."""
+        window = max(len(s) for s in stops) + new_chars
+        start = max(0, len(self.text) - window)
+        hits = [i for s in stops if (i := self.text.find(s, start)) >= 0]
+        if not hits:
+            return False
+        self.text = self.text[: min(hits)]
+        return True
