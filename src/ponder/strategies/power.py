@@ -385,9 +385,3 @@ def power_proposal(alpha: float, temperature: float | None, top_p: float,
     """The proposal q of the power samplers: the model at temperature 1/alpha by default."""
     return SamplingParams(temperature=temperature or 1.0 / alpha, top_p=top_p,
                           max_tokens=max_tokens)
-
-
-def seeded_step(proposal: SamplingParams, rng: random.Random, max_tokens: int) -> SamplingParams:
-    """One proposal call's params: its own length, and a seed drawn from the caller's rng so
-    a chain (or swarm) is reproducible whatever else shares the batch."""
-    return replace(proposal, max_tokens=max_tokens, seed=rng.getrandbits(62))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ponder.engines.base import require
 from ponder.strategies.base import (
@@ -29,7 +29,7 @@ from ponder.strategies.base import (
     problem_seed,
     result,
 )
-from ponder.strategies.power import power_proposal, seeded_step
+from ponder.strategies.power import power_proposal
 from ponder.strategies.voting import majority, vote_table
 from ponder.tasks.extract import extract_answer
 from ponder.types import Candidate, GenerateRequest, Prompt, SamplingParams, SequenceState, Usage
@@ -191,3 +191,8 @@ def _logsumexp(values: list[float]) -> float:
     top = max(values)
     return top + math.log(sum(math.exp(v - top) for v in values))
 
+
+def seeded_step(proposal: SamplingParams, rng: random.Random, max_tokens: int) -> SamplingParams:
+    """One proposal call's params: its own length, and a seed drawn from the swarm's rng so
+    a run is reproducible whatever else shares the batch."""
+    return replace(proposal, max_tokens=max_tokens, seed=rng.getrandbits(62))
