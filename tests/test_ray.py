@@ -200,3 +200,20 @@ def test_without_ray_the_error_says_how_to_install_it(tmp_path):
     assert result.returncode == 2
     assert "pip install 'ponder[ray]'" in result.stderr and "Traceback" not in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+@needs_ray
+def test_a_dead_ray_address_fails_at_once_with_what_to_do(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on once this closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "ponder.cli", "eval", "--task", "arith:1",
+                             "--limit", "1", "--ray", "--ray-address", f"127.0.0.1:{port}",
+                             "--out", str(tmp_path / "runs.db")],
+                            capture_output=True, text=True, timeout=120, env=ENV)
+    assert result.returncode == 2, result.stderr
+    assert f"nothing answers at the Ray address 127.0.0.1:{port}" in result.stderr
+    assert "ray start --head" in result.stderr and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 60  # ray.init alone would retry for minutes
+    assert not (tmp_path / "runs.db").exists()

@@ -154,6 +154,7 @@ class RayWorkers:
         ray = self.ray
         if not ray.is_initialized():
             if self.address:
+                _check_reachable(self.address)
                 try:
                     ray.init(address=self.address, logging_level=logging.WARNING,
                              log_to_driver=False)
@@ -257,6 +258,22 @@ class RayWorkers:
             outcome.seconds = time.perf_counter() - started
             bar.close()
         return outcome
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail at once when nothing listens at a HOST:PORT (or ray://HOST:PORT) address:
+    ray.init would otherwise retry for minutes before giving up. "auto" and other forms are
+    left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ValueError(
+            f"nothing answers at the Ray address {address} ({exc.strerror or exc}); start the "
+            "cluster first (`ray start --head`, then `ray status` shows its address), or drop "
+            "--ray-address to start a local Ray") from None
 
 
 def _cannot_join(address: str, exc: BaseException) -> str:
