@@ -123,6 +123,27 @@ def test_report_metrics_come_from_the_stored_samples(engine, tmp_path):
             summarize_store(store, ["zzzz"])
 
 
+def test_report_shows_adaptive_runs_against_fixed_n(engine, tmp_path):
+    adaptive = make_spec({**SMALL, "strategy": "asc", "n": 6, "round_size": 2, "min_rounds": 1,
+                          "limit": 3})
+    fixed = make_spec({**SMALL, "limit": 3})
+    with Store(tmp_path / "runs.db") as store:
+        for spec in (adaptive, fixed):
+            run_eval(spec, engine, store, progress=False)
+        by_id = {s.run_id: s for s in summarize_store(store)}
+        traces = [r.trace for r in store.problems(adaptive.run_id)]
+    summary = by_id[adaptive.run_id]
+    assert by_id[fixed.run_id].adaptive == {}
+    assert summary.adaptive["n"] == 6
+    assert summary.adaptive["samples_used"] == sum(t["samples_used"] for t in traces) / 3
+    priced = [t for t in traces if t["baseline_tokens_at_n"]]
+    assert summary.adaptive["token_saving"] == pytest.approx(
+        1 - sum(t["tokens"] for t in priced) / sum(t["baseline_tokens_at_n"] for t in priced))
+    text = format_table([summary, by_id[fixed.run_id]])
+    assert f"{summary.adaptive['samples_used']:.1f} of 6" in text and "fixed-N" in text
+    assert summary.to_dict()["adaptive"] == summary.adaptive
+
+
 def test_the_engine_is_part_of_the_run_id_and_native_ids_are_unchanged():
     native = make_spec({"task": "arith:1", "strategy": "greedy"})
     vllm = make_spec({"task": "arith:1", "strategy": "greedy", "engine": "vllm"})

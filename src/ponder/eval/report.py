@@ -38,6 +38,9 @@ class RunSummary:
     seconds_per_problem: float
     ks: tuple[int, ...] = ()
     metrics: dict[str, float] = field(default_factory=dict)
+    # Adaptive strategies only (see adaptive_summary): samples used against N and generated
+    # tokens against the strategy's estimate of a fixed-N run.
+    adaptive: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "label": self.label, "strategy": self.strategy,
@@ -47,7 +50,7 @@ class RunSummary:
                 "generated_tokens_per_problem": self.generated_per_problem,
                 "tokens_per_problem": self.tokens_per_problem,
                 "seconds_per_problem": self.seconds_per_problem,
-                "ks": list(self.ks), "metrics": self.metrics}
+                "ks": list(self.ks), "metrics": self.metrics, "adaptive": self.adaptive}
 
 
 def summarize_run(store: Store, run: RunRow, problem_ids: Iterable[str] | None = None,
@@ -80,7 +83,25 @@ def summarize_run(store: Store, run: RunRow, problem_ids: Iterable[str] | None =
         tokens_per_problem=sum(r.usage["forward_tokens"] + r.usage["scorer_tokens"]
                                for r in rows) / n,
         seconds_per_problem=sum(r.usage["wall_seconds"] for r in rows) / n,
-        ks=tuple(ks), metrics=metrics)
+        ks=tuple(ks), metrics=metrics, adaptive=adaptive_summary(rows))
+
+
+def adaptive_summary(rows) -> dict[str, float]:
+    """For runs of adaptive strategies (their traces carry samples_used, samples_saved and
+    baseline_tokens_at_n): mean samples used per problem, N, and the generated-token saving
+    against the estimated fixed-N cost, over the problems that have an estimate. Empty for
+    other runs."""
+    traces = [r.trace for r in rows if "samples_used" in r.trace and "samples_saved" in r.trace]
+    if not traces:
+        return {}
+    out = {"samples_used": sum(t["samples_used"] for t in traces) / len(traces),
+           "n": max(t["samples_used"] + t["samples_saved"] for t in traces)}
+    priced = [t for t in traces if t.get("baseline_tokens_at_n")]
+    if priced:
+        baseline = sum(t["baseline_tokens_at_n"] for t in priced)
+        out["baseline_tokens"] = baseline / len(priced)
+        out["token_saving"] = 1 - sum(t["tokens"] for t in priced) / baseline
+    return out
 
 
 def summarize_store(store: Store, run_ids: Sequence[str] | None = None) -> list[RunSummary]:
@@ -113,6 +134,17 @@ def format_table(summaries: Sequence[RunSummary]) -> str:
     lines.insert(1, "-" * len(lines[0]))
     lines.append("tokens/prob: every token through the model (prefill, re-prefill and "
                  "generated) plus scorer tokens")
+    adaptive = [s for s in summaries if s.adaptive]
+    if adaptive:
+        table = [("method", "samples/prob", "fixed-N gen tok/prob (est.)", "token saving")]
+        for s in adaptive:
+            a = s.adaptive
+            table.append((s.label, f"{a['samples_used']:.1f} of {a['n']:g}",
+                          f"{a['baseline_tokens']:.1f}" if "baseline_tokens" in a else "-",
+                          f"{a['token_saving']:.1%}" if "token_saving" in a else "-"))
+        lines += ["", *_columns(table, right_from=1),
+                  "fixed-N (est.): N x the mean length of the run's samples that ended on their "
+                  "own; run self_consistency at the same N to measure it"]
     ks = sorted({k for s in summaries for k in s.ks})
     if ks:
         table = [("method", "metric", *[f"k={k}" for k in ks])]
