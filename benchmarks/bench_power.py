@@ -7,10 +7,12 @@ Bundled model, alpha=4, T_max=256, B=64, N_MCMC=4, 8 arith problems, in one proc
     stale are counted, and reported as speculative_tokens_wasted);
   - reference: one problem at a time, every proposal regenerated from scratch (the prefix is
     re-fed through the model each time), as the authors' code does.
-Same seeds, so both run the same chains (chain lengths, and so the tail, vary with --seed). Also greedy, low-temperature and SMC accuracy on the
-same problems. The LAST line is one JSON object with the figures.
+Same seeds, so both run the same chains (chain lengths, and so the tail, vary with --seed).
+Also greedy, low-temperature and SMC accuracy on the same problems. The LAST line is one JSON
+object with the figures.
 
-    python benchmarks/bench_power.py [--problems 8] [--max-tokens 256] [--block 64] [--steps 4] [--seed 0]
+    python benchmarks/bench_power.py [--problems 8] [--max-tokens 256] [--block 64] [--steps 4]
+        [--seed 0]
 """
 
 from __future__ import annotations

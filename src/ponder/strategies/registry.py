@@ -78,7 +78,8 @@ def _power(params, extra):
                          block_size=extra.get("block_size"),
                          mcmc_steps=int(extra.get("mcmc_steps", 10)),
                          proposal_temperature=extra.get("proposal_temperature"),
-                         speculation_rows=int(extra.get("speculation_rows", 8)),
+                         speculation_rows=int(extra.get("speculation_rows",
+                                                         PowerSampling.speculation_rows)),
                          top_p=params.top_p, n=params.n, seed=params.seed)
 
 
