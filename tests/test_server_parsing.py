@@ -6,7 +6,7 @@ from ponder.server.errors import ApiError, LimitError
 from ponder.server.limits import Limits
 from ponder.server.responses import StopHoldback, chosen, jsonable, usage_json
 from ponder.server.routing import route, split_model
-from ponder.server.schemas import parse_chat, parse_completion, parse_json, planned_tokens
+from ponder.server.schemas import parse_chat, parse_completion, parse_json
 from ponder.strategies import registry
 from ponder.types import Candidate, Result, Usage
 
@@ -166,10 +166,11 @@ def test_json_bodies():
         assert error_of(parse_json, raw).status == 400
 
 
-def test_planned_tokens_cover_every_generation():
+def test_worst_case_covers_every_generation():
     refine = registry.make_strategy("self_refine", iterations=2, max_tokens=10)
-    assert planned_tokens(refine) == 10 * 3 + 2 * refine.critique_tokens
-    assert planned_tokens(registry.make_strategy("sc", n=4, max_tokens=10)) == 40
+    generated = 10 * 3 + 2 * refine.critique_tokens
+    assert refine.worst_case(0).tokens >= generated
+    assert registry.make_strategy("sc", n=4, max_tokens=10).worst_case(5).tokens == 5 + 40
 
 
 def test_limits_validate():

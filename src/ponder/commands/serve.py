@@ -57,6 +57,17 @@ def register(sub) -> None:
                      help="requests in flight at once; more get 429 (default 64)")
     lim.add_argument("--max-body-bytes", type=int, default=1 << 20,
                      help="largest request body (default 1048576)")
+    lim.add_argument("--max-request-seconds", type=int, default=600,
+                     help="a request's deadline: still running then, it stops at the next "
+                          "decode step and gets HTTP 408; still queued, it is refused "
+                          "(default 600)")
+    sco = p.add_argument_group("scorers (requests pick one by name; never by path)")
+    sco.add_argument("--scorer", action="append", default=[], metavar="[NAME=]SPEC",
+                     help="a scorer requests may use as ponder.scorer, e.g. "
+                          "--scorer prm=qwen-prm:/models/Qwen2.5-Math-PRM-7B (repeatable). "
+                          "Without NAME, requests name it by SPEC. mean_logprob, "
+                          "sum_logprob, heuristic, judge and judge_answer are always "
+                          "available; no other model or file is ever loaded for a request")
     bat = p.add_argument_group("batching")
     bat.add_argument("--gather-ms", type=float, default=20.0,
                      help="wait this long after a request for others to share its engine "
@@ -86,24 +97,44 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(max_n=args.max_n, max_tokens=args.max_tokens,
                     default_max_tokens=args.default_max_tokens,
                     max_request_tokens=args.max_request_tokens,
-                    max_concurrent=args.max_concurrent, max_body_bytes=args.max_body_bytes)
+                    max_concurrent=args.max_concurrent, max_body_bytes=args.max_body_bytes,
+                    max_request_seconds=args.max_request_seconds)
+    specs = operator_scorers(args.scorer)
     if not args.api_key and not _loopback(args.host):
         print(f"ponder serve: warning: {args.host} is reachable from other machines and no "
               "--api-key is set", file=sys.stderr)
 
     from ponder.commands._common import engine_from_args
+    from ponder.scorers.registry import make_scorer
     from ponder.server.app import create_app
 
     engine = engine_from_args(args)
+    scorers = {name: make_scorer(spec, engine) for name, spec in specs.items()}
     app = create_app(engine, served_name=args.served_model_name, api_key=args.api_key,
                      limits=limits, gather_ms=args.gather_ms,
-                     max_batch_requests=args.max_batch_requests)
+                     max_batch_requests=args.max_batch_requests, scorers=scorers)
     name = app.state.served[0]
     print(f"ponder serve: {name} on http://{args.host}:{args.port}/v1 "
           f"(auth {'on' if args.api_key else 'off'}; try model 'sc8:{name}')", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=5)
     return 0
+
+
+def operator_scorers(items: list[str]) -> dict[str, str]:
+    """--scorer values -> {name requests use: scorer spec}, each spec checked by name."""
+    from ponder.scorers.registry import make_scorer
+
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        name, spec = (name.strip(), spec.strip()) if sep else (item.strip(), item.strip())
+        if not name or not spec:
+            raise ValueError(f"--scorer takes NAME=SPEC or SPEC (e.g. prm=qwen-prm:/models/prm), "
+                             f"got {item!r}")
+        make_scorer(spec)  # a wrong style or name fails here, before the model loads
+        out[name] = spec
+    return out
 
 
 def _loopback(host: str) -> bool:

@@ -38,6 +38,9 @@ class Capabilities:
 TokenCallback = Callable[[int, int, int, str], None]
 # follow_up(request_index, generation) -> the requests to run next (see generate_chained)
 FollowUp = Callable[[int, Generation], Sequence[GenerateRequest]]
+# admit() -> requests that arrived meanwhile, to join a running decode loop (engines with
+# the follow_ups capability take it as generate(..., admit=))
+Admit = Callable[[], Sequence[GenerateRequest]]
 
 
 @runtime_checkable

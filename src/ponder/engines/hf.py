@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ponder.engines import kv as kvlib
-from ponder.engines.base import Capabilities, FollowUp, TokenCallback, tokenize_prompt
+from ponder.engines.base import Admit, Capabilities, FollowUp, TokenCallback, tokenize_prompt
 from ponder.engines.decode import (
     DecodeSample,
     Detokenizer,
@@ -91,6 +91,7 @@ class HFEngine:
                threads: int | None = None) -> None:
         self.device = torch.device(device)
         self.max_batch_size = max_batch_size
+        self.decode_steps = 0  # batched decode steps run so far (a server reports it)
         self.score_batch_tokens = score_batch_tokens
         if self.device.type == "cpu":
             threads = threads or int(os.environ.get("PONDER_THREADS") or 0) or len(
@@ -115,13 +116,18 @@ class HFEngine:
     # ---- generation -------------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenerateRequest], on_token: TokenCallback | None = None,
-                 follow_up: FollowUp | None = None) -> list[Generation]:
+                 follow_up: FollowUp | None = None,
+                 admit: Admit | None = None) -> list[Generation]:
         """One Generation per request, in order. See the module docstring for how.
 
         follow_up(index, generation), when given, is called as soon as request `index` has all
         its samples; the requests it returns join the running decode loop at once (no waiting
         for the rest of the batch) and take the next indices, in order. The result holds every
         request's Generation by index, follow-ups included.
+
+        admit(), when given, is called before every decode step; the requests it returns join
+        the loop the same way (a server admits requests that arrived meanwhile, so a short
+        one never waits for a long batch to end).
         """
         requests = list(requests)
         if not all(isinstance(r, GenerateRequest) for r in requests):
@@ -133,7 +139,11 @@ class HFEngine:
         live: list[DecodeSample] = []
         logits = torch.empty(0)
         next_tokens = torch.empty(0, dtype=torch.long, device=self.device)
-        while pending or live:
+        while True:
+            if admit is not None:
+                self._add(admit(), jobs, pending)
+            if not (pending or live):
+                break
             admitted = self._admit(pending, len(live))
             joining = [j for j in admitted if self._joins_step(j)]
             fresh = [j for j in admitted if not self._joins_step(j)]
@@ -170,6 +180,7 @@ class HFEngine:
             if not live:
                 batch = None
                 continue
+            self.decode_steps += 1
             ones = torch.ones(len(live), 1, dtype=torch.long, device=self.device)
             step_logits, batch = kvlib.forward(self.model, batch, next_tokens.unsqueeze(1), ones)
             logits = step_logits[:, -1]
@@ -208,12 +219,16 @@ class HFEngine:
                 pending: deque, started: float) -> None:
         share = wall_share(jobs, started)
         for job in completed:
-            for request in follow_up(job.index, collect_generations([job], share)[0]):
-                if not isinstance(request, GenerateRequest):
-                    raise ValueError("follow_up must return GenerateRequests")
-                new = self._job(len(jobs), request)
-                jobs.append(new)
-                pending.append(new)
+            self._add(follow_up(job.index, collect_generations([job], share)[0]), jobs, pending)
+
+    def _add(self, requests: Sequence[GenerateRequest], jobs: list[_Job], pending: deque) -> None:
+        """New requests joining a running loop take the next indices, in order."""
+        for request in requests:
+            if not isinstance(request, GenerateRequest):
+                raise ValueError("follow_up and admit must return GenerateRequests")
+            new = self._job(len(jobs), request)
+            jobs.append(new)
+            pending.append(new)
 
     def _job(self, index: int, request: GenerateRequest) -> _Job:
         params = request.params

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import deque
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ponder.server.batcher import EngineWorker, Job
-from ponder.server.errors import ApiError, error_body
+from ponder.server.errors import ApiError, bad_request, deadline_error, error_body
 from ponder.server.limits import Counters, Gate, Limits, read_body
 from ponder.server.logprobs import Detailed
 from ponder.server.responses import (
@@ -40,11 +41,23 @@ from ponder.server.schemas import Plan, parse_chat, parse_completion, parse_json
 from ponder.types import Usage
 
 log = logging.getLogger("ponder.server")
+DISCONNECT_POLL_SECONDS = 0.25
+DEADLINE_GRACE_SECONDS = 5.0
+# Scorers that read only the served model (or nothing): a request may always name these.
+MODEL_FREE_SCORERS = ("mean_logprob", "sum_logprob", "heuristic", "judge", "judge_answer")
+
+
+def allowed_scorers(operator: dict[str, Any]) -> frozenset[str]:
+    from ponder.scorers.registry import ALIASES
+
+    free = set(MODEL_FREE_SCORERS) | {a for a, key in ALIASES.items() if key in MODEL_FREE_SCORERS}
+    return frozenset(free | set(operator))
 
 
 def create_app(engine, *, served_name: str | None = None, api_key: str | None = None,
                limits: Limits | None = None, gather_ms: float = 20.0,
-               max_batch_requests: int = 256, progress_seconds: float = 0.25) -> FastAPI:
+               max_batch_requests: int = 256, progress_seconds: float = 0.25,
+               scorers: dict[str, Any] | None = None) -> FastAPI:
     """An app serving `engine` (used from one worker thread only).
 
     served_name: the model name clients use (default: the engine's model name, without
@@ -52,13 +65,19 @@ def create_app(engine, *, served_name: str | None = None, api_key: str | None = 
     api_key: when set, every request needs `Authorization: Bearer <api_key>`.
     gather_ms: how long the worker waits after a request for others to batch with it.
     max_batch_requests: most requests per engine round (1 serves them one at a time).
+    scorers: reward models the operator allows, by the name requests use (`ponder.scorer`),
+        e.g. {"prm": make_scorer("qwen-prm:/models/prm")}. Requests may also pick the
+        scorers that load nothing (mean_logprob, sum_logprob, heuristic, judge,
+        judge_answer), never a path or a hub id of their own.
     """
     limits = limits or Limits()
     model_name = str(getattr(engine, "model_name", "model"))
     served_name = served_name or os.path.basename(model_name.rstrip("/")) or model_name
     served = tuple(dict.fromkeys([served_name, model_name]))
     counters = Counters()
-    worker = EngineWorker(engine, gather_ms / 1000, max_batch_requests, progress_seconds)
+    worker = EngineWorker(engine, gather_ms / 1000, max_batch_requests, progress_seconds,
+                          scorers=scorers)
+    allowed = allowed_scorers(scorers or {})
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -78,13 +97,23 @@ def create_app(engine, *, served_name: str | None = None, api_key: str | None = 
     async def body_of(request: Request) -> dict[str, Any]:
         return parse_json(await read_body(request.stream(), limits.max_body_bytes))
 
+    def checked(plan: Plan) -> Plan:
+        if plan.scorer is not None and plan.scorer not in allowed:
+            raise bad_request(f"scorer {plan.scorer!r} is not available on this server; "
+                              f"available: {', '.join(sorted(allowed))} (an operator adds "
+                              "reward models with `ponder serve --scorer NAME=STYLE:PATH`)",
+                              "ponder.scorer", "scorer_not_available")
+        return plan
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        return await execute(parse_chat(await body_of(request), served, limits), worker)
+        plan = checked(parse_chat(await body_of(request), served, limits))
+        return await execute(plan, worker, request, limits.max_request_seconds)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        return await execute(parse_completion(await body_of(request), served, limits), worker)
+        plan = checked(parse_completion(await body_of(request), served, limits))
+        return await execute(plan, worker, request, limits.max_request_seconds)
 
     @app.get("/v1/models")
     async def models():
@@ -113,7 +142,8 @@ def create_app(engine, *, served_name: str | None = None, api_key: str | None = 
             {"status": "ok" if ok else "error", "model": served_name,
              "in_flight": counters.in_flight, "queued": worker.queued, "busy": worker.busy,
              "batches": worker.batches, "recent_batch_sizes": list(worker.recent_sizes),
-             "served": counters.served},
+             "served": counters.served, "cancelled": worker.cancelled,
+             "deadline_exceeded": worker.expired, "decode_steps": worker.decode_steps},
             status_code=200 if ok else 503)
 
     return app
@@ -138,6 +168,13 @@ def _add_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return JSONResponse(error_body(str(exc.detail), param=None, code=code),
                             status_code=exc.status_code)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(_request, _exc: ClientGone):
+        # Nobody reads this answer; its work was cancelled. 499 as nginx logs it.
+        log.info("client disconnected before its answer; the request's work was cancelled")
+        return JSONResponse(error_body("client closed the request", code="client_closed"),
+                            status_code=499)
 
     @app.exception_handler(Exception)
     async def unexpected(_request, exc: Exception):
@@ -193,20 +230,23 @@ def as_api_error(exc: BaseException) -> ApiError:
                     type="server_error", code="engine_error")
 
 
-async def execute(plan: Plan, worker: EngineWorker):
+async def execute(plan: Plan, worker: EngineWorker, request: Request, seconds: float):
     events: asyncio.Queue = asyncio.Queue()
+    deadline = time.monotonic() + seconds
     jobs = [Job(i, events, prompt, plan.budget, plan.stream, params=plan.params,
                 strategy=plan.strategy, scorer=plan.scorer, question=plan.question,
-                output=plan.output if plan.output.wanted else None)
+                output=plan.output if plan.output.wanted else None, options=plan.options,
+                deadline=deadline, seconds=seconds)
             for i, prompt in enumerate(plan.prompts)]
     pending = Pending(jobs, events)
     for job in jobs:
         worker.submit(job)
     env = Envelope(plan.endpoint, plan.model)
     try:
-        await pending.started()
+        await _until_done(pending.started(), request, deadline, seconds)
         if not plan.stream:
-            return JSONResponse(jsonable(_complete(plan, env, await pending.results())))
+            done = await _until_done(pending.results(), request, deadline, seconds)
+            return JSONResponse(jsonable(_complete(plan, env, done)))
     except BaseException:
         pending.cancel()
         raise
@@ -214,6 +254,35 @@ async def execute(plan: Plan, worker: EngineWorker):
                                                                                     pending)
     return StreamingResponse(_closing(stream, pending), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _until_done(waiting, request: Request, deadline: float, seconds: float):
+    """Await `waiting`, giving up when the client disconnects (the caller then cancels the
+    request's work) or a little after the deadline (the worker normally answers at the
+    deadline itself; this covers an engine that cannot stop mid-call)."""
+    task = asyncio.ensure_future(waiting)
+    watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        grace = max(0.0, deadline - time.monotonic()) + DEADLINE_GRACE_SECONDS
+        done, _ = await asyncio.wait({task, watch}, timeout=grace,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        if watch in done:
+            raise ClientGone
+        raise deadline_error(seconds)
+    finally:
+        for t in (task, watch):
+            t.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its answer was ready."""
 
 
 def _complete(plan: Plan, env: Envelope, done: list[Any]) -> dict:

@@ -1,17 +1,22 @@
 """One worker owns the engine; concurrent requests share its batched calls.
 
 The engine is synchronous and not thread-safe, so every engine call runs on one dedicated
-thread, one call at a time. Requests arrive on an asyncio queue. When the worker is free it
-takes the first waiting job, waits a short gathering window for more, and then runs:
+thread, one call at a time. Requests wait in a queue. When the worker is free it takes the
+first waiting job, waits a short gathering window for more, and then runs:
 
   * all plain-sampling jobs together as ONE engine.generate call (the engine decodes every
     request's samples in one batch), streaming each token to its request's queue;
   * strategy jobs grouped by identical config, one strategy.run(problems) per group
     (self-consistency and best-of-N make one batched engine call for the whole group).
 
-Jobs that arrive while the engine is busy wait in the queue and form the next batch, so
-the batch grows with the load. Each job is checked (tokenized, budgeted) on the worker
-before its batch runs, so one bad request fails alone instead of sinking the batch.
+Fairness: on an engine with follow-ups, plain jobs that arrive while the engine decodes
+(plain or a strategy's call) join the running loop at its next step and are answered as
+soon as their own samples are done, so a short request never waits for a long one to end.
+Jobs behind a strategy job keep their place in the queue.
+
+Each job is checked (tokenized, its worst case held to the context and the budget) on the
+worker before it runs, so one bad request fails alone instead of sinking the batch. A job
+whose client went away or whose deadline passed stops at the next decode step.
 """
 
 from __future__ import annotations
@@ -20,17 +25,19 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ponder.server.errors import ApiError, LimitError
+from ponder.server.errors import ApiError, Stopped, deadline_error
+from ponder.server.limits import over_budget, over_context
 from ponder.server.logprobs import detailed
 from ponder.server.metered import MeteredEngine
-from ponder.server.schemas import planned_tokens
+from ponder.server.plain import PlainRun
+from ponder.strategies.cost import Cost, cost_options
 from ponder.types import (
     Completion,
-    GenerateRequest,
     Generation,
     Prompt,
     SamplingParams,
@@ -65,28 +72,54 @@ class Job:
     scorer: str | None = None
     question: str = ""
     output: Any = None  # schemas.Output: logprobs / echo wanted (plain jobs)
-    cancelled: bool = False  # the client went away: skip if not started yet
+    options: tuple[str, ...] = ()  # the strategy options the request set (for messages)
+    deadline: float | None = None  # time.monotonic() by which it must be done
+    seconds: float = 0.0  # the deadline's length, for messages
+    cancelled: bool = False  # the client went away: its remaining work is dropped
+
+    @property
+    def plain(self) -> bool:
+        return self.strategy is None
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def stopped(self) -> bool:
+        """Its remaining engine work should stop (checked at every decode step)."""
+        return self.cancelled or self.expired()
 
 
 class EngineWorker:
-    """Feeds the engine from an asyncio queue on a single worker thread.
+    """Feeds the engine from a queue on a single worker thread.
 
     gather_seconds: how long to wait after the first job for others to share its batch.
     max_batch_requests: most jobs taken into one round (1 turns gathering off).
+    scorers: the scorers the operator named at start, by name, built once and shared
+        (reward models load on first use); the model-free ones of the registry are built
+        per run on the request's metered engine.
     """
 
     def __init__(self, engine, gather_seconds: float = 0.01, max_batch_requests: int = 256,
-                 progress_seconds: float = 0.25):
+                 progress_seconds: float = 0.25, scorers: dict[str, Any] | None = None):
         if gather_seconds < 0 or max_batch_requests < 1:
             raise ValueError("gather_seconds must be >= 0 and max_batch_requests >= 1")
         self.engine = engine
         self.gather_seconds = gather_seconds
         self.max_batch_requests = max_batch_requests
         self.progress_seconds = progress_seconds
+        self.scorers = dict(scorers or {})
+        caps = engine.capabilities
+        self.can_stop = caps.early_stop  # stop hooks end a request's samples mid-decode
+        self.can_admit = caps.follow_ups  # new requests join a running decode loop
         self.busy = False
         self.batches = 0  # engine rounds run
+        self.cancelled = 0  # requests whose client left before they were done
+        self.expired = 0  # requests stopped or refused at their deadline
         self.recent_sizes: deque[int] = deque(maxlen=16)  # requests in each recent round
-        self._queue: asyncio.Queue[Job] | None = None
+        # Jobs wait here; the engine thread takes plain ones from the front while it decodes
+        # (deque appends and pops are atomic, so no lock is needed).
+        self._waiting: deque[Job] = deque()
+        self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -95,7 +128,7 @@ class EngineWorker:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._queue = asyncio.Queue()
+        self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ponder-engine")
         self._task = asyncio.create_task(self._serve(), name="ponder-engine-worker")
 
@@ -112,101 +145,116 @@ class EngineWorker:
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
+        return len(self._waiting)
+
+    @property
+    def decode_steps(self) -> int | None:
+        return getattr(self.engine, "decode_steps", None)
 
     def submit(self, job: Job) -> None:
         if not self.alive:
             raise ApiError(503, "the engine worker is not running", type="server_error",
                            code="unavailable")
-        self._queue.put_nowait(job)
+        self._waiting.append(job)
+        self._arrived.set()
 
     async def _serve(self) -> None:
         while True:
-            jobs = [await self._queue.get()]
-            if self.gather_seconds and self.max_batch_requests > 1:
-                await asyncio.sleep(self.gather_seconds)
-            while len(jobs) < self.max_batch_requests and not self._queue.empty():
-                jobs.append(self._queue.get_nowait())
-            jobs = [j for j in jobs if not j.cancelled]
+            if not self._waiting:
+                self._arrived.clear()
+                await self._arrived.wait()
+                if self.gather_seconds and self.max_batch_requests > 1:
+                    await asyncio.sleep(self.gather_seconds)
+            jobs = []
+            while self._waiting and len(jobs) < self.max_batch_requests:
+                job = self._waiting.popleft()
+                if self._wanted(job):
+                    jobs.append(job)
             self.busy = True
             try:
                 for batch in _rounds(jobs):
-                    run = self._run_plain if batch[0].strategy is None else self._run_strategy
+                    run = self._run_plain if batch[0].plain else self._run_strategy
                     try:
                         await self._loop.run_in_executor(self._executor, run, batch)
                     except Exception as exc:  # run() reports its own errors; this is a backstop
                         log.exception("engine batch failed")
                         for job in batch:
-                            self._emit(job, "error", exc)
+                            self.emit(job, "error", exc)
                     self.batches += 1
                     self.recent_sizes.append(len(batch))
             finally:
                 self.busy = False
 
+    def _wanted(self, job: Job) -> bool:
+        """False for a job whose client left, or whose deadline passed while it waited
+        (that one is refused)."""
+        if job.cancelled:
+            self.cancelled += 1
+            log.info("request dropped from the queue: its client went away")
+            return False
+        if job.expired():
+            self.expired += 1
+            self.emit(job, "error", deadline_error(job.seconds))
+            return False
+        return True
+
+    def take_plain(self) -> list[Job]:
+        """Plain jobs at the front of the queue, taken to join a running decode loop (engine
+        thread). It stops at the first strategy job, which keeps its place: first come,
+        first served."""
+        out = []
+        while self._waiting and self._waiting[0].plain:
+            job = self._waiting.popleft()
+            if self._wanted(job):
+                out.append(job)
+        return out
+
     # ---- worker-thread side -------------------------------------------------------------
 
-    def _emit(self, job: Job, kind: str, data: Any = None) -> None:
+    def emit(self, job: Job, kind: str, data: Any = None) -> None:
         self._loop.call_soon_threadsafe(job.events.put_nowait, (job.tag, kind, data))
 
-    def _check(self, job: Job, generated: int) -> list[int] | None:
-        """Tokenize the job's prompt and hold it to the context and the budget; None (and an
-        error sent) when it fails."""
+    def check(self, job: Job, cost_of: Callable[[int], Cost], what: str,
+              options: dict[str, Any]) -> list[int] | None:
+        """Tokenize the job's prompt and hold its worst case to the context and the budget;
+        None (and an error sent) when it fails."""
         field = "messages" if isinstance(job.prompt, list) else "prompt"
         try:
             ids = self.engine.tokenize(job.prompt)
         except Exception as exc:  # e.g. a chat template that rejects the message order
-            self._emit(job, "error", ApiError(400, f"cannot build the prompt: {exc}",
-                                              param=field, code="invalid_prompt"))
+            self.emit(job, "error", ApiError(400, f"cannot build the prompt: {exc}",
+                                             param=field, code="invalid_prompt"))
             return None
+        cost = cost_of(len(ids))
         context = getattr(self.engine, "max_positions", None)
-        if context is not None and len(ids) >= context:
-            self._emit(job, "error", LimitError(
-                f"the prompt has {len(ids)} tokens, more than the model's context of "
-                f"{context}", param=field, code="context_length_exceeded"))
+        if context is not None and (cost.longest > context or len(ids) >= context):
+            self.emit(job, "error", over_context(len(ids), cost.longest, context, field))
             return None
-        if len(ids) + generated > job.budget:
-            self._emit(job, "error", LimitError(
-                f"this request may cost {len(ids) + generated} tokens ({len(ids)} prompt + "
-                f"{generated} generated), over this server's budget of {job.budget} tokens "
-                "per request (max_request_tokens, --max-request-tokens)",
-                param="max_tokens"))
+        if cost.tokens > job.budget:
+            self.emit(job, "error", over_budget(what, cost.tokens, len(ids), job.budget,
+                                                options))
             return None
         return ids
 
     def _run_plain(self, jobs: list[Job]) -> None:
-        checked: list[tuple[Job, list[int]]] = []
-        for job in jobs:
-            score_only = job.output is not None and job.output.score_only
-            ids = self._check(job, 0 if score_only else job.params.n * job.params.max_tokens)
-            if ids is not None:
-                checked.append((job, ids))
-                self._emit(job, "started")
-        ready = [(job, GenerateRequest(ids, job.params)) for job, ids in checked
-                 if job.output is None or not job.output.score_only]
-
-        def on_token(request: int, sample: int, _token: int, delta: str) -> None:
-            job = ready[request][0]
-            if job.stream and delta and not job.cancelled:
-                self._emit(job, "token", (sample, delta))
-
-        streaming = any(job.stream for job, _ in ready)
+        run = PlainRun(self)
+        requests = run.requests(jobs)
         try:
-            generations = self.engine.generate([r for _, r in ready],
-                                               on_token if streaming else None) if ready else []
+            if self.can_admit:
+                generations = self.engine.generate(requests, run.on_token,
+                                                   follow_up=run.follow_up, admit=run.admit)
+            else:
+                streaming = any(job.stream for job, _ in run.generating)
+                generations = self.engine.generate(
+                    requests, run.on_token if streaming else None) if requests else []
         except Exception as exc:
             log.exception("engine.generate failed")
-            for job, _ in checked:
-                self._emit(job, "error", exc)
+            for job, _ in run.generating:
+                self.emit(job, "error", exc)
             return
-        by_job = {id(job): gen for (job, _), gen in zip(ready, generations, strict=True)}
-        plain = [(job, ids) for job, ids in checked if job.output is None or not job.output.wanted]
-        for job, _ in plain:
-            self._emit(job, "done", by_job[id(job)])
-        if len(plain) < len(checked):
-            self._finish_detailed([(job, ids, by_job.get(id(job))) for job, ids in checked
-                                   if job.output is not None and job.output.wanted])
+        run.finish_all(generations)
 
-    def _finish_detailed(self, items: list[tuple[Job, list[int], Generation | None]]) -> None:
+    def finish_detailed(self, items: list[tuple[Job, list[int], Generation | None]]) -> None:
         """Jobs that want logprobs or echo: score echoed prompts (one engine call for all of
         them), then build each response's log-probabilities."""
         scoring = [(job, ids) for job, ids, _ in items
@@ -221,7 +269,7 @@ class EngineWorker:
             error = ApiError(400, f"cannot score the prompt for echo: {exc}", param="echo") \
                 if isinstance(exc, ValueError) else exc
             for job, _, _ in items:
-                self._emit(job, "error", error)
+                self.emit(job, "error", error)
             return
         wall = time.perf_counter() - started
         scores = {id(job): s for (job, _), s in zip(scoring, scored, strict=True)}
@@ -230,31 +278,40 @@ class EngineWorker:
             try:
                 gen = _with_scoring(job, ids, gen, score, wall / max(1, len(scoring)))
                 text = job.prompt if isinstance(job.prompt, str) else self.engine.detokenize(ids)
-                self._emit(job, "done", detailed(self.engine, job.output, ids, text, gen, score))
+                self.emit(job, "done", detailed(self.engine, job.output, ids, text, gen, score))
             except Exception as exc:
                 log.exception("building logprobs failed")
-                self._emit(job, "error", exc)
+                self.emit(job, "error", exc)
 
     def _run_strategy(self, jobs: list[Job]) -> None:
-        from ponder.scorers.likelihood import make_scorer
+        from ponder.scorers.registry import make_scorer
         from ponder.tasks.datasets import Problem
 
         ready = []
         for job in jobs:
-            if self._check(job, planned_tokens(job.strategy)) is not None:
+            strategy = job.strategy
+            options = cost_options(strategy, strategy.worst_case(1), job.options)
+            if self.check(job, strategy.worst_case, f"strategy {strategy.name!r}",
+                          options) is not None:
                 ready.append(job)
-                self._emit(job, "started")
+                self.emit(job, "started")
         if not ready:
             return
+        plain = PlainRun(self) if self.can_admit else None
         engine = MeteredEngine(self.engine, ready, sum(j.budget for j in ready),
-                               progress=self._progress_sender(), every=self.progress_seconds)
+                               progress=self._progress_sender(), every=self.progress_seconds,
+                               riders=plain)
         # Every problem gets the same id: a seeded request then samples the same whatever
         # else shares its batch. The prompt rides along so render() returns it as sent.
         problems = [Problem("request", job.question, "", {"prompt": job.prompt}) for job in ready]
+        name = ready[0].scorer
         try:
-            scorer = make_scorer(ready[0].scorer, engine) if ready[0].scorer else None
+            scorer = (self.scorers.get(name) or make_scorer(name, engine)) if name else None
             results = ready[0].strategy.run(problems, engine, scorer=scorer,
                                             render=lambda p: p.metadata["prompt"])
+        except Stopped:
+            results = None
+            errors = [deadline_error(job.seconds) if job.expired() else None for job in ready]
         except ApiError as exc:
             errors = [exc] * len(ready)
         except ValueError as exc:  # the strategy refused this input or engine
@@ -264,16 +321,24 @@ class EngineWorker:
             log.exception("strategy run failed")
             errors = [exc] * len(ready)
         else:
-            for job, res in zip(ready, results, strict=True):
-                self._emit(job, "done", res)
-            return
-        for job, exc in zip(ready, errors, strict=True):
-            self._emit(job, "error", exc)
+            errors = [deadline_error(job.seconds) if job.expired() else None for job in ready]
+        finally:
+            if plain is not None:
+                engine.finish_riders()
+        for i, (job, error) in enumerate(zip(ready, errors, strict=True)):
+            if job.cancelled:
+                self.cancelled += 1
+                log.info("strategy request cancelled by its client")
+            elif error is not None:
+                self.expired += job.expired()
+                self.emit(job, "error", error)
+            else:
+                self.emit(job, "done", results[i])
 
     def _progress_sender(self):
         def send(job: Job, info: dict) -> None:
             if job.stream and not job.cancelled:
-                self._emit(job, "progress", info)
+                self.emit(job, "progress", info)
         return send
 
 

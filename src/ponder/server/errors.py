@@ -39,3 +39,13 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
 
 def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
     return ApiError(400, message, param=param, code=code)
+
+
+def deadline_error(seconds: float) -> ApiError:
+    return ApiError(408, f"the request was not done within this server's deadline of "
+                    f"{seconds:g} s per request (max_request_seconds, --max-request-seconds)",
+                    code="request_timeout")
+
+
+class Stopped(Exception):
+    """A request's work ended early: its client went away or its deadline passed."""

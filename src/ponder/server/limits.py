@@ -27,6 +27,8 @@ class Limits:
         generated token and every token a scorer reads (what `usage.total_tokens` reports).
     max_concurrent: requests in flight at once (queued or running); more get 429.
     max_body_bytes: the largest request body accepted.
+    max_request_seconds: a request's deadline from its arrival; work still running then stops
+        at the next decode step and the request gets a 408, and one still queued is refused.
     """
 
     max_n: int = 16
@@ -35,6 +37,7 @@ class Limits:
     max_request_tokens: int = 65536
     max_concurrent: int = 64
     max_body_bytes: int = 1 << 20
+    max_request_seconds: int = 600
 
     def __post_init__(self) -> None:
         if self.default_max_tokens is None and isinstance(self.max_tokens, int):
@@ -139,3 +142,26 @@ async def _send_error(send, error: ApiError) -> None:
     headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+def over_budget(what: str, tokens: int, prompt_tokens: int, budget: int,
+                options: dict[str, object]) -> LimitError:
+    """The 400 for a request whose worst case is over the per-request budget, naming the
+    options the cost grows with (and their values) so the user knows what to lower."""
+    named = ", ".join(f"{k}={v}" for k, v in options.items())
+    names = list(options) or ["max_tokens"]
+    lower = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+    first = next(iter(options), "max_tokens")
+    return LimitError(
+        f"{what} may cost up to {tokens} tokens ({prompt_tokens} prompt tokens; {named}), over "
+        f"this server's budget of {budget} tokens per request (max_request_tokens, "
+        f"--max-request-tokens): lower {lower}",
+        param=first if first in ("n", "max_tokens") else f"ponder.{first}")
+
+
+def over_context(prompt_tokens: int, longest: int, context: int, field: str) -> LimitError:
+    return LimitError(
+        f"the prompt has {prompt_tokens} tokens and this request may generate up to "
+        f"{longest - prompt_tokens} more ({longest} in all), over the model's context of "
+        f"{context} tokens: shorten the prompt or lower max_tokens",
+        param=field, code="context_length_exceeded")

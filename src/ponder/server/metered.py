@@ -6,6 +6,10 @@ max_tokens per request, or the tokens a scorer reads) would take the request pas
 is refused. Streaming requests get progress: tokens generated so far while decoding, and
 after each call the samples finished and the answer leading the vote among them (samples of
 the request's own prompt that ran to their end, so partial blocks of a search do not vote).
+
+A request whose client went away or whose deadline passed stops: its samples leave the
+batch at the next decode step (on engines with early stop) and its next call raises Stopped.
+Plain requests that arrive meanwhile may ride along in the strategy's calls (`riders`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ponder.server.errors import LimitError
+from ponder.server.errors import LimitError, Stopped
 from ponder.strategies.voting import majority, vote_table
 from ponder.tasks.extract import extract_answer
 from ponder.types import GenerateRequest, Generation, Scored, ScoreRequest
@@ -25,8 +29,10 @@ class MeteredEngine:
     """Wraps an engine for one strategy run over `jobs` (one problem each, in order)."""
 
     def __init__(self, engine, jobs: Sequence[Any], budget: int,
-                 progress: Callable[[Any, dict], None], every: float = 0.25):
+                 progress: Callable[[Any, dict], None], every: float = 0.25, riders=None):
         self._engine, self._jobs, self._budget = engine, list(jobs), budget
+        self._riders = riders  # a server.plain.PlainRun admitting plain jobs, or None
+        self._rider_generations: list[Generation] = []
         self._progress, self._every = progress, every
         # Follow-ups would bypass the metering of each call: chains run in rounds here.
         self.name = engine.name
@@ -50,17 +56,18 @@ class MeteredEngine:
     def generate(self, requests: Sequence[GenerateRequest], on_token=None) -> list[Generation]:
         requests = list(requests)
         owners = self._owners(requests)
+        self._check_stopped()
         # Tokenize once here (to know the worst case) and hand the ids on.
         sized = []
         worst = 0
-        for r in requests:
+        for i, r in enumerate(requests):
             if r.state is not None:
                 length = len(r.state)
             else:
                 ids = self._engine.tokenize(r.prompt)
                 length, r = len(ids), replace(r, prompt=ids)
             worst += length + r.params.n * r.params.max_tokens
-            sized.append(r)
+            sized.append(self._stoppable(r, owners[i]))
         self._guard(worst, "generate")
 
         def tokens(request: int, sample: int, token: int, delta: str) -> None:
@@ -74,7 +81,8 @@ class MeteredEngine:
             if on_token is not None:
                 on_token(request, sample, token, delta)
 
-        generations = self._engine.generate(sized, tokens)
+        generations = self._run(sized, tokens)
+        self._check_stopped()
         self._calls += 1
         self.spent += sum(g.usage.prompt_tokens + g.usage.generated_tokens for g in generations)
         own_prompt = [r.prompt is not None and self._is_own(r.prompt, owners[i])
@@ -99,6 +107,55 @@ class MeteredEngine:
         scored = self._engine.score(requests)
         self.spent += sum(s.usage.forward_tokens for s in scored)
         return scored
+
+    def _run(self, requests: list[GenerateRequest], tokens) -> list[Generation]:
+        """The engine call; with riders, plain jobs waiting meanwhile join it (their requests
+        come after the strategy's own, and are answered as each finishes)."""
+        riders = self._riders
+        if riders is None or not self._engine.capabilities.follow_ups:
+            return self._engine.generate(requests, tokens)
+        own = len(requests)
+        riders.first = own - len(riders.generating)
+
+        def on_token(request: int, sample: int, token: int, delta: str) -> None:
+            if request < own:
+                tokens(request, sample, token, delta)
+            else:
+                riders.on_token(request, sample, token, delta)
+
+        def follow_up(request: int, generation: Generation) -> list[GenerateRequest]:
+            return riders.follow_up(request, generation) if request >= own else []
+
+        # Riders take engine indices after this call's own requests, in the order admitted.
+        out = self._engine.generate(requests, on_token, follow_up=follow_up,
+                                    admit=riders.admit)
+        self._rider_generations += out[own:]
+        return out[:own]
+
+    def finish_riders(self) -> None:
+        """Answer the plain jobs that rode along (those not answered yet, and the ones that
+        want log-probabilities)."""
+        if self._riders is not None:
+            self._riders.finish_all(self._rider_generations)
+
+    def _check_stopped(self) -> None:
+        if all(job.stopped() for job in self._jobs):
+            raise Stopped
+
+    def _stoppable(self, request: GenerateRequest, owner: int | None) -> GenerateRequest:
+        """The request with a stop hook that ends its samples once its job (or, with no
+        known owner, every job) has stopped, besides any hook of the strategy's own."""
+        if not self._engine.capabilities.early_stop:
+            return request
+        jobs = self._jobs if owner is None else [self._jobs[owner]]
+        own_hook = request.should_stop
+
+        def should_stop(sample: int, step) -> bool:
+            if all(job.stopped() for job in jobs):
+                return True
+            return own_hook is not None and own_hook(sample, step)
+
+        return replace(request, should_stop=should_stop)
 
     def _guard(self, worst: int, what: str) -> None:
         if self.spent + worst > self._budget:

@@ -26,9 +26,10 @@ from ponder.server.fields import (
     read_stop,
     read_stream_options,
 )
-from ponder.server.limits import Limits
+from ponder.server.limits import Limits, over_budget
 from ponder.server.routing import SINGLE_SAMPLE, Route, route
 from ponder.strategies import registry
+from ponder.strategies.cost import cost_options
 from ponder.types import Prompt, SamplingParams
 
 
@@ -81,6 +82,7 @@ class Plan:
     return_candidates: bool
     budget: int
     output: Output = Output()
+    options: tuple[str, ...] = ()  # the strategy options the request set
 
     @property
     def plain(self) -> bool:
@@ -216,7 +218,9 @@ def _plan(endpoint, body, prompts, question, tokens_field, served, limits: Limit
             params = replace(params, logprobs=output.logprobs)
         samples = params.n * len(prompts)
         _check_n(samples, limits, "n")
-        _check_budget(samples * max_tokens, limits)
+        if samples * max_tokens > limits.max_request_tokens:
+            raise over_budget("this request", samples * max_tokens, 0,
+                              limits.max_request_tokens, {"n": n, "max_tokens": max_tokens})
         return Plan(endpoint, model, prompts, question, params, None, where.strategy, None,
                     stream, include_usage, return_candidates, limits.max_request_tokens,
                     output)
@@ -238,23 +242,16 @@ def _plan(endpoint, body, prompts, question, tokens_field, served, limits: Limit
     strategy = _build(where, given, max_tokens)
     params = getattr(strategy, "params", None) or SamplingParams(max_tokens=max_tokens)
     _check_n(_samples(strategy), limits, "ponder.n")
-    _check_budget(planned_tokens(strategy), limits)
+    # The prompt is not tokenized yet: its worst case with a one-token prompt refuses what
+    # can never fit before the request queues (the worker checks again with the real one).
+    cost = strategy.worst_case(1)
+    if cost.tokens > limits.max_request_tokens:
+        raise over_budget(f"strategy {strategy.name!r}", cost.tokens, 1,
+                          limits.max_request_tokens,
+                          cost_options(strategy, cost, tuple(where.options)))
     return Plan(endpoint, model, prompts, question, params, strategy, where.strategy,
-                where.scorer, stream, include_usage, return_candidates, limits.max_request_tokens)
-
-
-def planned_tokens(strategy) -> int:
-    """Tokens a strategy will generate, at least, known from its config before it runs:
-    self-refine's drafts, critiques and revisions; n samples of max_tokens otherwise. Exact
-    for sampling strategies; search and MCMC spend more, and are held to the budget call by
-    call while they run (see server.metered)."""
-    params = getattr(strategy, "params", None)
-    max_tokens = params.max_tokens if params is not None else getattr(strategy, "max_tokens", 0)
-    iterations = getattr(strategy, "iterations", None)
-    critique = getattr(strategy, "critique_tokens", None)
-    if isinstance(iterations, int) and isinstance(critique, int):
-        return max_tokens * (1 + iterations) + critique * iterations
-    return _samples(strategy) * (max_tokens if isinstance(max_tokens, int) else 0)
+                where.scorer, stream, include_usage, return_candidates, limits.max_request_tokens,
+                options=tuple(where.options))
 
 
 def _samples(strategy) -> int:
@@ -282,13 +279,11 @@ def _plain_params(where: Route, given, n, max_tokens, stop, ignore_eos) -> Sampl
 
 
 def _build(where: Route, given, max_tokens):
-    from ponder.scorers.likelihood import make_scorer
-
     try:
-        if where.scorer is not None:
-            make_scorer(where.scorer, None)  # validates the name; built later on the engine
         return registry.make_strategy(where.strategy, **given, **where.options,
                                       max_tokens=max_tokens)
+    except registry.OptionError as exc:
+        raise bad_request(str(exc), f"ponder.{exc.option}", "invalid_type") from None
     except ValueError as exc:
         raise bad_request(str(exc), "ponder") from None
     except TypeError as exc:  # e.g. the same option given twice
@@ -299,11 +294,3 @@ def _check_n(samples: int, limits: Limits, param: str) -> None:
     if samples > limits.max_n:
         raise LimitError(f"{samples} samples asked for, over this server's limit of "
                          f"{limits.max_n} per request (max_n, --max-n)", param=param)
-
-
-def _check_budget(tokens: int, limits: Limits) -> None:
-    if tokens > limits.max_request_tokens:
-        raise LimitError(f"this request may generate {tokens} tokens, over this server's "
-                         f"budget of {limits.max_request_tokens} tokens per request "
-                         "(max_request_tokens, --max-request-tokens): lower n or max_tokens",
-                         param="max_tokens")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ponder.strategies.base import candidates_from, check_problems, default_render, result
+from ponder.strategies.cost import Cost, sampling_cost
 from ponder.strategies.rounds import prompt_states, round_request, savings
 from ponder.strategies.voting import majority, tally, vote_table
 from ponder.tasks.extract import extract_answer
@@ -57,6 +58,11 @@ class AdaptiveSelfConsistency:
     draws: int = 4000
     reuse_prompt: bool = True
     name: str = "adaptive_sc"
+
+    def worst_case(self, prompt_tokens: int) -> Cost:
+        # Each round may feed the prompt again (or continue its state, charged in full).
+        return sampling_cost(prompt_tokens, self.params.n, self.params.max_tokens,
+                             rounds=self.params.n)
 
     def __post_init__(self) -> None:
         if self.round_size < 1 or self.min_rounds < 1:

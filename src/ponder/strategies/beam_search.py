@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ponder.strategies.base import default_render
+from ponder.strategies.cost import Cost
 from ponder.strategies.step_search import SearchConfig, run_beams
 from ponder.tasks.extract import extract_answer
 
@@ -21,6 +22,10 @@ class BeamSearch(SearchConfig):
     m: int = 2  # beams kept per step
     lookahead: int = 0  # greedy steps rolled out before a candidate is scored
     name: str = "beam_search"
+
+    def worst_case(self, prompt_tokens: int) -> Cost:
+        # n candidate steps per depth, each rolled out `lookahead` steps further.
+        return self.search_cost(prompt_tokens, self.max_steps * self.n * (1 + self.lookahead))
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -17,6 +17,7 @@ from ponder.strategies.base import (
     result,
     sample_all,
 )
+from ponder.strategies.cost import Cost, sampling_cost
 from ponder.strategies.voting import majority, vote_table
 from ponder.tasks.extract import extract_answer
 from ponder.types import SamplingParams, Usage
@@ -27,6 +28,10 @@ class BestOfN:
     params: SamplingParams = field(default_factory=lambda: SamplingParams(n=8, temperature=0.7))
     weighted: bool = False
     name: str = "best_of_n"
+
+    def worst_case(self, prompt_tokens: int) -> Cost:
+        # The scorer reads every sample with its prompt.
+        return sampling_cost(prompt_tokens, self.params.n, self.params.max_tokens, scored=True)
 
     def run(self, problems: Sequence, engine, scorer=None, extract=extract_answer,
             render=default_render):

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from ponder.strategies.base import candidates_from, check_problems, result, sample_all
+from ponder.strategies.cost import Cost, sampling_cost
 from ponder.tasks.code.equivalence import probe_calls, signatures_many, vote
 from ponder.tasks.code.extract import extract_code
 from ponder.tasks.code.grade import fields
@@ -30,6 +31,9 @@ class CodeConsistency:
     limits: Limits = field(default_factory=lambda: Limits(timeout=10.0))
     workers: int | None = None  # sandboxed runs at once (default: the CPU count)
     name: str = "code_consistency"
+
+    def worst_case(self, prompt_tokens: int) -> Cost:
+        return sampling_cost(prompt_tokens, self.params.n, self.params.max_tokens)
 
     def run(self, problems: Sequence, engine, scorer=None, extract=extract_code,
             render=render_code):

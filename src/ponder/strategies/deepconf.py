@@ -24,6 +24,7 @@ from ponder.strategies.confidence import (
     token_confidences,
     trace_score,
 )
+from ponder.strategies.cost import Cost, sampling_cost
 from ponder.strategies.rounds import prompt_states, round_request, savings
 from ponder.strategies.voting import tally, vote_table
 from ponder.tasks.extract import extract_answer
@@ -45,6 +46,9 @@ class DeepConfOffline:
     tail: int = 2048
     top_logprobs: int = 5
     name: str = "deepconf"
+
+    def worst_case(self, prompt_tokens: int) -> Cost:
+        return sampling_cost(prompt_tokens, self.params.n, self.params.max_tokens)
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
@@ -88,6 +92,11 @@ class DeepConfOnline:
     top_logprobs: int = 5
     reuse_prompt: bool = True
     name: str = "deepconf_online"
+
+    def worst_case(self, prompt_tokens: int) -> Cost:
+        # Rounds may each feed the prompt again (or continue its state, charged in full).
+        return sampling_cost(prompt_tokens, self.params.n, self.params.max_tokens,
+                             rounds=self.params.n)
 
     def __post_init__(self) -> None:
         if not 1 <= self.warmup <= self.params.n:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ponder.strategies.base import default_render
+from ponder.strategies.cost import Cost
 from ponder.strategies.step_search import SearchConfig, run_beams
 from ponder.tasks.extract import extract_answer
 
@@ -20,6 +21,9 @@ class DVTS(SearchConfig):
     n: int = 8  # candidate steps per step, across the subtrees
     m: int = 2  # each subtree grows M ways; there are n/m subtrees
     name: str = "dvts"
+
+    def worst_case(self, prompt_tokens: int) -> Cost:
+        return self.search_cost(prompt_tokens, self.max_steps * self.n)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ponder.strategies.base import default_render
+from ponder.strategies.cost import Cost
 from ponder.strategies.step_search import (
     Expansion,
     Node,
@@ -40,6 +41,12 @@ class MCTS(SearchConfig):
     answer_by: str = "visits"  # or "value" (mean backed-up value)
     rollout_temperature: float = 0.0
     name: str = "mcts"
+
+    def worst_case(self, prompt_tokens: int) -> Cost:
+        # Each simulation: k child steps, then a rollout of up to max_steps more steps.
+        cost = self.search_cost(prompt_tokens,
+                                self.simulations * (self.children + self.max_steps))
+        return replace(cost, options=("n", "children", "max_steps", "max_tokens"))
 
     def __post_init__(self) -> None:
         super().__post_init__()

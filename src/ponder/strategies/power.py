@@ -52,6 +52,7 @@ from ponder.strategies.base import (
     problem_seed,
     result,
 )
+from ponder.strategies.cost import Cost, blocks
 from ponder.strategies.voting import majority, vote_table
 from ponder.tasks.extract import extract_answer
 from ponder.types import Candidate, GenerateRequest, Prompt, SamplingParams, SequenceState, Usage
@@ -69,6 +70,14 @@ class PowerSampling:
     seed: int | None = 0
     speculation_rows: int = 8  # speculate while fewer requests than this decode (run_chains)
     name: str = "power"
+
+    def worst_case(self, prompt_tokens: int) -> Cost:
+        """Per chain, block k (of K): its extension and mcmc_steps MH proposals, each charged
+        its state (at most the prompt and k blocks) and generating at most k blocks."""
+        k = blocks(self.max_tokens, self.block)
+        per_chain = (1 + self.mcmc_steps) * (k * prompt_tokens + self.block * k * (k + 1))
+        return Cost(self.n * per_chain, prompt_tokens + k * self.block,
+                    ("mcmc_steps", "max_tokens", "n"))
 
     def __post_init__(self) -> None:
         if not self.alpha >= 1:

@@ -229,6 +229,67 @@ ALIASES = {"sc": "self_consistency", "low_temp": "low_temperature", "mcmc": "pow
            "asc": "adaptive_sc", "budget_forcing": "thinking_budget"}
 
 
+# Each option's type, by name: an option means the same thing in every strategy that takes
+# it. Values arrive as text (CLI -o, YAML) or JSON (the server) and are checked here, so a
+# wrong type is one message naming the option instead of a bare conversion error.
+OPTION_TYPES: dict[str, type] = {
+    "n": int, "max_tokens": int, "top_k": int, "seed": int, "temperature": float,
+    "top_p": float, "min_p": float,
+    "alpha": float, "block_size": int, "mcmc_steps": int, "proposal_temperature": float,
+    "speculation_rows": int, "particles": int, "ess_threshold": float, "anneal": bool,
+    "vote": bool, "iterations": int,
+    "m": int, "max_steps": int, "token_budget": int, "lookahead": int, "children": int,
+    "c": float, "rollout_temperature": float, "aggregation": str, "separator": str,
+    "final": str, "selection": str, "answer_by": str,
+    "keep_percent": float, "score": str, "window": int, "tail": int, "top_logprobs": int,
+    "warmup": int, "consensus": float, "round_size": int, "min_rounds": int,
+    "confidence": float, "prior": float, "budget": int, "wait_rounds": int,
+}
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+class OptionError(ValueError):
+    """A strategy option with a value of the wrong type; `option` names it."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(message)
+        self.option = option
+
+
+def coerce_option(strategy: str, key: str, value: Any) -> Any:
+    """`value` as option `key`'s type (text such as "4" or "true" is read), or OptionError."""
+    kind = OPTION_TYPES.get(key)
+    if kind is None:
+        return value
+    out = _coerce(kind, value)
+    if out is None:
+        raise OptionError(key, f"option {key!r} of strategy {strategy!r} must be "
+                               f"{_TYPE_WORDS[kind]}, got {value!r}")
+    return out
+
+
+def _coerce(kind: type, value: Any) -> Any:
+    text = value.strip().lower() if isinstance(value, str) else None
+    if kind is str:
+        return value if isinstance(value, str) else None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        return {"true": True, "1": True, "false": False, "0": False}.get(
+            text if text is not None else str(value) if isinstance(value, int) else "")
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(text) if text is not None else value
+    except ValueError:
+        return None
+    if not isinstance(number, int | float) or number != number or abs(number) == float("inf"):
+        return None
+    if kind is int:
+        return int(number) if float(number).is_integer() else None
+    return float(number)
+
+
 def canonical_name(name: str) -> str:
     key = name.strip().lower().replace("-", "_")
     key = ALIASES.get(key, key)
@@ -246,6 +307,7 @@ def make_strategy(name: str, **options: Any):
     if unknown:
         allowed = ", ".join((*SAMPLING_OPTIONS, *entry.extra_options))
         raise ValueError(f"strategy {key!r} does not take {sorted(unknown)}; it takes: {allowed}")
+    options = {k: coerce_option(key, k, v) for k, v in options.items()}
     values = {**entry.defaults, **{k: options[k] for k in SAMPLING_OPTIONS if k in options}}
     if key in ("greedy",) and values.get("n", 1) != 1:
         raise ValueError("greedy gives one answer: use self_consistency for n > 1")

@@ -14,6 +14,7 @@ from ponder.strategies.base import (
     result,
     sample_all,
 )
+from ponder.strategies.cost import Cost, sampling_cost
 from ponder.strategies.voting import majority, vote_table
 from ponder.tasks.extract import extract_answer
 from ponder.types import SamplingParams
@@ -23,6 +24,9 @@ from ponder.types import SamplingParams
 class SelfConsistency:
     params: SamplingParams = field(default_factory=lambda: SamplingParams(n=8, temperature=0.7))
     name: str = "self_consistency"
+
+    def worst_case(self, prompt_tokens: int) -> Cost:
+        return sampling_cost(prompt_tokens, self.params.n, self.params.max_tokens)
 
     def run(self, problems: Sequence, engine, scorer=None, extract=extract_answer,
             render=default_render):

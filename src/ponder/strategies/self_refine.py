@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from ponder.scorers.base import ScoreItem
 from ponder.scorers.likelihood import LikelihoodScorer
 from ponder.strategies.base import check_problems, default_render, result, sample_all, sampling_for
+from ponder.strategies.cost import TEMPLATE_TOKENS, Cost
 from ponder.tasks.extract import extract_answer
 from ponder.types import Candidate, GenerateRequest, SamplingParams
 
@@ -33,6 +34,17 @@ class SelfRefine:
     params: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.7))
     critique_tokens: int = 256
     name: str = "self_refine"
+
+    def worst_case(self, prompt_tokens: int) -> Cost:
+        """A draft, then per iteration a critique and a revision, each prompt holding the
+        question and the answers before it (the templates add at most TEMPLATE_TOKENS); the
+        likelihood scorer reads the draft and every revision with its prompt."""
+        t, c = self.params.max_tokens, self.critique_tokens
+        ask = prompt_tokens + t + c + TEMPLATE_TOKENS  # the longest critique or revise prompt
+        rounds = 1 + self.iterations
+        tokens = (prompt_tokens + t + self.iterations * (2 * ask + c + t)
+                  + rounds * (prompt_tokens + t))
+        return Cost(tokens, ask + max(t, c), ("iterations", "max_tokens"))
 
     def __post_init__(self) -> None:
         if self.iterations < 1:

@@ -29,6 +29,7 @@ from ponder.strategies.base import (
     problem_seed,
     result,
 )
+from ponder.strategies.cost import Cost, blocks
 from ponder.strategies.power import power_proposal
 from ponder.strategies.voting import majority, vote_table
 from ponder.tasks.extract import extract_answer
@@ -48,6 +49,13 @@ class SMCPower:
     vote: bool = False
     seed: int | None = 0
     name: str = "smc"
+
+    def worst_case(self, prompt_tokens: int) -> Cost:
+        """Every particle extends by one block at a time, each call charged its state."""
+        k = blocks(self.max_tokens, self.block_size)
+        return Cost(self.particles * k * (prompt_tokens + (k + 1) * self.block_size),
+                    prompt_tokens + k * self.block_size,
+                    ("particles", "max_tokens"))
 
     def __post_init__(self) -> None:
         if not self.alpha >= 1:

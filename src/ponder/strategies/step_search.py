@@ -28,6 +28,7 @@ from typing import Any
 from ponder.engines.base import require
 from ponder.scorers.base import Rating, ScoreItem, aggregate
 from ponder.strategies.base import check_problems, problem_seed, result
+from ponder.strategies.cost import Cost
 from ponder.tasks.datasets import Problem
 from ponder.tasks.extract import extract_boxed
 from ponder.types import Candidate, GenerateRequest, Prompt, SamplingParams, SequenceState, Usage
@@ -68,6 +69,13 @@ class SearchConfig:
             raise ValueError("token_budget must be >= 1 (or None for no cap)")
         aggregate([], self.aggregation)
         SamplingParams(temperature=self.temperature, top_p=self.top_p)  # validates both
+
+    def search_cost(self, prompt_tokens: int, calls: int) -> Cost:
+        """`calls` step requests, each charged at most the longest path as its state, a
+        step's tokens generated, and the scorer reading the longest path."""
+        longest = prompt_tokens + self.max_steps * self.step_max_tokens
+        return Cost(calls * (2 * longest + self.step_max_tokens), longest,
+                    ("n", "max_steps", "max_tokens"))
 
 
 @dataclass(eq=False)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ponder.engines.base import require
 from ponder.strategies.base import check_problems, default_render, result, sampling_for
+from ponder.strategies.cost import TEMPLATE_TOKENS, Cost
 from ponder.strategies.voting import majority, vote_table
 from ponder.tasks.extract import extract_answer
 from ponder.types import (
@@ -62,6 +63,15 @@ class ThinkingBudget:
     forced_close: str = "\n</think>\n\n"
     wait: str = "Wait"
     name: str = "thinking_budget"
+
+    def worst_case(self, prompt_tokens: int) -> Cost:
+        """Per sample: the thinking (budget tokens) over at most 1 + wait_rounds calls, the
+        forced close and the answer, each call charged its whole state."""
+        longest = prompt_tokens + self.budget + (self.wait_rounds + 1) * TEMPLATE_TOKENS \
+            + self.params.max_tokens
+        calls = self.wait_rounds + 2
+        tokens = self.params.n * (calls * longest + self.budget + self.params.max_tokens)
+        return Cost(tokens, longest, ("n", "budget", "wait_rounds", "max_tokens"))
 
     def __post_init__(self) -> None:
         if self.budget < 1 or self.wait_rounds < 0:

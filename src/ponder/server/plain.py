@@ -1,0 +1,98 @@
+"""Plain-sampling jobs in one engine loop.
+
+A PlainRun checks jobs in, streams their tokens, and finishes each job as soon as its own
+samples are done. On an engine with follow-ups it also admits plain jobs that arrive while
+the loop runs, so a short request joins the running batch at the next decode step instead of
+waiting for a long one to end. Every job's samples carry a stop hook, so a job whose client
+went away, or whose deadline passed, leaves the batch at the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ponder.server.errors import deadline_error
+from ponder.strategies.cost import Cost, sampling_cost
+from ponder.types import GenerateRequest, Generation
+
+if TYPE_CHECKING:
+    from ponder.server.batcher import EngineWorker, Job
+
+log = logging.getLogger("ponder.server")
+
+
+def plain_cost(job: Job, prompt_tokens: int) -> Cost:
+    if job.output is not None and job.output.score_only:  # echo scoring reads the prompt
+        return Cost(prompt_tokens, prompt_tokens)
+    return sampling_cost(prompt_tokens, job.params.n, job.params.max_tokens)
+
+
+class PlainRun:
+    """first: the engine's index of this run's first request (a strategy's own requests
+    come before it when plain jobs ride along in a strategy's engine call)."""
+
+    def __init__(self, worker: EngineWorker, first: int = 0):
+        self.worker, self.first = worker, first
+        self.generating: list[tuple[Job, list[int]]] = []  # by engine index - first
+        self.detailed: list[tuple[Job, list[int]]] = []  # finished after the loop
+        self.finished: set[int] = set()
+        self.results: dict[int, Generation] = {}  # detailed jobs' generations, by position
+
+    def enter(self, job: Job) -> GenerateRequest | None:
+        """Check a job in; its engine request, or None (refused, or nothing to generate)."""
+        ids = self.worker.check(job, lambda tokens: plain_cost(job, tokens), "this request",
+                                {"n": job.params.n, "max_tokens": job.params.max_tokens})
+        if ids is None:
+            return None
+        self.worker.emit(job, "started")
+        if job.output is not None and job.output.wanted:
+            self.detailed.append((job, ids))
+        if job.output is not None and job.output.score_only:
+            return None
+        self.generating.append((job, ids))
+        stop = (lambda _i, _v: job.stopped()) if self.worker.can_stop else None
+        return GenerateRequest(ids, job.params, should_stop=stop)
+
+    def requests(self, jobs: list[Job]) -> list[GenerateRequest]:
+        return [r for r in map(self.enter, jobs) if r is not None]
+
+    def admit(self) -> list[GenerateRequest]:
+        """Plain jobs waiting at the front of the queue, checked in (engine callback)."""
+        return self.requests(self.worker.take_plain())
+
+    def on_token(self, request: int, sample: int, _token: int, delta: str) -> None:
+        job = self.generating[request - self.first][0]
+        if job.stream and delta and not job.cancelled:
+            self.worker.emit(job, "token", (sample, delta))
+
+    def follow_up(self, request: int, generation: Generation) -> list[GenerateRequest]:
+        """A request's samples are all done: answer it now (engine callback)."""
+        self.finish(request - self.first, generation)
+        return []
+
+    def finish(self, position: int, generation: Generation) -> None:
+        if position in self.finished:
+            return
+        self.finished.add(position)
+        job, _ids = self.generating[position]
+        if job.cancelled:
+            self.worker.cancelled += 1
+            log.info("request cancelled by its client after %d generated tokens",
+                     generation.usage.generated_tokens)
+        elif job.expired():
+            self.worker.expired += 1
+            self.worker.emit(job, "error", deadline_error(job.seconds))
+        elif job.output is None or not job.output.wanted:
+            self.worker.emit(job, "done", generation)
+        else:
+            self.results[position] = generation
+
+    def finish_all(self, generations: list[Generation]) -> None:
+        """After the loop: answer whatever was not answered yet, then the detailed jobs."""
+        for position, generation in enumerate(generations):
+            self.finish(position, generation)
+        if self.detailed:
+            by_job = {id(self.generating[p][0]): g for p, g in self.results.items()}
+            self.worker.finish_detailed([(job, ids, by_job.get(id(job)))
+                                         for job, ids in self.detailed if not job.stopped()])
