@@ -184,3 +184,28 @@ def test_run_prints_answer_votes_and_usage():
     assert sum(v["votes"] for v in data["votes"]) == sum(
         c["answer"] is not None for c in data["candidates"])
     assert data["usage"]["generated_tokens"] == sum(c["tokens"] for c in data["candidates"])
+
+
+@pytest.mark.parametrize("command", ["eval", "sweep"])
+@pytest.mark.parametrize("place", ["folder", "proc", "not_sqlite"])
+def test_an_unusable_store_path_is_one_line_and_a_non_zero_exit(tmp_path, capsys, command,
+                                                                 place):
+    # (An unwritable file cannot be made here: the tests run as root, which writes anyway.)
+    out = {"folder": tmp_path, "proc": "/proc/ponder-test.db",
+           "not_sqlite": tmp_path / "notes.db"}[place]
+    if place == "not_sqlite":
+        out.write_text("these are notes, not a database\n")
+    args = ["--task", "arith:1", "--limit", "1", "--out", str(out)]
+    args += ["--strategy", "greedy"] if command == "eval" else ["--strategy", "sc",
+                                                                "--grid", "n=1,2"]
+    code = main([command, *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert str(out) in err and "Traceback" not in err
+
+
+def test_an_option_of_the_wrong_type_is_named(capsys, tmp_path):
+    code = main(["eval", "--task", "arith:1", "--strategy", "power", "-o", "alpha=abc",
+                 "--out", str(tmp_path / "runs.db")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "'alpha'" in err and "a number" in err and "'abc'" in err

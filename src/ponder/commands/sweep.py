@@ -138,12 +138,13 @@ def run(args: argparse.Namespace) -> int:
     if args.engine not in ENGINES:
         raise ValueError(f"unknown engine {args.engine!r}; known: {', '.join(ENGINES)}")
     specs = build_specs(args)
-    print(f"sweep: {len(specs)} run(s) into {args.out}", file=sys.stderr)
     if args.dry_run:
+        print(f"sweep: {len(specs)} run(s) into {args.out}", file=sys.stderr)
         for spec in specs:
             print(f"{spec.run_id[:8]}  {spec.label}")
         return 0
     with Store(args.out) as store, _sigterm_as_interrupt():
+        print(f"sweep: {len(specs)} run(s) into {args.out}", file=sys.stderr)
         summaries, engines = [], {}
         for i, spec in enumerate(specs):
             print(f"[{i + 1}/{len(specs)}] {spec.label}", file=sys.stderr)

@@ -145,9 +145,16 @@ class Store:
             raise ValueError(f"no such run store: {self.path}")
         if not read_only and self.path.parent and not self.path.parent.is_dir():
             raise ValueError(f"the folder of {self.path} does not exist")
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per problem.
-        self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self.conn.execute("PRAGMA busy_timeout = 30000")
+        if self.path.is_dir():
+            raise ValueError(f"{self.path} is a folder: give the run store a file name, e.g. "
+                             f"{self.path / 'runs.db'}")
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per problem.
+            self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self.conn.execute("PRAGMA busy_timeout = 30000")
+        except sqlite3.Error as exc:
+            raise ValueError(f"cannot open the run store {self.path} ({exc}): give a path to a "
+                             "file you can write") from None
         try:
             if read_only:
                 self._check_schema()
@@ -157,6 +164,10 @@ class Store:
                 # drop the last commits), and much faster than FULL.
                 self.conn.execute("PRAGMA synchronous = NORMAL")
                 self._create_schema()
+        except sqlite3.OperationalError as exc:  # cannot create, write or lock the file
+            self.conn.close()
+            raise ValueError(f"cannot use the run store {self.path} ({exc}): give a path to a "
+                             "file you can write") from None
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             raise ValueError(f"{self.path} is not a ponder run store ({exc})") from None
