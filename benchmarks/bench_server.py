@@ -11,10 +11,19 @@ costs the same) go to the real app over HTTP, twice in one process with one load
 Each request carries its own seed, so both modes sample the same texts (counted: a rare
 difference comes from floating-point noise between batched and single forward passes, which
 can flip one sampled token).
-Prints a table, then one JSON object as the LAST line (throughput_ratio = gathered tokens/s
-over one-at-a-time tokens/s).
+Then a mixed load, on the gathered app: 4 long requests (512 tokens) and 32 short ones (16
+tokens) sent together, and again with the short ones sent 1 s after the long ones (once the
+long batch is decoding). A short request joins the running decode loop and is answered as
+soon as its own tokens are done, so its latency should stay near its latency on an idle
+server (target: p95 <= 3x idle).
+
+Prints tables, then one JSON object as the LAST line (throughput_ratio = gathered tokens/s
+over one-at-a-time tokens/s; short_p95_over_idle = the mixed load's p95 short latency over
+the idle latency).
 
     python benchmarks/bench_server.py [--requests 32] [--tokens 64] [--threads N]
+                                      [--long 4] [--long-tokens 512] [--short 32]
+                                      [--short-tokens 16] [--mixed-only]
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import argparse
 import asyncio
 import json
 import socket
+import statistics
 import threading
 import time
 
@@ -96,6 +106,52 @@ def run_mode(engine, batch: int, requests: int, tokens: int, gather_ms: float) -
             "rounds": rounds, "sizes": sizes, "texts": [r["choices"][0]["message"]["content"] for r in replies]}
 
 
+async def timed(client: httpx.AsyncClient, payload: dict, delay: float = 0.0) -> float:
+    await asyncio.sleep(delay)
+    started = time.perf_counter()
+    r = await client.post("/v1/chat/completions", json=payload)
+    r.raise_for_status()
+    return time.perf_counter() - started
+
+
+async def mixed(url: str, long: int, long_tokens: int, short: int, short_tokens: int,
+                delay: float) -> tuple[list[float], list[float]]:
+    async with httpx.AsyncClient(base_url=url, timeout=3600,
+                                 limits=httpx.Limits(max_connections=long + short)) as client:
+        longs = [timed(client, body(1000 + i, long_tokens)) for i in range(long)]
+        shorts = [timed(client, body(2000 + i, short_tokens), delay) for i in range(short)]
+        times = await asyncio.gather(*longs, *shorts)
+    return times[:long], times[long:]
+
+
+async def idle(url: str, tokens: int, repeats: int = 5) -> list[float]:
+    async with httpx.AsyncClient(base_url=url, timeout=3600) as client:
+        await client.post("/v1/chat/completions", json=body(10_000, 4))  # warm-up
+        return [await timed(client, body(3000 + i, tokens)) for i in range(repeats)]
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run_mixed(engine, args) -> dict:
+    limits = Limits(max_concurrent=args.long + args.short + 8,
+                    max_tokens=max(args.long_tokens, 16))
+    app = create_app(engine, limits=limits, gather_ms=args.gather_ms)
+    out = {}
+    with Running(app) as url:
+        out["idle"] = asyncio.run(idle(url, args.short_tokens))
+        # The short ones alone, together: what the engine's batched speed allows them with no
+        # long request in the way (the floor any scheduling of the mixed load is held to).
+        _, out["alone"] = asyncio.run(mixed(url, 0, 0, args.short, args.short_tokens, 0.0))
+        for name, delay in (("together", 0.0), ("after_1s", 1.0)):
+            longs, shorts = asyncio.run(mixed(url, args.long, args.long_tokens, args.short,
+                                              args.short_tokens, delay))
+            out[name] = {"long": longs, "short": shorts}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=32)
@@ -104,10 +160,41 @@ def main() -> None:
                         help="the gathering window of the gathered mode (default 20)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: the engine's choice)")
+    parser.add_argument("--long", type=int, default=4)
+    parser.add_argument("--long-tokens", type=int, default=512)
+    parser.add_argument("--short", type=int, default=32)
+    parser.add_argument("--short-tokens", type=int, default=16)
+    parser.add_argument("--mixed-only", action="store_true",
+                        help="skip the gathered vs one-at-a-time throughput run")
     args = parser.parse_args()
     engine = HFEngine("smollm2-135m", dtype="float32", device="cpu")
     if args.threads:  # after loading: the engine sets its own count
         torch.set_num_threads(args.threads)
+    figures = {} if args.mixed_only else throughput(engine, args)
+    load = run_mixed(engine, args)
+    base = statistics.median(load["idle"])
+    print(f"\nmixed load: {args.long} x {args.long_tokens} tokens and {args.short} x "
+          f"{args.short_tokens} tokens; a short request alone on the idle server: {base:.2f} s")
+    print(f"{'short ones sent':16}{'p50 s':>8}{'p95 s':>8}{'p95/idle':>10}{'long max s':>12}")
+    for name in ("together", "after_1s"):
+        shorts, longs = load[name]["short"], load[name]["long"]
+        p50, p95 = quantile(shorts, 0.5), quantile(shorts, 0.95)
+        print(f"{name:16}{p50:>8.2f}{p95:>8.2f}{p95 / base:>10.2f}{max(longs):>12.2f}")
+        key = "" if name == "together" else "after_1s_"
+        figures |= {f"{key}short_p50_s": round(p50, 3), f"{key}short_p95_s": round(p95, 3),
+                    f"{key}short_p95_over_idle": round(p95 / base, 2),
+                    f"{key}long_max_s": round(max(longs), 3)}
+    alone = quantile(load["alone"], 0.95)
+    print(f"the {args.short} short ones alone, together: p95 {alone:.2f} s "
+          f"({alone / base:.2f}x idle): the engine's batched speed, with no long request")
+    figures |= {"short_idle_s": round(base, 3), "short_alone_p95_s": round(alone, 3),
+                "short_alone_p95_over_idle": round(alone / base, 2),
+                "short_p95_over_alone": round(figures["short_p95_s"] / alone, 2)}
+    figures["threads"] = torch.get_num_threads()
+    print(json.dumps(figures))
+
+
+def throughput(engine, args) -> dict:
     gathered = run_mode(engine, 256, args.requests, args.tokens, args.gather_ms)
     single = run_mode(engine, 1, args.requests, args.tokens, args.gather_ms)
     ratio = gathered["tok_s"] / single["tok_s"]
@@ -120,9 +207,8 @@ def main() -> None:
     print(f"gathered round sizes: {gathered['sizes']}")
     print(f"throughput ratio {ratio:.2f}x; same text in both modes for {same} of "
           f"{args.requests} requests")
-    print(json.dumps({
+    return {
         "requests": args.requests, "tokens_per_request": args.tokens,
-        "threads": torch.get_num_threads(),
         "gathered_seconds": round(gathered["seconds"], 3),
         "one_at_a_time_seconds": round(single["seconds"], 3),
         "gathered_tok_s": round(gathered["tok_s"], 2),
@@ -130,7 +216,7 @@ def main() -> None:
         "gathered_rounds": gathered["rounds"], "gathered_round_sizes": gathered["sizes"],
         "one_at_a_time_rounds": single["rounds"],
         "same_texts": same, "throughput_ratio": round(ratio, 2),
-    }))
+    }
 
 
 if __name__ == "__main__":
