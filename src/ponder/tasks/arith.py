@@ -8,15 +8,23 @@ Every problem is drawn from its own generator seeded by (seed, level, index), so
 problem `arith1-0007` is the same whatever else is loaded, and changing one
 level's templates never shifts another level. To tune a level, edit its entry in
 `LEVELS`: a tuple of (weight, Template) pairs; the weights set the mix.
+
+Two splits that share no content: one-digit addition has only ~45 distinct operand pairs,
+so ids alone cannot keep training and evaluation apart. Every problem's operands (as a
+multiset, whatever the template or the order) fall in exactly one split, `eval` (the
+`arith` task everyone evaluates on) or `train` (`arith-train`, for training verifiers), so
+no arithmetic fact seen in training is ever asked in evaluation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 PROBLEMS_PER_LEVEL = 500
+SPLITS = ("eval", "train")
 
 _NAMES = (
     ("Tom", "He"), ("Anna", "She"), ("Sam", "He"), ("Mia", "She"),
@@ -128,19 +136,30 @@ class ArithItem:
     solution: str
 
 
-def make_item(level: int, index: int, seed: int = 0) -> ArithItem:
-    """Problem number `index` of `level`, the same on every run for the same seed."""
+def split_of(values: Values) -> str:
+    """The split a problem with these operands belongs to: by the multiset of its operands,
+    so "3 + 5", "5 + 3" and a story about 3 and 5 things are all in the same one."""
+    key = ",".join(str(v) for v in sorted(values.values()))
+    return SPLITS[hashlib.sha256(key.encode()).digest()[0] % 2]
+
+
+def make_item(level: int, index: int, seed: int = 0, split: str = "eval") -> ArithItem:
+    """Problem number `index` of `level` in `split`, the same on every run for the same
+    seed."""
     if level not in LEVELS:
         raise ValueError(f"arith level must be one of {sorted(LEVELS)}, got {level!r}")
     if index < 0:
         raise ValueError(f"arith problem index must be >= 0, got {index}")
+    if split not in SPLITS:
+        raise ValueError(f"arith split must be one of {SPLITS}, got {split!r}")
     # A string seed is hashed with sha512 by `random`, so it does not depend on PYTHONHASHSEED.
-    rng = random.Random(f"ponder-arith:{seed}:{level}:{index}")
+    salt = "" if split == "eval" else f":{split}"
+    rng = random.Random(f"ponder-arith:{seed}:{level}:{index}{salt}")
     weights = [w for w, _ in LEVELS[level]]
     template = rng.choices([t for _, t in LEVELS[level]], weights=weights)[0]
     for _ in range(10_000):
         values = {var: rng.randint(lo, hi) for var, lo, hi in template.ranges}
-        if template.valid(values):
+        if template.valid(values) and split_of(values) == split:
             break
     else:  # a template whose constraint can (almost) never hold is a bug in LEVELS
         raise ValueError(f"arith template {template.name!r} rejected 10000 draws in a row")
@@ -149,9 +168,11 @@ def make_item(level: int, index: int, seed: int = 0) -> ArithItem:
     question = template.question.format(name=name, pron=pron, items=items, **values)
     answer = int(template.answer(values))
     solution = f"{template.work(values)} The answer is {answer}."
-    return ArithItem(f"arith{level}-{index:04d}", level, template.name, question, answer, solution)
+    ident = f"arith{level}-{index:04d}" if split == "eval" else f"arith{level}-{split}-{index:04d}"
+    return ArithItem(ident, level, template.name, question, answer, solution)
 
 
-def generate(level: int, n: int = PROBLEMS_PER_LEVEL, seed: int = 0) -> list[ArithItem]:
-    """The first `n` problems of a level."""
-    return [make_item(level, i, seed) for i in range(n)]
+def generate(level: int, n: int = PROBLEMS_PER_LEVEL, seed: int = 0,
+             split: str = "eval") -> list[ArithItem]:
+    """The first `n` problems of a level's split."""
+    return [make_item(level, i, seed, split) for i in range(n)]

@@ -48,7 +48,8 @@ _VENDORED: dict[str, tuple[str, str, str, str | None]] = {
 }
 _ALIASES = {"math-500": "math500", "math_500": "math500", "gsm-8k": "gsm8k",
             "human-eval": "humaneval", "human_eval": "humaneval"}
-_ARITH = ("arith", "arith:1", "arith:2", "arith:3")
+_ARITH = ("arith", "arith:1", "arith:2", "arith:3", "arith-train", "arith-train:1",
+          "arith-train:2", "arith-train:3")
 _CODE = ("humaneval",)  # graded by running tests: see ponder.tasks.code
 # Field names tried, in order, when a user file's fields are not given.
 _QUESTION_FIELDS = ("question", "problem", "prompt", "input")
@@ -114,7 +115,7 @@ def _load_all(
             return _parse_rows(
                 _jsonl_rows(text, file), key, qf, af, idf, gold_numeric=key != "math500"
             )
-        if key in _ARITH or key.startswith("arith:"):
+        if key in _ARITH or key.startswith(("arith:", "arith-train:")):
             return _load_arith(key)
         if key in _CODE:
             from ponder.tasks.code.humaneval import load_humaneval
@@ -251,6 +252,10 @@ def gold_to_string(value: Any, numeric: bool = False) -> str | None:
 
 
 def _load_arith(key: str) -> list[Problem]:
+    """`arith`, `arith:N` (the evaluation split) or `arith-train`, `arith-train:N` (the
+    training split, content-disjoint from it: see tasks.arith)."""
+    split = "train" if key.startswith("arith-train") else "eval"
+    key = key.replace("arith-train", "arith", 1)
     if key == "arith":
         levels = sorted(arith.LEVELS)
     else:
@@ -261,7 +266,7 @@ def _load_arith(key: str) -> list[Problem]:
                 f"{', '.join(f'arith:{lv}' for lv in sorted(arith.LEVELS))} (or arith for all)"
             )
         levels = [int(level_text)]
-    by_level = [arith.generate(level) for level in levels]
+    by_level = [arith.generate(level, split=split) for level in levels]
     # Interleave levels so that `arith` with a limit still covers every level.
     items = [item for group in zip(*by_level, strict=True) for item in group]
     return [
@@ -274,6 +279,7 @@ def _load_arith(key: str) -> list[Problem]:
                 "level": item.level,
                 "template": item.template,
                 "solution": item.solution,
+                "split": split,
             },
         )
         for item in items
