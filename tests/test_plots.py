@@ -54,7 +54,7 @@ def add_run(store: Store, strategy: str, options: dict, label: str, tokens: int,
     """One synthetic run of `problems` problems with n = options['n'] samples each."""
     rng = random.Random(seed)
     config = {"task": "arith:1", "strategy": strategy, "options": options,
-              "model": "smollm2-135m", "prompt": "boxed"}
+              "model": "smollm2-135m", "prompt": "cot" if "cot" in label else "boxed"}
     run_id = run_id_for(config)
     store.upsert_run(run_id, label, config, {**config, "limit": problems}, planned=problems)
     n = int(options.get("n", 1))
@@ -109,16 +109,25 @@ def runs(tmp_path):
         return collect(store)
 
 
-def test_accuracy_vs_tokens_has_one_line_and_band_per_strategy(tmp_path):
-    fig = accuracy_vs_tokens(runs(tmp_path))
+def test_accuracy_vs_tokens_joins_only_runs_that_differ_in_compute(tmp_path):
+    with Store(synthetic_store(tmp_path / "runs.db")) as store:
+        # The same greedy strategy with another prompt is a point of its own, not a curve.
+        add_run(store, "greedy", {"n": 1, "temperature": 0.0}, "greedy cot", 90, 0.3, 30)
+    with Store(tmp_path / "runs.db", read_only=True) as store:
+        fig = accuracy_vs_tokens(collect(store))
     [ax] = fig.axes
     assert ax.get_xscale() == "log"
     assert "tokens" in ax.get_xlabel() and ax.get_ylabel() == "accuracy"
-    labels = [line.get_label() for line in ax.get_lines()]
-    assert sorted(labels) == ["beam_search", "greedy", "power_sampling", "self_consistency"]
-    assert len(ax.collections) == 4  # CI bands
-    sc = next(line for line in ax.get_lines() if line.get_label() == "self_consistency")
-    assert list(sc.get_xdata()) == [80, 160]
+    lines = {line.get_label(): list(line.get_xdata()) for line in ax.get_lines()}
+    assert lines == {
+        "greedy, prompt boxed": [40], "greedy, prompt cot": [90],
+        "self_consistency, prompt boxed": [80, 160],  # n=2 and n=4: one curve
+        "power_sampling, prompt boxed, alpha=2.0": [600],
+        "power_sampling, prompt boxed, alpha=4.0": [600, 1200],
+        "beam_search, prompt boxed": [240]}, lines
+    assert len(ax.collections) == len(lines)  # CI bands
+    # Minor ticks of the log axis carry no labels (they overlapped).
+    assert all(not t.get_text() for t in ax.xaxis.get_minorticklabels())
 
 
 def test_k_curves_plot_maj_and_pass_per_sampled_run(tmp_path):

@@ -77,25 +77,68 @@ def _pyplot():
     return plt
 
 
+# Options that only change how much compute a run spends: runs that differ in these alone
+# lie on one scaling curve; any other difference (task, model, prompt, strategy, scorer,
+# temperature, ...) makes another curve.
+COMPUTE_OPTIONS = frozenset({"n", "max_tokens", "mcmc_steps", "particles", "simulations",
+                             "iterations", "max_steps", "token_budget", "budget", "rounds",
+                             "wait_rounds"})
+
+
+def series_key(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The curve a run belongs to: strategy, then what sets it apart (prompt, scorer, other
+    options; task and model last)."""
+    options = {k: v for k, v in (config.get("options") or {}).items()
+               if k not in COMPUTE_OPTIONS and k != "seed"}
+    parts = [str(config.get("strategy", "?")), f"prompt {config.get('prompt', '?')}"]
+    if config.get("scorer"):
+        parts.append(f"scorer {config['scorer']}")
+    parts += [f"{k}={v}" for k, v in sorted(options.items())]
+    return (*parts, f"{config.get('task')}", f"{config.get('model')}")
+
+
+def series_labels(keys: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
+    """Legend labels: the strategy, the parts that tell its series apart, and the prompt,
+    task and model where those differ across the plot."""
+    def varying(group: Sequence[tuple[str, ...]], part) -> bool:
+        return len({part(k) for k in group}) > 1
+
+    labels = {}
+    for key in keys:
+        shared = set.intersection(*(set(k[2:-2]) for k in keys if k[0] == key[0]))
+        shown = [part for part in key[2:-2] if part not in shared]
+        wide = [key[i] for i in (1, -2, -1) if varying(keys, lambda k, i=i: k[i])]
+        labels[key] = ", ".join([key[0], *wide[:1], *shown, *wide[1:]])
+    return labels
+
+
 def accuracy_vs_tokens(runs: Sequence[RunData]):
-    """Accuracy vs generated tokens per problem (log x): one line per strategy through its
-    runs (sorted by tokens), with a shaded 95% bootstrap CI band."""
+    """Accuracy vs generated tokens per problem (log x): one line through the runs that
+    differ only in compute (series_key), sorted by tokens, with a shaded 95% bootstrap CI
+    band; a run with no such siblings is a point."""
     if not runs:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    groups: dict[str, list[RunSummary]] = {}
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    by_key: dict[tuple[str, ...], list[RunSummary]] = {}
     for r in runs:
-        groups.setdefault(r.summary.strategy, []).append(r.summary)
-    for strategy, items in groups.items():
+        by_key.setdefault(series_key(r.config), []).append(r.summary)
+    labels = series_labels(list(by_key))
+    groups = {labels[k]: v for k, v in by_key.items()}
+    for label, items in groups.items():
         items = sorted(items, key=lambda s: s.generated_per_problem)
         x = [max(s.generated_per_problem, 1e-3) for s in items]
         low, high = [s.ci_low for s in items], [s.ci_high for s in items]
-        line, = ax.plot(x, [s.accuracy for s in items], marker="o", label=strategy)
+        line, = ax.plot(x, [s.accuracy for s in items], marker="o", label=label)
         if len(x) == 1:  # a lone run: a narrow box, so its band stays visible
             x, low, high = [x[0] * 0.93, x[0] * 1.07], low * 2, high * 2
         ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
     ax.set_xscale("log")
+    # Major ticks as plain numbers; minor ticks unlabelled (their labels overlapped).
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("generated tokens per problem (log)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
