@@ -9,7 +9,8 @@ import os
 import sys
 
 # Order here is the order `ponder --help` lists them.
-COMMANDS = ["generate", "run", "eval", "sweep", "report", "models", "rescore", "serve"]
+COMMANDS = ["generate", "run", "eval", "sweep", "report", "models", "rescore", "serve",
+            "train-verifier"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"ponder.commands.{name}").register(sub)
+        importlib.import_module(f"ponder.commands.{name.replace('-', '_')}").register(sub)
     return parser
 
 

@@ -6,6 +6,7 @@
     make_scorer("math-shepherd:peiyi9979/math-shepherd-mistral-7b-prm")
     make_scorer("orm:/models/my-reward-model")            # any sequence-classification ORM
     make_scorer("mean_logprob", engine)                   # and the model-free likelihood scorers
+    make_scorer("verifier:smollm2-135m-arith-orm", engine)  # trained by ponder train-verifier
 
 A reward model is a style plus a path ("STYLE:PATH"; "prm:PATH" means qwen-prm). Models load
 on first use, so building a scorer to validate its name is free. Options (separator,
@@ -19,6 +20,7 @@ from typing import Any
 from ponder.scorers.hf_prm import STYLE_ALIASES, STYLES, HFRewardModel, canonical_style
 from ponder.scorers.judge import JudgeScorer
 from ponder.scorers.likelihood import HeuristicScorer, LikelihoodScorer
+from ponder.scorers.trained import is_verifier_folder
 
 BUILTIN = {
     "mean_logprob": "mean token log-probability under the policy",
@@ -34,7 +36,7 @@ ALIASES = {"likelihood": "mean_logprob", "mean-logprob": "mean_logprob",
 
 def scorer_names() -> list[str]:
     """Every name make_scorer takes, reward models as STYLE:PATH."""
-    return [*BUILTIN, *(f"{s}:PATH" for s in STYLES)]
+    return [*BUILTIN, *(f"{s}:PATH" for s in STYLES), "verifier:PATH"]
 
 
 def make_scorer(name: str, engine: Any = None, **options: Any):
@@ -50,6 +52,10 @@ def make_scorer(name: str, engine: Any = None, **options: Any):
     if key in ("judge", "judge_answer"):
         return JudgeScorer(engine, target="step" if key == "judge" else "answer", **options)
     style, sep, path = key.partition(":")
+    if sep and path and (style.lower() == "verifier" or is_verifier_folder(path)):
+        from ponder.scorers.trained import TrainedVerifier
+
+        return TrainedVerifier(path, engine, **options)  # trained by `ponder train-verifier`
     if sep and path and (style.lower() in STYLES or style.lower() in STYLE_ALIASES
                          or style.lower().replace("_", "-") in STYLES):
         return HFRewardModel(path, canonical_style(style), **options)

@@ -1,0 +1,163 @@
+"""Does compute buy accuracy with a trained verifier? Selectors over one shared sample pool,
+on held-out arith problems (the evaluation split: no operands in common with the training
+split the verifier learned from), side by side in one process.
+
+For each level (1, and 2 beside it): per problem, one greedy answer and a pool of 16 samples
+(temperature 0.8, the prompt the verifier was trained on). Every selector reads the same
+pool, its first N samples for N = 1, 2, 4, 8, 16:
+  greedy                       the greedy answer (N-independent)
+  maj@N                        majority vote
+  bon@N mean log-prob          the sample with the highest mean token log-probability
+  bon@N confidence             ... the highest mean negative entropy
+  bon@N ORM                    ... the highest trained-ORM score
+  weighted bon@N ORM           the answer with the largest summed ORM score
+  pass@N                       any sample correct (the ceiling)
+With a process verifier (--prm FOLDER, or trained here with --train-prm), PRM beam search
+runs on the same problems with its policy tokens matched to best-of-N's at N=16.
+ORM (and PRM) AUROC is measured on the held-out pool's samples. The ORM is trained first,
+timed (the shipped recipe unless --orm names a folder).
+The LAST line is one JSON object with the figures.
+
+    python benchmarks/bench_verifier.py [--problems 64] [--levels 1,2] [--orm FOLDER]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from ponder.commands.train_verifier import RECIPES
+from ponder.engines.hf import HFEngine
+from ponder.scorers.base import ScoreItem
+from ponder.scorers.trained import TrainedVerifier
+from ponder.tasks.datasets import load_task
+from ponder.tasks.extract import extract_answer
+from ponder.tasks.grade import is_equiv
+from ponder.tasks.prompts import build_prompt
+from ponder.train.probe import auroc
+from ponder.train.trainer import VerifierConfig, train_verifier
+from ponder.types import GenerateRequest, SamplingParams
+
+NS = (1, 2, 4, 8, 16)
+
+
+def pool(engine, problems, prompt: str, n: int, max_tokens: int, seed: int):
+    """Greedy answers and n samples per problem, in two batched calls."""
+    rendered = [build_prompt(p, prompt, chat=True) for p in problems]
+    greedy = engine.generate([GenerateRequest(r, SamplingParams(temperature=0.0,
+                                                                max_tokens=max_tokens))
+                              for r in rendered])
+    sampled = engine.generate([GenerateRequest(r, SamplingParams(
+        n=n, temperature=0.8, max_tokens=max_tokens, seed=seed + i))
+        for i, r in enumerate(rendered)])
+    return rendered, greedy, sampled
+
+
+def select(values, keys) -> int:
+    return max(range(len(values)), key=lambda i: keys[i])
+
+
+def evaluate_level(engine, orm, level: int, args) -> dict:
+    problems = load_task(f"arith:{level}", limit=args.problems)
+    started = time.perf_counter()
+    rendered, greedy, sampled = pool(engine, problems, args.prompt, max(NS), args.max_tokens,
+                                     args.seed)
+    pool_seconds = time.perf_counter() - started
+    correct = collections.Counter()
+    labels, orm_scores = [], []
+    policy_tokens = 0
+    for problem, prompt, g, s in zip(problems, rendered, greedy, sampled, strict=True):
+        completions = s.completions
+        answers = [extract_answer(c.text) for c in completions]
+        ok = [is_equiv(a, problem.answer) for a in answers]
+        scores = [r.score for r in orm.score([ScoreItem(problem.question, prompt, c.text)
+                                              for c in completions])]
+        labels += ok
+        orm_scores += scores
+        policy_tokens += s.usage.generated_tokens
+        correct["greedy"] += is_equiv(extract_answer(g.completions[0].text), problem.answer)
+        for n in NS:
+            a, k, sc = answers[:n], ok[:n], scores[:n]
+            votes = collections.Counter(x for x in a if x is not None)
+            correct[f"maj@{n}"] += bool(votes) and is_equiv(votes.most_common(1)[0][0],
+                                                            problem.answer)
+            correct[f"pass@{n}"] += any(k)
+            mean_lp = [c.mean_logprob for c in completions[:n]]
+            conf = [-(sum(c.entropies) / max(1, len(c.entropies))) for c in completions[:n]]
+            correct[f"bon@{n} mean_logprob"] += k[select(a, mean_lp)]
+            correct[f"bon@{n} confidence"] += k[select(a, conf)]
+            correct[f"bon@{n} orm"] += k[select(a, sc)]
+            summed = collections.defaultdict(float)
+            for x, v in zip(a, sc, strict=True):
+                if x is not None:
+                    summed[x] += v
+            correct[f"wbon@{n} orm"] += bool(summed) and is_equiv(
+                max(summed, key=summed.get), problem.answer)
+    count = len(problems)
+    return {"problems": count, "pool_seconds": round(pool_seconds, 1),
+            "policy_tokens_per_problem_at_16": round(policy_tokens / count, 1),
+            "acc": {k: round(v / count, 4) for k, v in correct.items()},
+            "orm_auroc": round(auroc([int(x) for x in labels], orm_scores), 4)}
+
+
+def table(level: int, figures: dict) -> str:
+    acc = figures["acc"]
+    rows = [f"arith:{level}, {figures['problems']} held-out problems; ORM AUROC "
+            f"{figures['orm_auroc']:.3f}",
+            f"{'selector':22}" + "".join(f"{'N=' + str(n):>8}" for n in NS)]
+    rows.append(f"{'greedy':22}" + f"{acc['greedy']:>8.3f}" * len(NS))
+    for name in ("maj", "bon mean_logprob", "bon confidence", "bon orm", "wbon orm", "pass"):
+        base, _, kind = name.partition(" ")
+        keys = [f"{base}@{n}" + (f" {kind}" if kind else "") for n in NS]
+        rows.append(f"{name:22}" + "".join(f"{acc[k]:>8.3f}" for k in keys))
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--problems", type=int, default=64)
+    parser.add_argument("--levels", default="1,2")
+    parser.add_argument("--orm", default=None, help="a trained ORM folder (default: train the "
+                                                     "shipped recipe here, timed)")
+    parser.add_argument("--prompt", default=RECIPES["smollm2-arith-orm"]["prompt"])
+    parser.add_argument("--max-tokens", type=int,
+                        default=RECIPES["smollm2-arith-orm"]["max_tokens"])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    engine = HFEngine("smollm2-135m", threads=args.threads)
+    figures: dict = {}
+    if args.orm is None:
+        folder = Path(tempfile.mkdtemp(prefix="ponder-orm-"))
+        config = VerifierConfig(**RECIPES["smollm2-arith-orm"])
+        card, _fit, timings = train_verifier(config, engine, folder / "data.db", folder / "orm",
+                                             progress=True)
+        figures["train_seconds"] = round(timings["total_seconds"], 1)
+        figures["train_timings"] = {k: round(v, 1) for k, v in timings.items()}
+        figures["orm_val_auroc"] = card.metrics["val_auroc"]
+        args.orm = str(folder / "orm")
+    orm = TrainedVerifier(args.orm, engine)
+    figures.setdefault("train_seconds", orm.card.metrics.get("train_seconds"))
+    figures.setdefault("orm_val_auroc", orm.card.metrics.get("val_auroc"))
+    per_level = {}
+    for level in (int(x) for x in args.levels.split(",")):
+        per_level[level] = evaluate_level(engine, orm, level, args)
+        print(table(level, per_level[level]), flush=True)
+    one = per_level[min(per_level)]["acc"]
+    figures |= {
+        "orm_auroc": per_level[min(per_level)]["orm_auroc"],
+        "greedy_acc": one["greedy"], "maj16_acc": one["maj@16"],
+        "bon16_orm_acc": one["bon@16 orm"], "wbon16_orm_acc": one["wbon@16 orm"],
+        "bon16_mean_logprob_acc": one["bon@16 mean_logprob"],
+        "bon16_confidence_acc": one["bon@16 confidence"], "pass16": one["pass@16"],
+        "levels": per_level,
+    }
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

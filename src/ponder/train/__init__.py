@@ -1,0 +1,1 @@
+"""Verifier training: labels from the policy's own samples, features, probes."""

@@ -1,0 +1,204 @@
+"""Train a verifier for a policy on its own samples (Cobbe et al., 2021; Math-Shepherd,
+Wang et al., 2024 for process labels).
+
+1. Data: the policy samples `samples` answers to each training problem, graded against gold
+   by ponder's grader. This is an ordinary eval run of self-consistency into a SQLite store,
+   so it resumes after a kill losing nothing, and samples already paid for are reused
+   (`from_store`: any eval store's samples).
+2. Labels: outcome (each sample correct or not) or process (each step prefix labelled by
+   the fraction of `rollouts` completions from it that reach the gold answer: soft; any:
+   hard), rolled out by the policy from the prefix (prefilled once, then sampled k times).
+3. Model: a probe on the backbone's hidden states (train.features, train.probe), validated
+   on problems it never trained on (a split by problem, not by sample).
+4. Output: a folder the scorer registry loads (scorers.trained), with a card.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ponder.models import DEFAULT_MODEL
+from ponder.train.contamination import check_disjoint, check_training_task
+from ponder.types import Prompt
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    """What to train. The sampling options define the data run (and its id in the store)."""
+
+    task: str = "arith-train:1"
+    model: str = DEFAULT_MODEL
+    prompt: str = "boxed"
+    limit: int | None = 200
+    samples: int = 8
+    temperature: float = 0.8
+    max_tokens: int = 96
+    kind: str = "outcome"  # or "process"
+    rollouts: int = 4  # process labels: completions per step prefix
+    seed: int = 0
+    val_fraction: float = 0.25
+    eval_task: str | None = None  # a user file's questions must not be in this task
+    force: bool = False  # train on evaluation problems anyway
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("outcome", "process"):
+            raise ValueError(f"kind must be outcome or process, got {self.kind!r}")
+        if self.samples < 1 or self.rollouts < 1:
+            raise ValueError("samples and rollouts must be >= 1")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+    def run_options(self) -> dict:
+        return {"task": self.task, "strategy": "self_consistency", "n": self.samples,
+                "temperature": self.temperature, "max_tokens": self.max_tokens,
+                "prompt": self.prompt, "seed": self.seed, "limit": self.limit,
+                "model": self.model, "label": f"verifier data ({self.task})"}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled sample: its prompt and response, and a label per position the verifier
+    reads (one for outcome; one per step for process)."""
+
+    problem_id: str
+    prompt: Prompt
+    response: str
+    labels: tuple[float, ...]
+
+
+def collect_samples(config: VerifierConfig, engine, store, progress: bool = True,
+                    chunk: int | None = None):
+    """Run (or resume) the data run; its problems and each one's stored samples."""
+    from ponder.eval.runner import make_spec, run_eval
+    from ponder.tasks.datasets import load_task
+
+    check_training_task(config.task, config.force)
+    spec = make_spec(config.run_options())
+    problems = spec.load_problems()
+    if config.eval_task is not None:
+        check_disjoint(problems, load_task(config.eval_task), config.eval_task, config.force)
+    if any(not p.answer for p in problems):
+        raise ValueError(f"{config.task}: some problems have no gold answer; a verifier "
+                         "learns from graded samples, so every problem needs one")
+    run_eval(spec, engine, store, problems, chunk=chunk, progress=progress)
+    rows = {row.problem_id: row for row in store.problems(spec.run_id)}
+    return spec, [(p, rows[p.id]) for p in problems if p.id in rows]
+
+
+def samples_from_store(store, run_ids: list[str] | None = None, force: bool = False):
+    """Samples another eval already paid for: (spec, [(problem, row)]) per run."""
+    from ponder.eval.runner import RunSpec
+
+    out = []
+    for run in store.runs():
+        if run_ids and run.run_id not in run_ids and run.label not in run_ids:
+            continue
+        spec = RunSpec.from_dict(run.spec)
+        check_training_task(spec.task, force)
+        problems = {p.id: p for p in spec.load_problems()}
+        rows = [(problems[r.problem_id], r) for r in store.problems(run.run_id)
+                if r.problem_id in problems]
+        out.append((spec, rows))
+    if not out:
+        raise ValueError("the store has no runs to learn from" + (
+            f" named {run_ids}" if run_ids else ""))
+    return out
+
+
+def outcome_examples(spec, rows) -> list[Example]:
+    return [Example(problem.id, spec.render(problem), s.text, (float(s.correct),))
+            for problem, row in rows for s in row.samples]
+
+
+def split_by_problem(examples: list[Example], val_fraction: float, seed: int):
+    """Validation holds whole problems: the verifier is judged on problems it never saw."""
+    ids = sorted({e.problem_id for e in examples})
+    random.Random(seed).shuffle(ids)
+    held = set(ids[:max(1, round(len(ids) * val_fraction))])
+    return ([e for e in examples if e.problem_id not in held],
+            [e for e in examples if e.problem_id in held])
+
+
+def featurize(backbone, examples: list[Example], steps: bool,
+              progress: Callable[[int, int], None] | None = None, chunk: int = 64):
+    """Feature rows and their labels, one per labelled position."""
+    xs, ys = [], []
+    for start in range(0, len(examples), chunk):
+        part = examples[start:start + chunk]
+        feats = backbone.features([(e.prompt, e.response) for e in part], steps=steps)
+        for example, rows in zip(part, feats, strict=True):
+            labels = example.labels[-len(rows):] if steps else example.labels[-1:]
+            rows = rows[-len(labels):]
+            xs.append(rows)
+            ys += list(labels)
+        if progress is not None:
+            progress(min(start + chunk, len(examples)), len(examples))
+    return torch.cat(xs), torch.tensor(ys, dtype=torch.float32)
+
+
+def train_verifier(config: VerifierConfig, engine, data: str | Path, out: str | Path,
+                   from_store: str | Path | None = None, runs: list[str] | None = None,
+                   progress: bool = True, command: str = "", chunk: int | None = None):
+    """The whole pipeline (module docstring); returns (card, fit, seconds by stage)."""
+    from ponder.eval.store import Store
+    from ponder.scorers.trained import Card, save_verifier
+    from ponder.train.features import Backbone
+    from ponder.train.probe import train_probe
+
+    timings, started = {}, time.perf_counter()
+    if from_store is not None:
+        with Store(from_store, read_only=True) as store:
+            runs_rows = samples_from_store(store, runs, config.force)
+        spec = runs_rows[0][0]
+        config = replace(config, task=spec.task, prompt=spec.prompt, model=spec.model)
+    else:
+        with Store(data) as store:
+            spec, rows = collect_samples(config, engine, store, progress, chunk)
+        runs_rows = [(spec, rows)]
+    timings["data_seconds"] = time.perf_counter() - started
+    if config.kind == "process":
+        from ponder.train.process_labels import process_examples
+
+        with Store(data) as store:
+            examples = [e for s, rows in runs_rows
+                        for e in process_examples(s, rows, engine, store, config, progress)]
+    else:
+        examples = [e for s, rows in runs_rows for e in outcome_examples(s, rows)]
+    timings["label_seconds"] = time.perf_counter() - started - timings["data_seconds"]
+    train, val = split_by_problem(examples, config.val_fraction, config.seed)
+    backbone = Backbone(engine.model, engine.tokenizer, config.model)
+    steps = config.kind == "process"
+    mark = time.perf_counter()
+    x_train, y_train = featurize(backbone, train, steps)
+    x_val, y_val = featurize(backbone, val, steps)
+    timings["feature_seconds"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    fit = train_probe(x_train, y_train, x_val, y_val, seed=config.seed)
+    timings["fit_seconds"] = time.perf_counter() - mark
+    positives = int((torch.cat([y_train, y_val]) > 0.5).sum())
+    timings["total_seconds"] = time.perf_counter() - started
+    card = Card(
+        kind=config.kind, base_model=config.model, base_hash=backbone.hash,
+        layers=backbone.layers, task=config.task, prompt=config.prompt,
+        labels=("graded samples (correct = 1)" if config.kind == "outcome" else
+                f"Monte Carlo: {config.rollouts} rollouts per step prefix, soft label"),
+        data={"problems": len({e.problem_id for e in examples}), "samples": len(examples),
+              "positions": len(y_train) + len(y_val), "positives": positives,
+              "val_problems": len({e.problem_id for e in val}),
+              "samples_per_problem": config.samples, "temperature": config.temperature,
+              "max_tokens": config.max_tokens, "seed": config.seed},
+        metrics={"val_auroc": round(fit.val_auroc, 4), "val_ece": round(fit.val_ece, 4),
+                 "val_accuracy": round(fit.val_accuracy, 4), "l2": fit.l2,
+                 "epochs": fit.epochs, "temperature": round(fit.probe.temperature, 4),
+                 "train_seconds": round(timings["total_seconds"], 1),
+                 "seconds_by_stage": {k.removesuffix("_seconds"): round(v, 1)
+                                      for k, v in timings.items() if k != "total_seconds"}},
+        command=command)
+    save_verifier(out, card, fit.probe)
+    return card, fit, timings

@@ -1,0 +1,232 @@
+"""Trained verifiers: labels, the probe, the folder format, the contamination guard, and the
+data stage's resumption, on the table engine, synthetic data and the bundled model."""
+
+from __future__ import annotations
+
+import math
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ponder.engines.table import TableEngine
+from ponder.scorers.base import ScoreItem
+from ponder.scorers.registry import make_scorer
+from ponder.scorers.trained import Card, TrainedVerifier, save_verifier
+from ponder.tasks import arith
+from ponder.tasks.datasets import Problem, load_task
+from ponder.train.contamination import check_disjoint, check_training_task, normalise_question
+from ponder.train.features import Backbone
+from ponder.train.probe import Probe, auroc, expected_calibration_error, train_probe
+from ponder.train.process_labels import mc_labels
+from ponder.types import SamplingParams
+
+# ---- Monte Carlo process labels converge to the exact value ----------------------------------
+
+
+def exact_success(engine: TableEngine, prefix: list[int], target: int, max_tokens: int) -> float:
+    """P(a completion of `prefix` contains `target`), by enumerating every completion."""
+    total = 0.0
+    for seq in engine.sequences(prefix, max_tokens):
+        if target in seq:
+            total += math.exp(engine.sequence_logprob(prefix, seq))
+    return total
+
+
+def test_monte_carlo_labels_converge_to_the_exact_probability():
+    engine = TableEngine(vocab_size=4, seed=3)
+    prefixes = [[0], [1, 1], [2, 0, 1]]
+    target, max_tokens = 2, 4
+    exact = [exact_success(engine, p, target, max_tokens) for p in prefixes]
+    assert min(exact) > 0.05 and max(exact) < 0.95  # informative: neither sure nor hopeless
+    params = SamplingParams(temperature=1.0, max_tokens=max_tokens, seed=11)
+    errors = {}
+    for rollouts in (16, 2000):
+        labels = mc_labels(engine, prefixes, lambda i, c: target in c.token_ids, rollouts,
+                           params)
+        errors[rollouts] = max(abs(soft - e) for (soft, _), e in zip(labels, exact, strict=True))
+        assert all(hard == (soft > 0) for soft, hard in labels)
+    # 2000 rollouts: the standard error is at most 0.5 / sqrt(2000) = 0.011; 4 of them.
+    assert errors[2000] < 0.045
+    assert errors[2000] < errors[16] or errors[16] < 0.045
+
+
+# ---- the probe ---------------------------------------------------------------------------------
+
+
+def separable(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    y = (torch.rand(n, generator=gen) < 0.3).float()  # imbalanced, as graded samples are
+    x = torch.randn(n, 12, generator=gen)
+    x[:, 3] += 3.0 * (2 * y - 1)  # one informative direction among noise
+    return x, y
+
+
+def test_training_lowers_the_loss_and_separates_a_separable_set():
+    x, y = separable(400, 0)
+    xv, yv = separable(200, 1)
+    fit = train_probe(x, y, xv, yv)
+    assert fit.train_loss[-1] < fit.train_loss[0] * 0.5
+    assert fit.val_auroc > 0.98 and fit.val_accuracy > 0.9
+    assert fit.val_ece < 0.1  # temperature-calibrated
+    assert abs(fit.probe.weight[3]) == fit.probe.weight.abs().max()
+
+
+def test_a_split_with_one_class_is_refused_with_what_to_do():
+    x, _ = separable(50, 0)
+    with pytest.raises(ValueError, match="only incorrect samples"):
+        train_probe(x, torch.zeros(50), x, torch.ones(50))
+
+
+def test_auroc_and_calibration_match_their_formulas():
+    assert auroc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert auroc([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4]) == 0.0
+    assert auroc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5  # ties count half
+    assert auroc([0, 1, 1], [0.2, 0.1, 0.3]) == 0.5
+    assert math.isnan(auroc([1, 1], [0.1, 0.2]))
+    assert expected_calibration_error([1, 0], [1.0, 0.0]) == 0.0
+    assert expected_calibration_error([1, 1, 0, 0], [0.75, 0.75, 0.75, 0.75]) == 0.25
+
+
+# ---- the folder: save, load, make_scorer -------------------------------------------------------
+
+
+def question(a: int, b: int) -> list[dict]:
+    return [{"role": "user", "content": f"What is {a} + {b}?"}]
+
+
+def test_a_saved_verifier_loads_through_make_scorer_and_scores_the_same(engine, tmp_path):
+    backbone = Backbone(engine.model, engine.tokenizer, "smollm2-135m")
+    items = [ScoreItem("What is 2 + 3?", question(2, 3), "2 + 3 = 5. The answer is 5."),
+             ScoreItem("What is 2 + 3?", question(2, 3), "2 + 3 = 7. The answer is 7."),
+             ScoreItem("What is 4 + 1?", question(4, 1), "4 + 1 = 5.\n\nSo \\boxed{5}.")]
+    feats = torch.cat(backbone.features([(i.prompt, i.response) for i in items]))
+    gen = torch.Generator().manual_seed(0)
+    probe = Probe(feats.mean(0), feats.std(0) + 1e-3, torch.randn(backbone.width, generator=gen),
+                  0.1, 1.5)
+    card = Card("outcome", "smollm2-135m", backbone.hash, backbone.layers, task="arith-train:1")
+    save_verifier(tmp_path / "v", card, probe)
+    expected = probe.probs(feats).tolist()
+    for spec in (f"verifier:{tmp_path / 'v'}", f"orm:{tmp_path / 'v'}"):
+        scorer = make_scorer(spec, engine)
+        assert isinstance(scorer, TrainedVerifier)
+        ratings = scorer.score(items)
+        assert [r.score for r in ratings] == pytest.approx(expected, abs=1e-5)
+        assert all(r.usage.scorer_tokens > 0 for r in ratings)
+    # A process verifier scores every step: two steps in the third response.
+    save_verifier(tmp_path / "p", Card("process", "smollm2-135m", backbone.hash,
+                                       backbone.layers), probe)
+    steps = make_scorer(f"verifier:{tmp_path / 'p'}", engine).score(items)
+    assert [len(r.step_scores) for r in steps] == [1, 1, 2]
+    assert steps[2].score == min(steps[2].step_scores)
+
+
+def test_a_verifier_for_other_weights_is_refused(engine, tmp_path):
+    backbone = Backbone(engine.model, engine.tokenizer, "smollm2-135m")
+    probe = Probe(torch.zeros(backbone.width), torch.ones(backbone.width),
+                  torch.zeros(backbone.width), 0.0)
+    save_verifier(tmp_path / "v", Card("outcome", "smollm2-135m", "0123456789abcdef",
+                                       backbone.layers), probe)
+    with pytest.raises(ValueError, match="retrain the verifier"):
+        make_scorer(f"verifier:{tmp_path / 'v'}", engine).score(
+            [ScoreItem("q", question(1, 1), "2")])
+
+
+def test_a_missing_or_foreign_folder_says_what_to_do(tmp_path):
+    with pytest.raises(ValueError, match="train-verifier"):
+        TrainedVerifier(tmp_path / "nothing-here")
+    (tmp_path / "card.json").write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="train-verifier"):
+        TrainedVerifier(tmp_path)
+
+
+# ---- contamination ----------------------------------------------------------------------------
+
+
+def test_arith_splits_share_no_operands():
+    for level in arith.LEVELS:
+        train = {tuple(sorted(_numbers(p.question))) for p in
+                 load_task(f"arith-train:{level}", limit=300)}
+        evaluation = {tuple(sorted(_numbers(p.question))) for p in
+                      load_task(f"arith:{level}", limit=300)}
+        assert train and evaluation and not train & evaluation
+    assert all(arith.split_of({"a": a, "b": b}) == arith.split_of({"x": b, "y": a})
+               for a in range(1, 10) for b in range(1, 10))
+
+
+def _numbers(text: str) -> list[int]:
+    import re
+
+    return [int(x) for x in re.findall(r"\d+", text)]
+
+
+def test_training_on_evaluation_problems_is_refused_unless_forced():
+    for task in ("arith:1", "arith", "math500", "gsm8k"):
+        with pytest.raises(ValueError, match="--force"):
+            check_training_task(task)
+        check_training_task(task, force=True)
+    check_training_task("arith-train:1")
+    train = [Problem("t1", "What is  2+2 ?", "4"), Problem("t2", "Name a prime.", "2")]
+    evaluation = [Problem("e1", "what is 2+2", "4")]
+    assert normalise_question("What is  2+2 ?") == normalise_question("what is 2+2")
+    with pytest.raises(ValueError, match="t1"):
+        check_disjoint(train, evaluation, "mine.jsonl")
+    check_disjoint(train[1:], evaluation, "mine.jsonl")
+
+
+# ---- the command: bad input, and the data stage survives SIGKILL --------------------------------
+
+
+def ponder(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ponder.cli", *args]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "arith:1"], "arith-train:1"),
+    (["--task", "gsm8k"], "evaluation set"),
+    (["--limit", "1"], "--limit must be >= 2"),
+    (["--kind", "reward"], "invalid choice"),
+])
+def test_bad_input_fails_with_what_to_do(tmp_path, args, message):
+    result = subprocess.run(ponder("train-verifier", *args, "--data", str(tmp_path / "d.db"),
+                                   "--out", str(tmp_path / "v")),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def rows(db) -> tuple[int, int, int]:
+    with sqlite3.connect(db) as conn:
+        problems = conn.execute("SELECT COUNT(*) FROM problems").fetchone()[0]
+        samples = conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        distinct = conn.execute("SELECT COUNT(DISTINCT run_id || problem_id || idx) "
+                                "FROM samples").fetchone()[0]
+    return problems, samples, distinct
+
+
+@pytest.mark.slow
+def test_the_data_stage_resumes_after_sigkill_with_nothing_lost_or_doubled(tmp_path):
+    db, out = tmp_path / "data.db", tmp_path / "v"
+    args = ponder("train-verifier", "--limit", "8", "--samples", "2", "--max-tokens", "24",
+                  "--data", str(db), "--out", str(out), "--no-progress", "--threads", "1",
+                  "--chunk", "1")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if db.exists() and rows(db)[0] >= 1:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = rows(db)[0]
+    assert 1 <= done_before < 8 and not out.exists()
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert rows(db) == (8, 16, 16)
+    assert "validation: AUROC" in result.stdout
+    assert isinstance(make_scorer(f"verifier:{out}"), TrainedVerifier)
