@@ -230,3 +230,21 @@ def test_the_data_stage_resumes_after_sigkill_with_nothing_lost_or_doubled(tmp_p
     assert rows(db) == (8, 16, 16)
     assert "validation: AUROC" in result.stdout
     assert isinstance(make_scorer(f"verifier:{out}"), TrainedVerifier)
+
+
+@pytest.mark.slow
+def test_a_process_verifier_trains_end_to_end_and_scores_steps(engine, tmp_path):
+    from ponder.train.trainer import VerifierConfig, train_verifier
+
+    config = VerifierConfig(task="arith-train:1", prompt="cot", limit=6, samples=3,
+                            max_tokens=48, kind="process", rollouts=2, val_fraction=0.5)
+    card, fit, _ = train_verifier(config, engine, tmp_path / "data.db", tmp_path / "prm",
+                                  progress=False)
+    assert card.kind == "process" and card.data["positions"] >= card.data["samples"]
+    with sqlite3.connect(tmp_path / "data.db") as conn:  # the step labels were stored
+        assert conn.execute("SELECT COUNT(*) FROM process_labels").fetchone()[0] == \
+            card.data["positions"] - card.data["samples"]
+    prm = make_scorer(f"verifier:{tmp_path / 'prm'}", engine)
+    [rating] = prm.score([ScoreItem("What is 2 + 3?", question(2, 3),
+                                    "First, 2 + 3 = 5.\n\nSo the answer is 5.")])
+    assert len(rating.step_scores) == 2 and all(0 <= v <= 1 for v in rating.step_scores)
