@@ -12,10 +12,10 @@ pool, its first N samples for N = 1, 2, 4, 8, 16:
   bon@N ORM                    ... the highest trained-ORM score
   weighted bon@N ORM           the answer with the largest summed ORM score
   pass@N                       any sample correct (the ceiling)
-With a process verifier (--prm FOLDER, or trained here with --train-prm), PRM beam search
-runs on the same problems with its policy tokens matched to best-of-N's at N=16.
-ORM (and PRM) AUROC is measured on the held-out pool's samples. The ORM is trained first,
-timed (the shipped recipe unless --orm names a folder).
+ORM AUROC is measured on the held-out pool's samples. The ORM is trained first, timed (the
+shipped recipe unless --orm names a folder; then its card's training time is reported).
+Not measured yet: a process verifier (`prm_auroc` is null) and PRM beam search at matched
+policy tokens; `ponder train-verifier --kind process` trains one, but not at this scale yet.
 The LAST line is one JSON object with the figures.
 
     python benchmarks/bench_verifier.py [--problems 64] [--levels 1,2] [--orm FOLDER]
@@ -154,6 +154,7 @@ def main() -> None:
         "bon16_orm_acc": one["bon@16 orm"], "wbon16_orm_acc": one["wbon@16 orm"],
         "bon16_mean_logprob_acc": one["bon@16 mean_logprob"],
         "bon16_confidence_acc": one["bon@16 confidence"], "pass16": one["pass@16"],
+        "prm_auroc": None,  # no process verifier measured yet (module docstring)
         "levels": per_level,
     }
     print(json.dumps(figures))
