@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import signal
 import socket
 import sqlite3
@@ -75,6 +76,9 @@ def cluster(tmp_path, monkeypatch):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the driver sends the cluster's token
+    # The cluster's token, for the head and the driver alike: a fresh machine has no
+    # ~/.ray/auth_token, and `ray start` with token authentication refuses to start without one.
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     log = tmp_path / "head.log"
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     with open(log, "w") as out:
