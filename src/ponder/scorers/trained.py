@@ -153,9 +153,9 @@ class TrainedVerifier:
         self.load()
         started = time.perf_counter()
         process = self.card.kind == "process"
-        pairs = [(it.prompt, it.response) for it in items]
-        feats = self._backbone.features(pairs, steps=process)
-        lengths = [len(self._backbone.encode(p, r)[0]) for p, r in pairs]
+        encoded = [self._backbone.encode(it.prompt, it.response) for it in items]
+        feats = self._backbone.encoded_features(encoded, steps=process)
+        lengths = [len(ids) for ids, *_ in encoded]
         wall = time.perf_counter() - started
         total = sum(lengths) or 1
         ratings = []

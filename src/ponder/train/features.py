@@ -107,9 +107,16 @@ class Backbone:
                  ) -> list[torch.Tensor]:
         """Per item, a [positions, width] float32 tensor: one row at the response's end, or
         (steps=True) one row per step end."""
-        encoded = [self.encode(prompt, response) for prompt, response in items]
-        out: list[torch.Tensor | None] = [None] * len(items)
-        order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]))
+        return self.encoded_features([self.encode(prompt, response) for prompt, response in items],
+                                     steps)
+
+    @torch.no_grad()
+    def encoded_features(self, encoded: Sequence[tuple[list[int], list[int], int, int]],
+                         steps: bool = False) -> list[torch.Tensor]:
+        """features() of items already encode()d (a caller that needs their lengths too
+        encodes once)."""
+        out: list[torch.Tensor | None] = [None] * len(encoded)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
         start = 0
         while start < len(order):
             stop = start + 1

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from ponder.scorers.hf_prm import split_steps
+from ponder.strategies.base import problem_seed
 from ponder.tasks.extract import extract_answer
 from ponder.tasks.grade import is_equiv
 from ponder.train.trainer import Example
@@ -81,7 +82,7 @@ def process_examples(spec, rows, engine, store, config, progress: bool = True
                 prefixes = [SEPARATOR.join(steps[:k + 1]) + SEPARATOR for k in todo]
                 params = SamplingParams(temperature=config.temperature,
                                         max_tokens=config.max_tokens,
-                                        seed=hash_seed(config.seed, problem.id, idx))
+                                        seed=problem_seed(config.seed, problem.id, str(idx)))
                 made = rollout_labels(engine, prompt_ids, prefixes, problem.answer,
                                       config.rollouts, params)
                 store.conn.execute("BEGIN IMMEDIATE")
@@ -95,8 +96,3 @@ def process_examples(spec, rows, engine, store, config, progress: bool = True
             bar.update(1)
     bar.close()
     return examples
-
-
-def hash_seed(seed: int, problem_id: str, sample: int) -> int:
-    digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{sample}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
