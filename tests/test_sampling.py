@@ -118,3 +118,34 @@ def test_sample_seed_zero_index_is_the_request_seed():
 def test_bad_sampling_params_raise_clear_errors(kwargs, words):
     with pytest.raises(ValueError, match=words):
         SamplingParams(**kwargs)
+
+
+def nucleus_by_definition(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Kept tokens, from the definition: the mass strictly above a token is below p."""
+    probs = logits.softmax(dim=-1)
+    above = (probs.unsqueeze(-1) < probs.unsqueeze(-2)).float() @ probs.unsqueeze(-1)
+    return above.squeeze(-1) < p
+
+
+@pytest.mark.parametrize("scale,p", [(8.0, 0.9), (3.0, 0.95), (0.2, 0.95), (0.05, 0.5)])
+def test_top_p_on_a_large_vocabulary_matches_the_definition(scale, p):
+    # Peaked rows (scale 8) have their nucleus among the first top tokens looked at; flat
+    # rows (scale 0.05) need the whole vocabulary sorted. Both must keep the same set.
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 3000, generator=g) * scale
+    kept = top_p_filter(logits, p) > float("-inf")
+    assert torch.equal(kept, nucleus_by_definition(logits, p))
+
+
+def test_sampling_among_few_kept_tokens_equals_the_inverse_cdf_over_the_vocabulary():
+    # After top-k/top-p only a few tokens remain and the sampler works on those alone; it
+    # must pick, for every uniform, the token the inverse CDF over the whole row picks.
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 5000, generator=g) * 3
+    processed = process_logits(logits, 0.7, torch.tensor([5, 0, 40, 1]), 0.8, 0.0)
+    for _ in range(50):
+        uniforms = torch.rand(4, generator=g, dtype=torch.float64)
+        cdf = processed.double().softmax(dim=-1).cumsum(dim=-1)
+        expected = torch.searchsorted(cdf, (uniforms[:, None] * cdf[:, -1:]).contiguous(),
+                                      right=True).squeeze(1)
+        assert torch.equal(sample_rows(processed, uniforms), expected)
