@@ -1,10 +1,24 @@
-"""Engine throughput: ponder's batched decode vs a per-sample loop vs `model.generate`.
+"""Engine throughput against what the hardware allows, in one process.
 
-Bundled model, one chat prompt, 16 samples x 128 new tokens (no early stop), temperature 0.8,
-top_p 0.95, all three in one process so machine noise hits them alike. Prints tokens/s and
-ratios; the LAST line is one JSON object with the figures.
+Bundled model, one chat prompt, B samples x T new tokens (no early stop), temperature 0.8,
+top_p 0.95. Measured here, in the same run:
 
-    python benchmarks/bench_engine.py [--samples 16] [--tokens 128] [--dtype float32]
+- the roofline: the least time a decode step at batch B can take here. It must do the
+  model's weight matmuls (every Linear, lm_head included: timed as bare torch matmuls on
+  random inputs at batch B, best of several repeats) and read every sequence's KV cache
+  (its bytes at the run's mean context length, at the weight-read bandwidth measured at
+  B=1). Reported as tokens/s = B / that time, beside the weights-only figure, the
+  bandwidth, and the matmul throughput implied from B=1 to B=64.
+- ponder's native engine at B = 1, 16, 64 (the lean Llama path), and at B=16 its
+  transformers path (what every model outside the Llama family runs);
+- `model.generate` at B=16, and the per-sample loop (one sample at a time, a KV cache, one
+  token per forward). The loop's tokens/s does not depend on B (each sample runs alone), so
+  it is timed on --loop-samples samples;
+- llama.cpp (llama-cpp-python) at B=16 where it is installed.
+
+Every figure is the best of --rounds interleaved rounds. Prints a table; the LAST line is one JSON object with the figures.
+
+    python benchmarks/bench_engine.py [--tokens 128] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -15,20 +29,46 @@ import resource
 import time
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 
 from ponder.engines.hf import HFEngine
+from ponder.engines.kv import _cache_arg
 from ponder.sampling import process_logits
 from ponder.types import GenerateRequest, SamplingParams
 
 PROMPT = [{"role": "user", "content": "Explain step by step: what is 17 + 26?"}]
+BATCHES = (1, 16, 64)
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_ponder(engine: HFEngine, samples: int, tokens: int) -> int:
+def roofline_seconds(model, batch: int, repeats: int = 7) -> float:
+    """Best time of one pass of bare matmuls over every weight matrix of the model."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype, device=w.device)
+              for w in weights}
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for w in weights:
+                F.linear(inputs[w.shape[1]], w)
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of keys and values one cached token holds, over all layers."""
+    config = model.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * model.lm_head.weight.element_size()
+
+
+def run_engine(engine: HFEngine, samples: int, tokens: int) -> int:
     params = SamplingParams(n=samples, temperature=0.8, top_p=0.95, max_tokens=tokens,
                             ignore_eos=True, seed=0)
     [gen] = engine.generate([GenerateRequest(PROMPT, params)])
@@ -37,18 +77,18 @@ def run_ponder(engine: HFEngine, samples: int, tokens: int) -> int:
 
 def run_per_sample_loop(engine: HFEngine, samples: int, tokens: int) -> int:
     """The baseline: one sample after another, one token at a time over a KV cache."""
-    model = engine.model
+    model, arg = engine.model, _cache_arg(engine.model)
     prompt = torch.tensor([engine.tokenize(PROMPT)])
     gen = torch.Generator().manual_seed(0)
     produced = 0
     with torch.inference_mode():
         for _ in range(samples):
             cache = DynamicCache()
-            out = model(input_ids=prompt, past_key_values=cache, use_cache=True)
+            out = model(input_ids=prompt, use_cache=True, **{arg: cache})
             for _ in range(tokens):
                 logits = process_logits(out.logits[:, -1].float(), 0.8, 0, 0.95, 0.0)
                 token = torch.multinomial(logits.softmax(-1), 1, generator=gen)
-                out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+                out = model(input_ids=token, use_cache=True, **{arg: cache})
                 produced += 1
     return produced
 
@@ -65,6 +105,15 @@ def run_hf_generate(engine: HFEngine, samples: int, tokens: int) -> int:
     return (out.shape[1] - prompt.shape[1]) * samples
 
 
+def llamacpp_engine():
+    from ponder.engines.llamacpp import LlamaCppEngine
+
+    try:
+        return LlamaCppEngine("smollm2-135m")
+    except ImportError:  # llama-cpp-python is not installed
+        return None
+
+
 def timed(fn, *args) -> tuple[int, float]:
     start = time.perf_counter()
     produced = fn(*args)
@@ -73,33 +122,86 @@ def timed(fn, *args) -> tuple[int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--tokens", type=int, default=128, help="new tokens per sample")
+    parser.add_argument("--loop-samples", type=int, default=2,
+                        help="samples the per-sample loop is timed on")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds; each figure keeps its best round")
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
 
-    engine = HFEngine("smollm2-135m", dtype=args.dtype, device="cpu")
-    run_ponder(engine, 2, 4)  # warm-up: first-call allocations
-    results = {}
-    for name, fn in [("ponder_batched", run_ponder), ("hf_generate", run_hf_generate),
-                     ("per_sample_loop", run_per_sample_loop)]:
-        produced, seconds = timed(fn, engine, args.samples, args.tokens)
-        results[name] = {"tokens": produced, "seconds": round(seconds, 2),
-                         "tokens_per_s": round(produced / seconds, 1)}
-        print(f"{name:16} {produced:6d} tokens {seconds:7.1f} s {produced / seconds:8.1f} tok/s "
-              f"(peak RSS so far {peak_rss_mb():.0f} MB)", flush=True)
-    ours = results["ponder_batched"]["tokens_per_s"]
+    engine = HFEngine("smollm2-135m", dtype=args.dtype)
+    print(f"forward path: {engine.forward_path}, device {engine.device}, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    transformers_path = HFEngine("smollm2-135m", dtype=args.dtype, lean=False)
+    for e in (engine, transformers_path):
+        run_engine(e, 2, 4)  # warm-up: first-call allocations
+
+    weight_bytes = sum(m.weight.numel() * m.weight.element_size()
+                       for m in engine.model.modules() if isinstance(m, torch.nn.Linear))
+    weight_params = weight_bytes // engine.model.lm_head.weight.element_size()
+    context = len(engine.tokenize(PROMPT)) + (args.tokens + 1) / 2
+
+    runs = [(f"ponder_b{b}", run_engine, engine, b) for b in BATCHES]
+    runs += [("ponder_transformers_path_b16", run_engine, transformers_path, 16),
+             ("hf_generate_b16", run_hf_generate, engine, 16),
+             ("per_sample_loop", run_per_sample_loop, engine, args.loop_samples)]
+    llama = llamacpp_engine()
+    if llama is not None:
+        runs.append(("llamacpp_b16", run_engine, llama, 16))
+    else:
+        print("llama.cpp: not installed here (pip install llama-cpp-python), skipped")
+    # This machine's speed drifts by 10-30% over minutes, so every measurement (the
+    # roofline's too) is repeated in interleaved rounds and each keeps its best round.
+    linears = {b: float("inf") for b in BATCHES}
+    rate = {name: 0.0 for name, *_ in runs}
+    for round_ in range(1, args.rounds + 1):
+        for b in BATCHES:
+            linears[b] = min(linears[b], roofline_seconds(engine.model, b))
+        for name, fn, target, batch in runs:
+            produced, seconds = timed(fn, target, batch, args.tokens)
+            rate[name] = max(rate[name], produced / seconds)
+            print(f"round {round_} {name:30} {produced:6d} tokens {seconds:7.1f} s "
+                  f"{produced / seconds:8.1f} tok/s (peak RSS {peak_rss_mb():.0f} MB)", flush=True)
+
+    bandwidth = weight_bytes / linears[1]
+    matmul_flops = 2 * weight_params * 63 / (linears[64] - linears[1])
+    kv_read = {b: b * kv_bytes_per_token(engine.model) * context / bandwidth for b in BATCHES}
+    roof = {b: b / (linears[b] + kv_read[b]) for b in BATCHES}
+    print(f"roofline: {bandwidth / 1e9:.1f} GB/s weight reads at B=1, "
+          f"{matmul_flops / 1e9:.0f} GFLOP/s per extra row")
+    for name, *_ in runs:
+        batch = next((b for b in BATCHES if name.endswith(f"_b{b}")), None)
+        share = f"{rate[name] / roof[batch]:.2f} of roofline" if batch else ""
+        print(f"best {name:30} {rate[name]:8.1f} tok/s {share:>18}")
+    for b in BATCHES:
+        print(f"roofline B={b:<3} {roof[b]:8.1f} tok/s ({b / linears[b]:.0f} weights only)")
+
     summary = {
-        "samples": args.samples, "new_tokens": args.tokens, "dtype": args.dtype,
-        "ponder_tokens_per_s": ours,
-        "hf_generate_tokens_per_s": results["hf_generate"]["tokens_per_s"],
-        "per_sample_loop_tokens_per_s": results["per_sample_loop"]["tokens_per_s"],
-        "speedup_vs_per_sample_loop": round(ours / results["per_sample_loop"]["tokens_per_s"], 2),
-        "speedup_vs_hf_generate": round(ours / results["hf_generate"]["tokens_per_s"], 2),
+        "new_tokens": args.tokens, "rounds": args.rounds, "dtype": args.dtype, "threads": torch.get_num_threads(),
+        "forward_path": engine.forward_path,
+        "weight_read_gb_per_s": round(bandwidth / 1e9, 1),
+        "matmul_gflop_per_s": round(matmul_flops / 1e9),
+        **{f"roofline_tokens_per_s_b{b}": round(roof[b], 1) for b in BATCHES},
+        **{f"weights_only_roofline_fraction_b{b}": round(rate[f"ponder_b{b}"] * linears[b] / b, 3)
+           for b in BATCHES},
+        **{f"ponder_tokens_per_s_b{b}": round(rate[f"ponder_b{b}"], 1) for b in BATCHES},
+        **{f"roofline_fraction_b{b}": round(rate[f"ponder_b{b}"] / roof[b], 3) for b in BATCHES},
+        "transformers_path_tokens_per_s_b16": round(rate["ponder_transformers_path_b16"], 1),
+        "hf_generate_tokens_per_s_b16": round(rate["hf_generate_b16"], 1),
+        "hf_generate_roofline_fraction_b16": round(rate["hf_generate_b16"] / roof[16], 3),
+        "per_sample_loop_tokens_per_s": round(rate["per_sample_loop"], 1),
+        "llamacpp_tokens_per_s_b16": round(rate["llamacpp_b16"], 1) if llama else None,
+        "speedup_vs_per_sample_loop": round(rate["ponder_b16"] / rate["per_sample_loop"], 2),
+        "speedup_vs_hf_generate": round(rate["ponder_b16"] / rate["hf_generate_b16"], 2),
+        "speedup_vs_transformers_path": round(
+            rate["ponder_b16"] / rate["ponder_transformers_path_b16"], 2),
         "peak_rss_mb": round(peak_rss_mb()),
     }
-    print(f"speedup vs per-sample loop: {summary['speedup_vs_per_sample_loop']}x (target >= 6); "
-          f"vs model.generate: {summary['speedup_vs_hf_generate']}x (target >= 1.0)")
+    print(f"at B=16: {summary['speedup_vs_per_sample_loop']}x the per-sample loop (target >= 10), "
+          f"{summary['speedup_vs_hf_generate']}x model.generate (target >= 2); roofline fraction "
+          f"{summary['roofline_fraction_b16']} at 16, {summary['roofline_fraction_b64']} at 64 "
+          "(target >= 0.7)")
     print(json.dumps(summary))
 
 
