@@ -31,7 +31,6 @@ from ponder.engines.decode import (
     sample_step,
     wall_share,
 )
-from ponder.engines.lean import LeanModel
 from ponder.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve
 from ponder.sampling import process_logits
 from ponder.types import (
@@ -56,9 +55,6 @@ class HFEngine:
     threads: torch CPU threads (default $PONDER_THREADS, else one per available core). Torch's
         threads spin while waiting, so on a CPU shared with other busy processes fewer threads
         can be several times faster.
-    lean: run Llama-family models (Llama, Qwen2, Mistral) through engines/lean.py's forward
-        instead of transformers' (same results to fp32 tolerance, faster decode steps); other
-        models always take transformers' path. `forward_path` says which one is in use.
     """
 
     name = "hf"
@@ -69,8 +65,7 @@ class HFEngine:
 
     def __init__(self, model: str | None = None, dtype: str = "float32",
                  device: str | None = None, max_batch_size: int = 64,
-                 score_batch_tokens: int = 8192, threads: int | None = None,
-                 lean: bool = True):
+                 score_batch_tokens: int = 8192, threads: int | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
         if max_batch_size < 1:
@@ -81,21 +76,20 @@ class HFEngine:
             resolve(self.model_name), DTYPES[dtype], device
         )
         self.dtype = dtype
-        self._setup(device, max_batch_size, score_batch_tokens, threads, lean)
+        self._setup(device, max_batch_size, score_batch_tokens, threads)
 
     @classmethod
     def from_model(cls, model, tokenizer, name: str = "custom", max_batch_size: int = 64,
-                   score_batch_tokens: int = 8192, lean: bool = True) -> HFEngine:
+                   score_batch_tokens: int = 8192) -> HFEngine:
         """Wrap an already-loaded model (tests build tiny random ones this way)."""
         engine = cls.__new__(cls)
         engine.model, engine.tokenizer, engine.model_name = model.eval(), tokenizer, name
         engine.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        engine._setup(str(next(model.parameters()).device), max_batch_size, score_batch_tokens,
-                      lean=lean)
+        engine._setup(str(next(model.parameters()).device), max_batch_size, score_batch_tokens)
         return engine
 
     def _setup(self, device: str, max_batch_size: int, score_batch_tokens: int,
-               threads: int | None = None, lean: bool = True) -> None:
+               threads: int | None = None) -> None:
         self.device = torch.device(device)
         self.max_batch_size = max_batch_size
         self.decode_steps = 0  # batched decode steps run so far (a server reports it)
@@ -110,8 +104,6 @@ class HFEngine:
         eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.eos_ids = frozenset(i for i in eos if i is not None)
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
-        self.runner = (LeanModel.build(self.model) if lean else None) or self.model
-        self.forward_path = "lean" if isinstance(self.runner, LeanModel) else "transformers"
 
     # ---- text <-> tokens -------------------------------------------------------------
 
@@ -192,7 +184,7 @@ class HFEngine:
                 continue
             self.decode_steps += 1
             ones = torch.ones(len(live), 1, dtype=torch.long, device=self.device)
-            step_logits, batch = kvlib.forward(self.runner, batch, next_tokens.unsqueeze(1), ones)
+            step_logits, batch = kvlib.forward(self.model, batch, next_tokens.unsqueeze(1), ones)
             logits = step_logits[:, -1]
         return collect_generations(jobs, wall_share(jobs, started))
 
@@ -268,7 +260,7 @@ class HFEngine:
         for row, f in enumerate(fresh):
             input_ids[row, width - len(f):] = torch.tensor(f, device=self.device)
             input_mask[row, width - len(f):] = 1
-        logits, batch = kvlib.forward(self.runner, batch, input_ids, input_mask)
+        logits, batch = kvlib.forward(self.model, batch, input_ids, input_mask)
         rows, samples = [], []
         for row, job in enumerate(jobs):
             job.prefill_tokens = len(fresh[row])
@@ -347,7 +339,7 @@ class HFEngine:
             input_ids[row, width - len(seq):] = torch.tensor(seq, device=self.device)
             input_mask[row, width - len(seq):] = 1
         empty = kvlib.KVBatch.empty(len(seqs), self.device)
-        logits, _ = kvlib.forward(self.runner, empty, input_ids, input_mask, logits_to_keep=keep)
+        logits, _ = kvlib.forward(self.model, empty, input_ids, input_mask, logits_to_keep=keep)
         out = []
         for row, (prompt, cont, params) in enumerate(rows):
             # logits[:, t] predicts the token after position t; the last column predicts

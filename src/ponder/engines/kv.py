@@ -16,14 +16,13 @@ same batch twice cannot overwrite columns another batch uses (the second call co
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
-
-from ponder.engines.lean import LeanModel
 
 # Per layer: (keys, values), each [batch, kv_heads, length, head_dim].
 LayerKV = tuple[torch.Tensor, torch.Tensor]
@@ -160,8 +159,7 @@ def _cache_from(kv: list[LayerKV] | None) -> DynamicCache:
 
 def forward(model, batch: KVBatch, input_ids: torch.Tensor, input_mask: torch.Tensor,
             logits_to_keep: int = 1) -> tuple[torch.Tensor, KVBatch]:
-    """Feed left-padded `input_ids` [batch, n] after the cached tokens, through a LeanModel
-    or a transformers model.
+    """Feed left-padded `input_ids` [batch, n] after the cached tokens.
 
     Returns the logits of the last `logits_to_keep` positions [batch, keep, vocab] (float32)
     and the batch with the new tokens' keys and values appended.
@@ -171,43 +169,29 @@ def forward(model, batch: KVBatch, input_ids: torch.Tensor, input_mask: torch.Te
     positions = (batch.next_pos.unsqueeze(1) + offsets).clamp(min=0)
     new = input_ids.shape[1]
     kv, room = batch.kv, 0
-    if isinstance(model, LeanModel) and kv is None:
-        kv = _empty_kv(model, batch.size, input_ids.device)
     if kv is not None:
-        kv, room = _with_room(KVBatch(kv, batch.mask, batch.next_pos, batch.room), new)
+        kv, room = _with_room(batch, new)
         batch.room = 0  # taken by the batch returned below
     with torch.inference_mode():
-        if isinstance(model, LeanModel):
-            logits, kv = model.forward(input_ids, mask, positions, kv, _extend, logits_to_keep)
-        else:
-            logits, kv = _hf_forward(model, input_ids, mask, positions, kv, logits_to_keep)
-    next_pos = batch.next_pos + input_mask.sum(dim=1)
-    return logits, KVBatch(kv, mask, next_pos, room - new if room else 0)
-
-
-def _hf_forward(model, input_ids, mask, positions, kv, logits_to_keep):
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                use_cache=True, logits_to_keep=logits_to_keep, **{_cache_arg(model): _cache_from(kv)})
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                    use_cache=True, logits_to_keep=logits_to_keep,
+                    **{_cache_arg(model): _cache_from(kv)})
     cache = out.cache if _cache_arg(model) == "cache" else out.past_key_values
-    return out.logits.float(), [(layer.keys, layer.values) for layer in cache.layers]
+    kv = [(layer.keys, layer.values) for layer in cache.layers]
+    next_pos = batch.next_pos + input_mask.sum(dim=1)
+    return out.logits.float(), KVBatch(kv, mask, next_pos, room - new if room else 0)
 
 
 def _cache_arg(model) -> str:
+    return _cache_arg_of(type(model))
+
+
+@functools.cache
+def _cache_arg_of(model_class) -> str:
     """transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name
     warns, and goes in 5.40); older releases know only the old name."""
-    name = getattr(model, "_ponder_cache_arg", None)
-    if name is None:
-        params = inspect.signature(model.forward).parameters
-        name = "cache" if "cache" in params else "past_key_values"
-        model._ponder_cache_arg = name
-    return name
-
-
-def _empty_kv(model: LeanModel, rows: int, device) -> list[LayerKV]:
-    shape = (rows, model.kv_heads, 0, model.head_dim)
-    dtype = model.embed.dtype
-    return [(torch.empty(shape, dtype=dtype, device=device),
-             torch.empty(shape, dtype=dtype, device=device)) for _ in model.layers]
+    params = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _with_room(batch: KVBatch, new: int) -> tuple[list[LayerKV], int]:
