@@ -5,9 +5,9 @@ top_p 0.95. Measured here, in the same run:
 
 - the roofline: the least time a decode step at batch B can take here. It must do the
   model's weight matmuls (every Linear, lm_head included: bare torch matmuls on random
-  inputs at batch B, the mean pass over two seconds of passes) and read every sequence's KV cache
-  (its bytes at the run's mean context length, at the weight-read bandwidth measured at
-  B=1). Reported as tokens/s = B / that time, beside the weights-only figure, the
+  inputs at batch B, the mean pass over two seconds of passes) and read every sequence's
+  KV cache (its bytes at the run's mean context length, at the weight-read bandwidth
+  measured at B=1). Reported as tokens/s = B / that time, beside the weights-only figure, the
   bandwidth, and the matmul throughput implied from B=1 to B=64.
 - ponder's native engine at B = 1, 16, 64;
 - `model.generate` at B=16, and the per-sample loop (one sample at a time, a KV cache, one
@@ -15,7 +15,8 @@ top_p 0.95. Measured here, in the same run:
   it is timed on --loop-samples samples;
 - llama.cpp (llama-cpp-python) at B=16 where it is installed.
 
-Every figure is the best of --rounds interleaved rounds. Prints a table; the LAST line is one JSON object with the figures.
+Every figure is the best of --rounds interleaved rounds. Prints a table; the LAST line is
+one JSON object with the figures.
 
     python benchmarks/bench_engine.py [--tokens 128] [--dtype float32]
 """
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from ponder.engines.hf import HFEngine
-from ponder.engines.kv import _cache_arg
+from ponder.engines.kv import cache_argument
 from ponder.sampling import process_logits
 from ponder.types import GenerateRequest, SamplingParams
 
@@ -78,7 +79,7 @@ def run_engine(engine: HFEngine, samples: int, tokens: int) -> int:
 
 def run_per_sample_loop(engine: HFEngine, samples: int, tokens: int) -> int:
     """The baseline: one sample after another, one token at a time over a KV cache."""
-    model, arg = engine.model, _cache_arg(engine.model)
+    model, arg = engine.model, cache_argument(engine.model)
     prompt = torch.tensor([engine.tokenize(PROMPT)])
     gen = torch.Generator().manual_seed(0)
     produced = 0

@@ -175,14 +175,15 @@ def forward(model, batch: KVBatch, input_ids: torch.Tensor, input_mask: torch.Te
     with torch.inference_mode():
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                     use_cache=True, logits_to_keep=logits_to_keep,
-                    **{_cache_arg(model): _cache_from(kv)})
-    cache = out.cache if _cache_arg(model) == "cache" else out.past_key_values
+                    **{cache_argument(model): _cache_from(kv)})
+    cache = out.cache if cache_argument(model) == "cache" else out.past_key_values
     kv = [(layer.keys, layer.values) for layer in cache.layers]
     next_pos = batch.next_pos + input_mask.sum(dim=1)
     return out.logits.float(), KVBatch(kv, mask, next_pos, room - new if room else 0)
 
 
-def _cache_arg(model) -> str:
+def cache_argument(model) -> str:
+    """The name under which `model`'s forward takes its cache."""
     return _cache_arg_of(type(model))
 
 
