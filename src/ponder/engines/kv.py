@@ -172,11 +172,11 @@ def forward(model, batch: KVBatch, input_ids: torch.Tensor, input_mask: torch.Te
     if kv is not None:
         kv, room = _with_room(batch, new)
         batch.room = 0  # taken by the batch returned below
+    cache = _cache_from(kv)  # the model appends to it in place
     with torch.inference_mode():
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                     use_cache=True, logits_to_keep=logits_to_keep,
-                    **{cache_argument(model): _cache_from(kv)})
-    cache = out.cache if cache_argument(model) == "cache" else out.past_key_values
+                    **{cache_argument(model): cache})
     kv = [(layer.keys, layer.values) for layer in cache.layers]
     next_pos = batch.next_pos + input_mask.sum(dim=1)
     return out.logits.float(), KVBatch(kv, mask, next_pos, room - new if room else 0)
