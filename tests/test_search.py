@@ -107,10 +107,11 @@ def test_beam_search_accounts_for_policy_and_judge_tokens(beam, engine, problems
         assert r.usage.forward_tokens == prompt + expansions + sum(n["tokens"] - 1 for n in nodes)
         # The judge continues each step's state: a question's worth of tokens per step.
         assert 0 < r.usage.scorer_tokens <= len(nodes) * (suffix + 1)
-        chosen = r.trace["chosen"]
+        chosen = r.trace["chosen_path"]
         parents = {n["id"]: n["parent"] for n in nodes}
         assert [parents[i] for i in chosen] == [0, *chosen[:-1]]
-        assert r.answer == r.candidates[[c.meta["node"] for c in r.candidates].index(chosen[-1])].answer
+        assert r.candidates[r.chosen].meta["node"] == chosen[-1]
+        assert r.answer == r.candidates[r.chosen].answer
 
 
 def test_beam_search_is_reproducible_and_independent_of_batching(beam, engine, judge, problems):
@@ -182,7 +183,7 @@ def test_mcts_visits_sum_to_simulations_and_values_are_mean_returns(engine, judg
                 assert node["return"] == recorder.rating_of(scored).score
         # The answer follows the most visited child at every level.
         at = 0
-        for chosen in r.trace["chosen"]:
+        for chosen in r.trace["chosen_path"]:
             visited = [n for n in nodes.values() if n["parent"] == at and n.get("visits")]
             assert nodes[chosen]["visits"] == max(n["visits"] for n in visited)
             at = chosen
@@ -195,7 +196,7 @@ def test_mcts_with_puct_and_answer_by_value(engine, judge, problems):
     [r] = config.run(problems[:1], engine, judge)
     nodes = check_mcts(r, 4)
     at = 0
-    for chosen in r.trace["chosen"]:
+    for chosen in r.trace["chosen_path"]:
         visited = [n for n in nodes.values() if n["parent"] == at and n.get("visits")]
         assert nodes[chosen]["q"] == max(n["q"] for n in visited)
         at = chosen

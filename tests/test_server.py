@@ -244,7 +244,7 @@ def test_extra_body_best_of_n_scores_and_counts_scorer_tokens(client):
     info = ponder_of(r)
     assert info["strategy"] == "best_of_n"
     scores = [c["score"] for c in info["candidates"]]
-    best = info["trace"]["best_index"]
+    best = info["chosen"]
     assert r.choices[0].message.content == info["candidates"][best]["text"]
     assert all(s is None or s <= scores[best] for s in scores)
     compute = info["compute"]

@@ -203,12 +203,15 @@ def test_chosen_text_is_the_sample_behind_the_answer():
     cands = (Candidate("so 4", "4", meta={"finish_reason": "eos"}),
              Candidate("so 5", "5", meta={"finish_reason": "length"}),
              Candidate("thus 5", "5"))
-    assert chosen(Result("r", "5", cands, Usage())) == ("so 5", "length")
-    assert chosen(Result("r", "4", cands, Usage(), {"best_index": 2}))[0] == "thus 5"
+    assert chosen(Result("r", "5", cands, Usage(), chosen=1)) == ("so 5", "length")
+    assert chosen(Result("r", "5", cands, Usage(), chosen=2))[0] == "thus 5"
+    assert chosen(Result("r", "7", cands, Usage(), chosen=None)) == ("7", "stop")
     assert chosen(Result("r", None, (), Usage())) == ("", "stop")
     cut = (Candidate("so 5 and", "5", tokens=8),)
-    assert chosen(Result("r", "5", cut, Usage()), max_tokens=8) == ("so 5 and", "length")
-    assert chosen(Result("r", "5", cut, Usage()), max_tokens=16)[1] == "stop"
+    assert chosen(Result("r", "5", cut, Usage(), chosen=0), max_tokens=8) == ("so 5 and", "length")
+    assert chosen(Result("r", "5", cut, Usage(), chosen=0), max_tokens=16)[1] == "stop"
+    with pytest.raises(ValueError, match="not an index"):
+        Result("r", "5", cut, Usage(), chosen=1)
 
 
 def test_usage_counts_scorer_reads_as_prompt_tokens():

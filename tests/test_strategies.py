@@ -112,7 +112,7 @@ def test_best_of_n_picks_the_top_score_and_adds_scorer_tokens(engine, problems):
     for r in results:
         scores = [c.score for c in r.candidates]
         assert r.answer == r.candidates[scores.index(max(scores))].answer
-        assert r.trace["best_index"] == scores.index(max(scores))
+        assert r.chosen == scores.index(max(scores))
         # The policy's forward tokens plus the scorer's tokens, counted apart.
         assert r.usage.scorer_tokens > 0
         assert r.usage.generated_tokens == sum(c.tokens for c in r.candidates)

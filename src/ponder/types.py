@@ -273,10 +273,21 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Result:
-    """What a strategy returns for one problem."""
+    """What a strategy returns for one problem.
+
+    chosen: the index in `candidates` of the candidate the answer comes from (the best one,
+    the kept revision, the first voter for the winning answer), or None when no candidate
+    gave it (nobody answered). Every strategy sets it; a server shows that candidate's text.
+    """
 
     problem_id: str
     answer: str | None
     candidates: tuple[Candidate, ...]
     usage: Usage
     trace: Mapping[str, Any] = field(default_factory=dict)
+    chosen: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.chosen is not None and not 0 <= self.chosen < len(self.candidates):
+            raise ValueError(f"chosen={self.chosen} is not an index of the "
+                             f"{len(self.candidates)} candidates")

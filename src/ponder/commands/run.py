@@ -95,7 +95,7 @@ def _print_result(result, verbose: bool) -> None:
         if abstained:
             print(f"  (no answer)  {abstained:3d}")
     elif len(result.candidates) > 1:
-        chosen = result.trace.get("best_index")
+        chosen = result.chosen
         print("candidates:")
         for i, c in enumerate(result.candidates):
             mark = "*" if i == chosen else " "

@@ -64,7 +64,8 @@ def problem_detail(row: ProblemRow) -> dict[str, Any]:
                      "correct": s.correct, "tokens": s.tokens, "meta": dict(s.meta)}
                     for s in row.samples],
         "votes": trace.get("votes"), "nodes": trace.get("nodes"),
-        "chosen": trace.get("chosen"), "chains": trace.get("chains"),
+        # Stores written before the path had its own key kept it under "chosen".
+        "chosen": trace.get("chosen_path", trace.get("chosen")), "chains": trace.get("chains"),
         "acceptance": trace.get("acceptance_per_block")})
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ponder.tasks.extract import extract_answer
-from ponder.types import Candidate, Generation, Result, Usage
+from ponder.types import Generation, Result, Usage
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 
@@ -94,28 +94,12 @@ def plain_ponder(name: str | None, gens: Sequence[Generation]) -> dict[str, Any]
 
 
 def chosen(result: Result, max_tokens: int | None = None) -> tuple[str, str]:
-    """The text of the candidate a strategy chose, and its finish reason.
-
-    A strategy returns an answer; the message shows the sample that gave it: the one it
-    marked best, the last revision it kept, or the first sample voting for the answer.
-    Without a recorded finish reason, a candidate of max_tokens tokens was cut ("length").
-    """
-    cands = result.candidates
-    pick: Candidate | None = None
-    trace = result.trace or {}
-    if isinstance(trace.get("text"), str):
-        return trace["text"], "stop"
-    best = trace.get("best_index", trace.get("chosen"))
-    if isinstance(best, int) and 0 <= best < len(cands):
-        pick = cands[best]
-    elif any("kept" in c.meta for c in cands):
-        pick = [c for c in cands if c.meta.get("kept")][-1]
-    elif result.answer is not None:
-        pick = next((c for c in cands if c.answer == result.answer), None)
-    if pick is None and cands:
-        pick = cands[0]
-    if pick is None:
+    """The text of the candidate the strategy chose (Result.chosen), and its finish reason;
+    the bare answer when no candidate gave it. Without a recorded finish reason, a candidate
+    of max_tokens tokens was cut ("length")."""
+    if result.chosen is None:
         return result.answer or "", "stop"
+    pick = result.candidates[result.chosen]
     reason = pick.meta.get("finish_reason")
     if reason is None:
         reason = "length" if max_tokens and pick.tokens >= max_tokens else "stop"
@@ -123,7 +107,7 @@ def chosen(result: Result, max_tokens: int | None = None) -> tuple[str, str]:
 
 
 def strategy_ponder(name: str, result: Result, return_candidates: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"strategy": name, "answer": result.answer,
+    out: dict[str, Any] = {"strategy": name, "answer": result.answer, "chosen": result.chosen,
                            "compute": compute_json(result.usage)}
     if return_candidates:
         out["candidates"] = [{"text": c.text, "answer": c.answer, "score": c.score,

@@ -15,7 +15,7 @@ import numpy as np
 from ponder.strategies.base import candidates_from, check_problems, default_render, result
 from ponder.strategies.cost import Cost, sampling_cost
 from ponder.strategies.rounds import prompt_states, round_request, savings
-from ponder.strategies.voting import majority, tally, vote_table
+from ponder.strategies.voting import tally, vote, vote_table
 from ponder.tasks.extract import extract_answer
 from ponder.types import SamplingParams
 
@@ -97,7 +97,8 @@ class AdaptiveSelfConsistency:
             candidates = candidates_from(comps[i], extract)
             answers = [c.answer for c in candidates]
             per_sample = sum(c.tokens for c in candidates) / len(candidates)
-            out.append(result(problem, majority(answers), candidates, usage[i],
+            answer, chosen = vote(answers)
+            out.append(result(problem, answer, candidates, usage[i], chosen=chosen,
                               votes=vote_table(answers), posterior_per_round=posterior[i],
                               rounds=len(posterior[i]),
                               **savings(n, len(comps[i]), usage[i].generated_tokens,

@@ -79,9 +79,11 @@ def check_problems(problems: Sequence[Any]) -> list[Problem]:
 
 
 def result(problem: Problem, answer: str | None, candidates: tuple[Candidate, ...],
-           usage: Usage, **trace: Any) -> Result:
+           usage: Usage, *, chosen: int | None, **trace: Any) -> Result:
+    """A Result; `chosen` (required, so no strategy forgets it) is the index of the candidate
+    the answer comes from, or None."""
     return Result(problem_id=problem.id, answer=answer, candidates=candidates, usage=usage,
-                  trace=trace)
+                  trace=trace, chosen=chosen)
 
 
 def sample_all(problems: Sequence[Problem], engine, params: SamplingParams, render: Render,

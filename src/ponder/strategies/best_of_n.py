@@ -18,7 +18,7 @@ from ponder.strategies.base import (
     sample_all,
 )
 from ponder.strategies.cost import Cost, sampling_cost
-from ponder.strategies.voting import majority, vote_table
+from ponder.strategies.voting import vote, vote_table
 from ponder.tasks.extract import extract_answer
 from ponder.types import SamplingParams, Usage
 
@@ -51,12 +51,13 @@ class BestOfN:
             answers = [c.answer for c in candidates]
             if self.weighted:
                 weights = vote_weights(scores)
-                out.append(result(problem, majority(answers, weights), candidates, usage,
+                answer, chosen = vote(answers, weights)
+                out.append(result(problem, answer, candidates, usage, chosen=chosen,
                                   votes=vote_table(answers, weights)))
             else:
                 best = max(range(len(candidates)), key=lambda i: (scores[i], -i))
                 out.append(result(problem, candidates[best].answer, candidates, usage,
-                                  best_index=best))
+                                  chosen=best))
         return out
 
 

@@ -53,7 +53,7 @@ from ponder.strategies.base import (
     result,
 )
 from ponder.strategies.cost import Cost, blocks
-from ponder.strategies.voting import majority, vote_table
+from ponder.strategies.voting import vote, vote_table
 from ponder.tasks.extract import extract_answer
 from ponder.types import Candidate, GenerateRequest, Prompt, SamplingParams, SequenceState, Usage
 
@@ -119,8 +119,9 @@ class PowerSampling:
             answers = [c.answer for c in candidates]
             usage = Usage.sum(c.usage for c in mine)
             length = sum(len(c.logp) for c in mine)
+            answer, chosen = vote(answers) if self.n > 1 else (answers[0], 0)
             out.append(result(
-                problem, majority(answers) if self.n > 1 else answers[0], candidates, usage,
+                problem, answer, candidates, usage, chosen=chosen,
                 votes=vote_table(answers), acceptance_per_block=[c.acceptance for c in mine],
                 chains=[c.history for c in mine],
                 speculative_tokens_wasted=sum(c.wasted_tokens for c in mine),

@@ -15,7 +15,7 @@ from ponder.strategies.base import (
     sample_all,
 )
 from ponder.strategies.cost import Cost, sampling_cost
-from ponder.strategies.voting import majority, vote_table
+from ponder.strategies.voting import vote, vote_table
 from ponder.tasks.extract import extract_answer
 from ponder.types import SamplingParams
 
@@ -36,6 +36,7 @@ class SelfConsistency:
                                 strict=True):
             candidates = candidates_from(gen.completions, extract)
             answers = [c.answer for c in candidates]
-            out.append(result(problem, majority(answers), candidates, gen.usage,
+            answer, chosen = vote(answers)
+            out.append(result(problem, answer, candidates, gen.usage, chosen=chosen,
                               votes=vote_table(answers)))
         return out

@@ -64,6 +64,7 @@ class SelfRefine:
         candidates = [[Candidate(t, extract(t), s, len(g.completions[0].token_ids),
                                  {"step": "draft", "kept": True})]
                       for t, s, g in zip(current, scores, drafts, strict=True)]
+        chosen = [0] * len(problems)  # the draft, until a revision scores higher
         for it in range(self.iterations):
             critiques = self._ask(engine, problems, CRITIQUE_PROMPT, current, None,
                                   replace(one, max_tokens=self.critique_tokens), f"critique{it}")
@@ -84,7 +85,8 @@ class SelfRefine:
                     {"step": f"revision {it + 1}", "kept": kept}))
                 if kept:
                     current[i], scores[i] = texts[i], new_scores[i]
-        return [result(p, extract(current[i]), tuple(candidates[i]), usage[i],
+                    chosen[i] = len(candidates[i]) - 1
+        return [result(p, extract(current[i]), tuple(candidates[i]), usage[i], chosen=chosen[i],
                        history=history[i], final_score=scores[i])
                 for i, p in enumerate(problems)]
 

@@ -35,7 +35,7 @@ class Sample:
         out = []
         for problem, gen in zip(problems, generations, strict=True):
             candidates = candidates_from(gen.completions, extract)
-            out.append(result(problem, candidates[0].answer, candidates, gen.usage))
+            out.append(result(problem, candidates[0].answer, candidates, gen.usage, chosen=0))
         return out
 
 

@@ -31,7 +31,7 @@ from ponder.strategies.base import (
 )
 from ponder.strategies.cost import Cost, blocks
 from ponder.strategies.power import power_proposal
-from ponder.strategies.voting import majority, vote_table
+from ponder.strategies.voting import vote, vote_table
 from ponder.tasks.extract import extract_answer
 from ponder.types import Candidate, GenerateRequest, Prompt, SamplingParams, SequenceState, Usage
 
@@ -84,11 +84,11 @@ class SMCPower:
                            **confidence_meta(p.entropies)})
                 for t, w, p in zip(texts, weights, swarm.particles, strict=True))
             answers = [c.answer for c in candidates]
-            chosen = swarm.rng.choices(range(len(candidates)), weights=weights)[0]
-            answer = majority(answers, weights) if self.vote else answers[chosen]
-            length = max(1, len(swarm.particles[chosen].logp))
+            drawn = swarm.rng.choices(range(len(candidates)), weights=weights)[0]
+            answer, chosen = vote(answers, weights) if self.vote else (answers[drawn], drawn)
+            length = max(1, len(swarm.particles[drawn].logp))
             out.append(result(
-                problem, answer, candidates, swarm.usage, chosen_index=chosen,
+                problem, answer, candidates, swarm.usage, chosen=chosen, drawn_index=drawn,
                 votes=vote_table(answers, weights), resamples=swarm.resamples,
                 ess_history=swarm.ess_history,
                 cost_ratio_vs_one_sample=swarm.usage.generated_tokens / length))

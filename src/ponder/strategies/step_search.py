@@ -360,9 +360,13 @@ def node_trace(node: Node) -> dict[str, Any]:
 
 def finish(tree: Tree, answer: str | None, candidates: tuple[Candidate, ...],
            chosen: Node | None, **trace):
-    return result(tree.problem, answer, candidates, tree.usage,
+    """The Result: `chosen` is the candidate ending at the chosen node, and the trace holds
+    the whole tree, the path answered from (`chosen_path`, node ids) and why it stopped."""
+    index = next((i for i, c in enumerate(candidates)
+                  if chosen is not None and c.meta["node"] == chosen.id), None)
+    return result(tree.problem, answer, candidates, tree.usage, chosen=index,
                   nodes=[node_trace(n) for n in tree.nodes],
-                  chosen=[n.id for n in chosen.path()] if chosen else [],
+                  chosen_path=[n.id for n in chosen.path()] if chosen else [],
                   stopped=tree.stopped, **trace)
 
 

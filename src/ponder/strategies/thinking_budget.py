@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ponder.engines.base import require
 from ponder.strategies.base import check_problems, default_render, result, sampling_for
 from ponder.strategies.cost import TEMPLATE_TOKENS, Cost
-from ponder.strategies.voting import majority, vote_table
+from ponder.strategies.voting import vote, vote_table
 from ponder.tasks.extract import extract_answer
 from ponder.types import (
     Candidate,
@@ -90,8 +90,9 @@ class ThinkingBudget:
             candidates = tuple(self._candidate(t, engine, extract) for t in mine)
             answers = [c.answer for c in candidates]
             usage = Usage.sum(t.usage for t in mine)
+            answer, chosen = vote(answers)
             out.append(result(
-                problem, majority(answers), candidates, usage, votes=vote_table(answers),
+                problem, answer, candidates, usage, chosen=chosen, votes=vote_table(answers),
                 budget=self.budget, thinking_tokens=[len(t.thinking) for t in mine],
                 forced=sum(t.forced for t in mine), waits=[t.waits for t in mine],
                 tokens=usage.generated_tokens, samples_used=len(mine), samples_saved=0,

@@ -50,6 +50,14 @@ def majority(answers: Sequence[str | None], weights: Sequence[float] | None = No
     return ranked[0].answer if ranked else None
 
 
+def vote(answers: Sequence[str | None],
+         weights: Sequence[float] | None = None) -> tuple[str | None, int | None]:
+    """The winning answer and the index of its first voter (the candidate it came from), or
+    (None, None) when nobody answered."""
+    ranked = tally(answers, weights)
+    return (ranked[0].answer, ranked[0].first_index) if ranked else (None, None)
+
+
 def vote_table(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> list[dict]:
     return [{"answer": t.answer, "votes": t.votes, "weight": round(t.weight, 6)}
             for t in tally(answers, weights)]
