@@ -16,6 +16,19 @@ from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m"
 
+# The weight dtypes every engine and scorer takes, and the short names they also accept.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def dtype_name(name: str) -> str:
+    """A dtype name or alias -> its full name, or a ValueError listing what is accepted."""
+    full = _DTYPE_ALIASES.get(name, name)
+    if full not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; use one of "
+                         f"{sorted([*DTYPE_NAMES, *_DTYPE_ALIASES])}")
+    return full
+
 
 @dataclass(frozen=True)
 class BundledModel:

@@ -31,7 +31,7 @@ from ponder.engines.decode import (
     sample_step,
     wall_share,
 )
-from ponder.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve
+from ponder.models import DEFAULT_MODEL, dtype_name, load_model_and_tokenizer, resolve
 from ponder.sampling import process_logits
 from ponder.types import (
     GenerateRequest,
@@ -43,9 +43,6 @@ from ponder.types import (
     SequenceState,
     Usage,
 )
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
 class HFEngine:
@@ -66,14 +63,13 @@ class HFEngine:
     def __init__(self, model: str | None = None, dtype: str = "float32",
                  device: str | None = None, max_batch_size: int = 64,
                  score_batch_tokens: int = 8192, threads: int | None = None):
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+        dtype = dtype_name(dtype)
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model_name = model or DEFAULT_MODEL
         self.model, self.tokenizer = load_model_and_tokenizer(
-            resolve(self.model_name), DTYPES[dtype], device
+            resolve(self.model_name), getattr(torch, dtype), device
         )
         self.dtype = dtype
         self._setup(device, max_batch_size, score_batch_tokens, threads)

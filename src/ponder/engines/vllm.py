@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ponder.engines.base import Capabilities, TokenCallback, tokenize_prompt
-from ponder.models import DEFAULT_MODEL, ponder_home, resolve
+from ponder.models import DEFAULT_MODEL, dtype_name, ponder_home, resolve
 from ponder.sampling import sample_seed
 from ponder.types import (
     Completion,
@@ -43,9 +43,6 @@ from ponder.types import (
     SequenceState,
     Usage,
 )
-
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16", "auto": "auto"}
 
 
 def _env_defaults(local_model: bool = True) -> dict[str, str]:
@@ -100,8 +97,7 @@ class VLLMEngine:
                  tensor_parallel_size: int = 1, seed: int = 0, enforce_eager: bool | None = None,
                  max_model_len: int | None = None, block_size: int | None = None,
                  **llm_kwargs):
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+        dtype = dtype if dtype == "auto" else dtype_name(dtype)
         if not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be an integer >= 1, got "
                              f"{tensor_parallel_size!r}")
@@ -124,7 +120,7 @@ class VLLMEngine:
             enforce_eager = on_cpu
         if block_size is None and on_cpu:
             block_size = 32
-        options = dict(dtype=DTYPES[dtype], tensor_parallel_size=tensor_parallel_size, seed=seed,
+        options = dict(dtype=dtype, tensor_parallel_size=tensor_parallel_size, seed=seed,
                        enforce_eager=enforce_eager, enable_prefix_caching=True,
                        logprobs_mode="processed_logprobs")
         if max_model_len is not None:
@@ -135,7 +131,7 @@ class VLLMEngine:
         if options["logprobs_mode"] != "processed_logprobs":
             raise ValueError("VLLMEngine needs logprobs_mode='processed_logprobs' (see the "
                              "module docstring)")
-        self.dtype = DTYPES[dtype]
+        self.dtype = dtype
         self.llm = LLM(model=path, tokenizer=path, **options)
         self.tokenizer = self.llm.get_tokenizer()
         config = self.llm.llm_engine.model_config

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ponder.models import dtype_name
 from ponder.scorers.base import Rating, ScoreItem, aggregate
 from ponder.types import Usage
 
@@ -152,11 +153,7 @@ class HFRewardModel:
     def _torch_dtype(self):
         if self.dtype == "auto":
             return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-        if self.dtype not in names:
-            raise ValueError(f"unknown dtype {self.dtype!r}; use auto or one of {sorted(names)}")
-        return names[self.dtype]
+        return getattr(torch, dtype_name(self.dtype))
 
     def _single_id(self, token: str) -> int:
         ids = self.tokenizer.encode(token, add_special_tokens=False)

@@ -65,13 +65,11 @@ class Backbone:
     @classmethod
     def load(cls, name: str, dtype: str = "float32", device: str | None = None,
              layers: Sequence[int] | None = None) -> Backbone:
-        from ponder.engines.hf import DTYPES
-        from ponder.models import load_model_and_tokenizer, resolve
+        from ponder.models import dtype_name, load_model_and_tokenizer, resolve
 
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+        dtype = getattr(torch, dtype_name(dtype))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model, tokenizer = load_model_and_tokenizer(resolve(name), DTYPES[dtype], device)
+        model, tokenizer = load_model_and_tokenizer(resolve(name), dtype, device)
         return cls(model, tokenizer, name, layers)
 
     @property
