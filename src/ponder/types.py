@@ -291,3 +291,18 @@ class Result:
         if self.chosen is not None and not 0 <= self.chosen < len(self.candidates):
             raise ValueError(f"chosen={self.chosen} is not an index of the "
                              f"{len(self.candidates)} candidates")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: a stable id, the question, the gold answer (a string) and metadata
+    such as level, subject, the reference solution and the task name."""
+
+    id: str
+    question: str
+    answer: str
+    metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def task(self) -> str | None:
+        return self.metadata.get("task")

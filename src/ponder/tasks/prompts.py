@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ponder.tasks.datasets import Problem
+from ponder.types import Problem
 
 STYLES = ("plain", "cot", "boxed", "fewshot")
 COT_INSTRUCTION = "Explain step by step."

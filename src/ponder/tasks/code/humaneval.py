@@ -14,7 +14,7 @@ import gzip
 import json
 from importlib import resources
 
-from ponder.tasks.datasets import Problem
+from ponder.types import Problem
 
 TASK = "humaneval"
 DATA_FILE = "HumanEval.jsonl.gz"

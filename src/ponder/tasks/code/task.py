@@ -14,15 +14,16 @@ Grading runs programs, so it is the slow part: grade many candidates with one
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ponder.tasks.code.extract import extract_code
 from ponder.tasks.code.grade import fields, grade_many
 from ponder.tasks.code.humaneval import load_humaneval
 from ponder.tasks.code.sandbox import Limits, Outcome, Sandbox
-from ponder.tasks.datasets import Problem
+from ponder.types import Problem
 
-CODE_TASKS = ("humaneval",)
+# Every code task: its name -> its loader. load_task, task_names and code_task read this.
+CODE_TASKS: dict[str, Callable[[], list[Problem]]] = {"humaneval": load_humaneval}
 _ALIASES = {"human-eval": "humaneval", "human_eval": "humaneval", "he": "humaneval"}
 INSTRUCTION = ("Complete the following Python function. Reply with the whole function, "
                "with its imports, in one ```python code block.")
@@ -43,7 +44,7 @@ def load_code_task(name: str) -> list[Problem]:
     key = canonical_task(name)
     if key is None:
         raise ValueError(f"unknown code task {name!r}; known: {', '.join(CODE_TASKS)}")
-    return load_humaneval()
+    return CODE_TASKS[key]()
 
 
 def render(problem: Problem, style: str = "plain", chat: bool = True):
