@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from ponder.tasks import grade as grade_module
 from ponder.tasks.datasets import load_task
 from ponder.tasks.extract import extract_boxed
 from ponder.tasks.grade import grade, is_equiv, is_equiv_many, normalize_answer
+from ponder.tasks.grade_workers import run_in_process
 
 # (prediction, gold) pairs that must grade equal.
 TRUE = [
@@ -518,6 +518,6 @@ def test_in_process_fallback_has_a_deadline():
         return True
 
     start = time.perf_counter()
-    assert grade_module._run_in_process(slow, "a", "b", 0.2) is None
+    assert run_in_process(slow, "a", "b", 0.2) is None
     assert time.perf_counter() - start < 2
-    assert grade_module._run_in_process(lambda p, g: p == g, "a", "a", 1.0) is True
+    assert run_in_process(lambda p, g: p == g, "a", "a", 1.0) is True
