@@ -91,9 +91,7 @@ def extract_answer_is(text: Any) -> str | None:
     s = _as_text(text)
     if not s:
         return None
-    last = None
-    for last in _ANSWER_IS.finditer(s):  # noqa: B007 - we want the last match
-        pass
+    last = _last_match(_ANSWER_IS, s)
     if last is None:
         return None
     rest = s[last.end() :].lstrip()
@@ -125,9 +123,7 @@ def extract_last_number(text: Any) -> str | None:
     s = _as_text(text)
     if not s:
         return None
-    last = None
-    for last in _NUMBER.finditer(s):  # noqa: B007 - we want the last match
-        pass
+    last = _last_match(_NUMBER, s)
     return last.group(0).replace(",", "") if last else None
 
 
@@ -147,6 +143,13 @@ def _as_text(text: Any) -> str | None:
     if isinstance(text, int | float) and not isinstance(text, bool):
         return str(text)
     return None
+
+
+def _last_match(pattern: re.Pattern[str], s: str) -> re.Match[str] | None:
+    last = None
+    for last in pattern.finditer(s):  # noqa: B007 - we want the last match
+        pass
+    return last
 
 
 def _matching_braces(s: str) -> dict[int, int]:
