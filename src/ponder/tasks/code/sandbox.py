@@ -25,32 +25,31 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import selectors
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-STATUSES = ("passed", "failed", "error", "timeout", "killed")
+from ponder.tasks.code.runner_io import (
+    HOST_GRACE,
+    Outcome,
+    collect,
+    encode,
+    kill_group,
+    read_outcome,
+)
+
 _RUNNER = str(Path(__file__).with_name("_runner.py"))
 # Sandbox uids: 2^30 + pid * 256 + slot. Unique per live host process and worker slot, so
 # RLIMIT_NPROC (counted per uid) is never shared with anyone else, and far from real users.
 _UID_BASE, _SLOTS = 1 << 30, 256
-_HOST_GRACE = 5.0  # the host's own deadline: timeout + this (startup, a stuck supervisor)
-_SIGNALS = {
-    signal.SIGXCPU: "RLIMIT_CPU (SIGXCPU)",
-    signal.SIGKILL: "SIGKILL (hard CPU limit or out of memory)",
-    signal.SIGXFSZ: "RLIMIT_FSIZE (SIGXFSZ)",
-    signal.SIGSEGV: "SIGSEGV (stack or memory limit)",
-}
 
 
 @dataclass(frozen=True)
@@ -95,30 +94,6 @@ class Limits:
     @property
     def cpu(self) -> int:
         return self.cpu_seconds if self.cpu_seconds is not None else max(1, math.ceil(self.timeout))
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one candidate ended. reason: the exception type ("AssertionError",
-    "ZeroDivisionError"), the limit ("RLIMIT_CPU (SIGXCPU)") or what timed out; detail: the
-    exception's message; value: a string the program left in `__result__` (when passed)."""
-
-    status: str
-    reason: str = ""
-    seconds: float = 0.0
-    stdout: str = ""
-    stderr: str = ""
-    truncated: bool = False
-    detail: str = ""
-    value: str | None = field(default=None, repr=False)
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "passed"
-
-    def to_dict(self) -> dict:
-        return {"status": self.status, "reason": self.reason, "seconds": round(self.seconds, 4),
-                "detail": self.detail, "truncated": self.truncated}
 
 
 class Sandbox:
@@ -190,21 +165,11 @@ class Sandbox:
         if self._probe and programs:
             self._check_isolation()
         if len(programs) <= 1 or self.workers == 1:
-            outcomes = []
-            for i, p in enumerate(programs):
-                outcomes.append(self.run(p, limits))
-                if on_done:
-                    on_done(i, outcomes[-1])
-            return outcomes
+            return _in_order((self.run(p, limits) for p in programs), on_done)
         with ThreadPoolExecutor(max_workers=min(self.workers, len(programs)),
                                 thread_name_prefix="ponder-sandbox") as pool:
             futures = [pool.submit(self.run, p, limits) for p in programs]
-            outcomes = []
-            for i, future in enumerate(futures):
-                outcomes.append(future.result())
-                if on_done:
-                    on_done(i, outcomes[-1])
-            return outcomes
+            return _in_order((future.result() for future in futures), on_done)
 
     # ----------------------------------------------------------------------- one run
 
@@ -227,7 +192,7 @@ class Sandbox:
             }
             try:
                 proc = subprocess.Popen(
-                    [self.python, "-S", "-s", "-P", "-B", _RUNNER, _encode(config)],
+                    [self.python, "-S", "-s", "-P", "-B", _RUNNER, encode(config)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                     cwd=workdir, env=_scrubbed_env(workdir), pass_fds=(verdict_w, status_w),
                     close_fds=True, start_new_session=True)
@@ -238,12 +203,12 @@ class Sandbox:
                 proc.stdin.write(program.encode("utf-8", errors="replace"))
             with contextlib.suppress(OSError):
                 proc.stdin.close()
-            streams = _collect(proc, [verdict_r, status_r], started + limits.timeout + _HOST_GRACE,
-                               limits.output_bytes, basic=not self.isolate)
-            return _outcome(proc, streams, time.perf_counter() - started, limits)
+            streams = collect(proc, [verdict_r, status_r], started + limits.timeout + HOST_GRACE,
+                              limits.output_bytes, basic=not self.isolate)
+            return read_outcome(proc, streams, time.perf_counter() - started, limits.timeout)
         finally:
             if proc is not None:
-                _kill_group(proc)
+                kill_group(proc)
                 for stream in (proc.stdout, proc.stderr, proc.stdin):
                     with contextlib.suppress(OSError):
                         stream.close()
@@ -253,121 +218,15 @@ class Sandbox:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-@dataclass
-class _Streams:
-    stdout: bytearray
-    stderr: bytearray
-    verdict: bytearray
-    status: bytearray
-    truncated: bool = False
-    host_timeout: bool = False
-
-
-def _collect(proc: subprocess.Popen, extra: list[int], deadline: float, cap: int,
-             basic: bool) -> _Streams:
-    """Read stdout, stderr and the verdict/status pipes until all close or the deadline
-    passes. Past `cap` bytes a stream is still read (so the writer never blocks) but
-    dropped. In basic mode nothing kills stray children when the main process exits, so
-    their open pipes end the read shortly after it."""
-    out = _Streams(bytearray(), bytearray(), bytearray(), bytearray())
-    targets = {proc.stdout.fileno(): (out.stdout, cap), proc.stderr.fileno(): (out.stderr, cap),
-               extra[0]: (out.verdict, 1 << 20), extra[1]: (out.status, 1 << 16)}
-    exited_at = None
-    with selectors.DefaultSelector() as sel:
-        for fd in targets:
-            sel.register(fd, selectors.EVENT_READ)
-        while sel.get_map():
-            now = time.perf_counter()
-            if now >= deadline:
-                out.host_timeout = True
-                break
-            if basic and exited_at is None and proc.poll() is not None:
-                exited_at = now
-            if exited_at is not None and now - exited_at > 0.5:
-                break
-            for key, _ in sel.select(min(deadline - now, 0.25)):
-                try:
-                    data = os.read(key.fd, 1 << 16)
-                except OSError:
-                    data = b""
-                if not data:
-                    sel.unregister(key.fd)
-                    continue
-                buffer, limit = targets[key.fd]
-                room = limit - len(buffer)
-                if len(data) > room:
-                    out.truncated = True
-                buffer += data[:max(room, 0)]
-    return out
-
-
-def _outcome(proc: subprocess.Popen, streams: _Streams, seconds: float,
-             limits: Limits) -> Outcome:
-    if streams.host_timeout:
-        _kill_group(proc)
-    try:
-        returncode = proc.wait(timeout=_HOST_GRACE)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        returncode = proc.wait()
-    status = _records(streams.status)
-    verdicts = _records(streams.verdict)
-    common = {"seconds": seconds, "truncated": streams.truncated,
-              "stdout": streams.stdout.decode("utf-8", errors="replace"),
-              "stderr": streams.stderr.decode("utf-8", errors="replace")}
-    setup = status.get("setup_error") or verdicts.get("setup_error")
-    if setup:
-        return Outcome("error", "sandbox setup failed", detail=str(setup), **common)
-    if streams.host_timeout or status.get("timeout") == "True":
-        return Outcome("timeout", f"wall-clock timeout ({limits.timeout:g} s)", **common)
-    if verdicts.get("status") in STATUSES:
-        return Outcome(verdicts["status"], verdicts.get("reason", ""),
-                       detail=verdicts.get("detail", ""), value=verdicts.get("value"), **common)
-    code = _int(status.get("exit"))
-    code = returncode if code is None else code
-    if code < 0:
-        reason = _SIGNALS.get(-code) or f"signal {_signal_name(-code)}"
-        return Outcome("killed", reason, **common)
-    return Outcome("error", "exited without a verdict", detail=f"exit status {code}", **common)
-
-
-def _encode(config: dict) -> str:
-    """`key=hex` pairs (see _runner.py for why not JSON)."""
-    return " ".join(f"{k}={str(v).encode('utf-8').hex()}" for k, v in config.items())
-
-
-def _records(buffer: bytearray) -> dict[str, str]:
-    """The runner's `key=hex` lines merged in order (later keys win); junk is skipped."""
-    merged: dict[str, str] = {}
-    for line in bytes(buffer).splitlines():
-        for pair in line.split():
-            key, _, value = pair.partition(b"=")
-            with contextlib.suppress(ValueError):
-                merged[key.decode("ascii")] = bytes.fromhex(value.decode("ascii")).decode(
-                    "utf-8", errors="replace")
-    return merged
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return str(number)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the runner's process group (the supervisor, and in basic mode the
-    candidate and its children). In isolated mode the candidate dies with its supervisor
-    (parent-death signal) and takes its pid namespace with it."""
-    with contextlib.suppress(OSError):
-        os.killpg(proc.pid, signal.SIGKILL)
+def _in_order(outcomes: Iterable[Outcome],
+              on_done: Callable[[int, Outcome], None] | None) -> list[Outcome]:
+    """The outcomes as a list, telling on_done of each as it arrives."""
+    done = []
+    for i, outcome in enumerate(outcomes):
+        done.append(outcome)
+        if on_done:
+            on_done(i, outcome)
+    return done
 
 
 def _scrubbed_env(workdir: str) -> dict[str, str]:
