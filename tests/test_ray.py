@@ -21,7 +21,8 @@ import time
 
 import pytest
 
-from ponder.eval.runner import make_spec, run_eval
+from ponder.eval.runner import run_eval
+from ponder.eval.spec import make_spec
 from ponder.eval.store import Store
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,

@@ -6,7 +6,8 @@ import pytest
 
 from ponder.eval.metrics import Samples, summarize
 from ponder.eval.report import format_table, summarize_run, summarize_store
-from ponder.eval.runner import RunSpec, load_recipe, make_spec, recipe_names, run_eval
+from ponder.eval.runner import run_eval
+from ponder.eval.spec import RunSpec, load_recipe, make_spec, recipe_names
 from ponder.eval.store import Store
 from ponder.tasks.grade import is_equiv
 

@@ -9,7 +9,7 @@ import sys
 from ponder.commands._common import (
     add_engine_args,
     add_sampling_args,
-    engine_from_args,
+    engine_config_from_args,
     sampling_from_args,
 )
 
@@ -37,13 +37,14 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ponder.engines.config import build_engine
     from ponder.types import GenerateRequest
 
     if not args.prompt.strip():
         raise ValueError("the prompt is empty: give some text to complete")
     params = sampling_from_args(args)  # validates before the model loads
     prompt = args.prompt if args.raw else [{"role": "user", "content": args.prompt}]
-    engine = engine_from_args(args)
+    engine = build_engine(engine_config_from_args(args))
     stream = params.n == 1 and not args.json
 
     def on_token(_request, _sample, _token, delta):

@@ -19,15 +19,12 @@ examples:
 
 
 def register(sub: Any) -> None:
-    from ponder.commands._common import add_engine_args
-    from ponder.commands.eval import _strategy_names, add_strategy_args
+    from ponder.commands._common import add_engine_args, add_strategy_args, command_parser
 
-    p = sub.add_parser("run", help="answer one question with a strategy",
+    p = command_parser(sub, "run", help="answer one question with a strategy",
                        description="Answer QUESTION with an inference-time strategy and print "
                        "the chosen answer, the vote table (voting strategies) or the scored "
-                       "candidates, and the compute used.",
-                       epilog=EPILOG.replace("{strategies}", _strategy_names()),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       "candidates, and the compute used.", epilog=EPILOG)
     p.add_argument("question", help="the question, rendered with --prompt")
     add_strategy_args(p)
     add_engine_args(p)
@@ -37,8 +34,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ponder.commands._common import engine_from_args
-    from ponder.commands.eval import flag_options
+    from ponder.commands._common import engine_config_from_args, flag_options
+    from ponder.engines.config import build_engine
+    from ponder.eval.spec import RUN_KEYS
     from ponder.scorers.registry import make_scorer
     from ponder.strategies.registry import STRATEGIES, canonical_name, make_strategy
     from ponder.tasks.datasets import Problem
@@ -48,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("the question is empty")
     name = args.strategy or "greedy"
     key = canonical_name(name)
-    from ponder.eval.runner import RUN_KEYS
-
     options = {k: v for k, v in flag_options(args).items() if k not in RUN_KEYS}
     strategy = make_strategy(key, **options)
     prompt = args.prompt or ("cot" if name.strip().lower() == "cot" else "boxed")
@@ -59,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"strategy {key!r} needs a scorer: add --scorer mean_logprob")
     if args.scorer:
         make_scorer(args.scorer, None)  # validates the name before the model loads
-    engine = engine_from_args(args)
+    engine = build_engine(engine_config_from_args(args))
     scorer = make_scorer(args.scorer, engine) if args.scorer else None
     [result] = strategy.run([problem], engine, scorer,
                             render=lambda p: build_prompt(p, prompt, chat=not args.raw))

@@ -104,11 +104,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"ponder serve: warning: {args.host} is reachable from other machines and no "
               "--api-key is set", file=sys.stderr)
 
-    from ponder.commands._common import engine_from_args
+    from ponder.commands._common import engine_config_from_args
+    from ponder.engines.config import build_engine
     from ponder.scorers.registry import make_scorer
     from ponder.server.app import create_app
 
-    engine = engine_from_args(args)
+    engine = build_engine(engine_config_from_args(args))
     scorers = {name: make_scorer(spec, engine) for name, spec in specs.items()}
     app = create_app(engine, served_name=args.served_model_name, api_key=args.api_key,
                      limits=limits, gather_ms=args.gather_ms,

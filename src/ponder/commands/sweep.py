@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from typing import Any
 
@@ -31,45 +30,37 @@ safe after a kill) continues it: each grid point is a run keyed by its config ha
 
 
 def register(sub: Any) -> None:
-    from ponder.commands._common import add_engine_args
-    from ponder.commands.eval import add_strategy_args
+    from ponder.commands._common import (
+        add_engine_args,
+        add_store_args,
+        add_strategy_args,
+        add_task_args,
+        command_parser,
+    )
 
-    p = sub.add_parser("sweep", help="run a grid of strategies x options over one task",
+    p = command_parser(sub, "sweep", help="run a grid of strategies x options over one task",
                        description="Run every combination of strategies and option values "
                        "(--grid) over one task into one store, resumable like `ponder eval`; "
-                       "ends with the table of every run.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    task = p.add_argument_group("task")
-    task.add_argument("--task", required=True,
-                      help="arith, arith:1..3, math500, gsm8k, aime24, amc23 or a .jsonl")
-    task.add_argument("--limit", type=int, help="first N problems (after filters and shuffle)")
-    task.add_argument("--levels", help="comma list of levels to keep (math500, arith)")
-    task.add_argument("--subjects", help="comma list of subjects to keep (math500)")
-    task.add_argument("--shuffle-seed", type=int, help="shuffle problems with this seed first")
+                       "ends with the table of every run.", epilog=EPILOG)
+    add_task_args(p, required=True)
     add_strategy_args(p, multi=True)
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="an option and its values (repeatable: the product is run)")
     add_engine_args(p)
     p.set_defaults(model=None, dtype=None)
-    out = p.add_argument_group("store and output")
-    out.add_argument("--out", default="sweep.db", help="SQLite file (default sweep.db)")
-    out.add_argument("--chunk", type=int, default=None,
-                     help="problems per strategy call (default: fill the batch, 1-16)")
-    out.add_argument("--no-progress", action="store_true", help="no progress bar")
-    out.add_argument("--dry-run", action="store_true", help="list the runs and stop")
-    out.add_argument("--json", action="store_true", help="end with one JSON line of summaries")
+    add_store_args(p, "sweep.db", dry_run=True)
     p.set_defaults(func=run, resume=False)
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     """`["n=1,2", "alpha=2,4"]` -> {"n": [1, 2], "alpha": [2, 4]} (values as YAML reads)."""
-    from ponder.commands.eval import _scalar
+    from ponder.commands._common import yaml_scalar
 
     grid: dict[str, list[Any]] = {}
     for item in items:
         key, eq, values = item.partition("=")
         key = key.strip().replace("-", "_")
-        parsed = [_scalar(v.strip()) for v in values.split(",") if v.strip()]
+        parsed = [yaml_scalar(v.strip()) for v in values.split(",") if v.strip()]
         if not eq or not key or not parsed:
             raise ValueError(f"--grid takes KEY=V1,V2,... (e.g. n=1,2,4), got {item!r}")
         if key in grid:
@@ -83,20 +74,20 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
 
 def _takes(strategy: str, key: str) -> bool:
     """Whether a run of `strategy` uses option `key` (greedy ones take no sampling keys)."""
-    from ponder.commands.eval import SAMPLING_FLAGS
-    from ponder.eval.runner import RUN_KEYS
+    from ponder.commands._common import SAMPLING_FLAGS, greedy
+    from ponder.eval.spec import RUN_KEYS
     from ponder.strategies.registry import SAMPLING_OPTIONS, STRATEGIES, canonical_name
 
     entry = STRATEGIES[canonical_name(strategy)]
-    if key in SAMPLING_FLAGS and entry.defaults.get("temperature", 1.0) == 0:
+    if key in SAMPLING_FLAGS and greedy(strategy):
         return False
     return key in RUN_KEYS or key in SAMPLING_OPTIONS or key in entry.extra_options
 
 
 def build_specs(args: argparse.Namespace) -> list:
     """Every grid point as a validated RunSpec, duplicates removed (nothing loaded)."""
-    from ponder.commands.eval import flag_options
-    from ponder.eval.runner import make_spec
+    from ponder.commands._common import flag_options
+    from ponder.eval.spec import make_spec
 
     flags = flag_options(args)
     if args.label:
@@ -128,35 +119,25 @@ def build_specs(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ponder.commands.eval import _run_one, _sigterm_as_interrupt
-    from ponder.engines import ENGINES
-    from ponder.eval.report import format_table
-    from ponder.eval.store import Store
+    from ponder.commands._common import check_run_args, print_summaries, run_specs
 
-    if args.chunk is not None and args.chunk < 1:
-        raise ValueError(f"--chunk must be >= 1, got {args.chunk}")
-    if args.engine not in ENGINES:
-        raise ValueError(f"unknown engine {args.engine!r}; known: {', '.join(ENGINES)}")
+    config = check_run_args(args)
     specs = build_specs(args)
     if args.dry_run:
         print(f"sweep: {len(specs)} run(s) into {args.out}", file=sys.stderr)
         for spec in specs:
             print(f"{spec.run_id[:8]}  {spec.label}")
         return 0
-    with Store(args.out) as store, _sigterm_as_interrupt():
-        print(f"sweep: {len(specs)} run(s) into {args.out}", file=sys.stderr)
-        summaries, engines = [], {}
-        for i, spec in enumerate(specs):
-            print(f"[{i + 1}/{len(specs)}] {spec.label}", file=sys.stderr)
-            summary = _run_one(spec, store, engines, args)
-            if summary is None:
-                print("re-run the same `ponder sweep` command to continue the sweep",
-                      file=sys.stderr)
-                return 130
-            summaries.append(summary)
-    print(format_table(summaries))
-    print(f"\nstored in {args.out}; `ponder report {args.out} --html report.html --png plots/`"
-          " draws the curves", file=sys.stderr)
-    if args.json:
-        print(json.dumps({"runs": [s.to_dict() for s in summaries]}))
+
+    def announce(i: int, spec) -> None:
+        if i == 0:  # the store is open
+            print(f"sweep: {len(specs)} run(s) into {args.out}", file=sys.stderr)
+        print(f"[{i + 1}/{len(specs)}] {spec.label}", file=sys.stderr)
+
+    summaries = run_specs(specs, args, config, announce=announce)
+    if summaries is None:
+        print("re-run the same `ponder sweep` command to continue the sweep", file=sys.stderr)
+        return 130
+    print_summaries(summaries, args, f"`ponder report {args.out} --html report.html --png "
+                    "plots/` draws the curves")
     return 0

@@ -3,8 +3,8 @@
     with RayWorkers({"engine": "hf", "threads": 1}, workers=2) as pool:
         outcome = pool.run(spec, store)
 
-Each worker is a Ray actor that builds its engine from the same options as the CLI's engine
-flags (`engine_from_args`), loads it once, and runs chunks of problems through the
+Each worker is a Ray actor that builds its engine from an EngineConfig (the options of the
+CLI's engine flags), with each run's model and dtype, loads it once, and runs chunks of problems through the
 strategy, grading them where they ran. The driver hands out chunks (fixed by task position,
 as in a local run) to whichever worker is free, and writes each returned problem into the
 store in its own transaction: it is the only writer, so a distributed run resumes exactly
@@ -17,25 +17,26 @@ pool joins that cluster, whose nodes need ponder (and the engine's packages) ins
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import socket
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
+from ponder.engines.config import EngineConfig, build_engine
 from ponder.eval.runner import (
     Outcome,
-    RunSpec,
-    _Progress,
+    Progress,
     auto_chunk,
     begin_run,
     make_run_scorer,
     run_chunk,
     todo_chunks,
 )
+from ponder.eval.spec import RunSpec
 from ponder.eval.store import ProblemRow, Store
 from ponder.tasks.datasets import Problem
 
@@ -54,25 +55,6 @@ def import_ray():
     return ray
 
 
-def engine_options(given: Mapping[str, Any] | argparse.Namespace | None = None) -> dict[str, Any]:
-    """The engine flags' values (`--engine`, `--device`, `--threads`, ...) with their CLI
-    defaults filled in; other keys of a CLI namespace are dropped, unknown keys of a
-    mapping are an error."""
-    from ponder.commands._common import add_engine_args
-
-    parser = argparse.ArgumentParser(add_help=False)
-    add_engine_args(parser)
-    options = vars(parser.parse_args([]))
-    if isinstance(given, argparse.Namespace):
-        given = {k: v for k, v in vars(given).items() if k in options}
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(options))
-    if unknown:
-        raise ValueError(f"unknown engine option(s) {unknown}; known: {', '.join(options)}")
-    # model and dtype come from each run's spec; None stands for "the default" on the CLI.
-    return {**options, **{k: v for k, v in given.items() if v is not None}}
-
-
 def ray_chunk(spec: RunSpec, max_batch_size: int, total: int, workers: int) -> int:
     """Problems per strategy call: the local default, but small enough that every worker
     gets a chunk. It depends on the selected problems (not what is left), so a resumed run
@@ -84,14 +66,14 @@ class Worker:
     """A Ray actor's state: one engine, loaded on first use and kept across chunks and
     runs (rebuilt only when a run needs another model or dtype)."""
 
-    def __init__(self, options: Mapping[str, Any], threads: int):
+    def __init__(self, config: EngineConfig, threads: int):
         # Set before torch is imported in this process (as the CLI does): OpenMP threads
         # that spin while waiting slow everything on a CPU shared with other workers.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        self.options = dict(options)
-        if self.options.get("threads") is None:
+        if config.threads is None:
             # Not one thread per core of the node: the worker owns only its Ray CPUs.
-            self.options["threads"] = threads
+            config = replace(config, threads=threads)
+        self.config = config
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.key: tuple[str, str] | None = None
         self.engine = None
@@ -99,12 +81,9 @@ class Worker:
         self.strategy = self.scorer = None
 
     def load(self, model: str, dtype: str) -> dict[str, Any]:
-        from ponder.commands._common import engine_from_args
-
         if self.key != (model, dtype):
             self.engine = None  # free the previous model first
-            self.engine = engine_from_args(argparse.Namespace(
-                **{**self.options, "model": model, "dtype": dtype}))
+            self.engine = build_engine(replace(self.config, model=model, dtype=dtype))
             self.key, self.run_id = (model, dtype), None
         return {"worker": self.name,
                 "max_batch_size": getattr(self.engine, "max_batch_size", 64)}
@@ -125,8 +104,9 @@ class Worker:
 class RayWorkers:
     """A pool of Ray actors, each with one engine. Use as a context manager.
 
-    options: engine options as the CLI's engine flags name them (engine, device, threads,
-        max_batch_size, base_url, ...); see `engine_options`.
+    config: the engines' options, an EngineConfig or a mapping of its fields (engine,
+        device, threads, max_batch_size, base_url, ...; None values take the defaults);
+        each run's spec gives the model and dtype.
     workers: actors (engines); cpus_per_worker / gpus_per_worker: Ray resources each
         reserves (a worker's torch threads default to its CPUs).
     address: a running cluster ("auto", "HOST:6379", "ray://HOST:10001"); None starts a
@@ -134,7 +114,7 @@ class RayWorkers:
         process is used as it is, and left running.
     """
 
-    def __init__(self, options: Mapping[str, Any] | argparse.Namespace | None = None, *,
+    def __init__(self, config: EngineConfig | Mapping[str, Any] | None = None, *,
                  workers: int = 2, address: str | None = None, cpus_per_worker: float = 1,
                  gpus_per_worker: float = 0, object_store_mb: int = 256):
         if workers < 1:
@@ -142,7 +122,8 @@ class RayWorkers:
         if cpus_per_worker <= 0 or gpus_per_worker < 0:
             raise ValueError("a Ray worker needs > 0 CPUs and >= 0 GPUs, got "
                              f"{cpus_per_worker} and {gpus_per_worker}")
-        self.options = engine_options(options)
+        self.config = config if isinstance(config, EngineConfig) \
+            else EngineConfig.from_mapping(config)
         self.workers, self.address = workers, address
         self.cpus, self.gpus = cpus_per_worker, gpus_per_worker
         self.object_store_mb = object_store_mb
@@ -174,7 +155,7 @@ class RayWorkers:
             actor = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=2,
                                max_task_retries=2)(Worker)
             threads = max(1, int(self.cpus))
-            self.actors = [actor.remote(self.options, threads) for _ in range(self.workers)]
+            self.actors = [actor.remote(self.config, threads) for _ in range(self.workers)]
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -238,7 +219,7 @@ class RayWorkers:
         for _ in range(IN_FLIGHT):  # round-robin, so each worker starts with a chunk
             for actor in self.actors:
                 submit(actor)
-        bar = _Progress(spec.label, len(problems), prior, progress)
+        bar = Progress(spec.label, len(problems), prior, progress)
         started = time.perf_counter()
         try:
             while pending:
@@ -291,12 +272,3 @@ def _cannot_join(address: str, exc: BaseException) -> str:
                 "$RAY_AUTH_TOKEN")
     return (f"could not join the Ray cluster at {address} ({str(exc).splitlines()[0]}); "
             "is it running (`ray start --head`, then `ray status`)?")
-
-
-def run_eval_ray(spec: RunSpec, store: Store, problems: Sequence[Problem] | None = None, *,
-                 options: Mapping[str, Any] | None = None, workers: int = 2,
-                 address: str | None = None, chunk: int | None = None,
-                 progress: bool = True, **pool) -> Outcome:
-    """One run on a pool of Ray workers made for it (see RayWorkers for the options)."""
-    with RayWorkers(options, workers=workers, address=address, **pool) as ray_pool:
-        return ray_pool.run(spec, store, problems, chunk=chunk, progress=progress)
