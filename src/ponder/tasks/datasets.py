@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
@@ -22,6 +21,7 @@ from typing import Any
 
 from ponder.tasks import arith
 from ponder.tasks.code.task import CODE_TASKS, canonical_task, load_code_task
+from ponder.tasks.subset import check_limit, subset
 from ponder.types import Problem
 
 # name -> (file, question field, answer field, id field or None)
@@ -66,8 +66,7 @@ def load_task(
         first present of question/problem/prompt/input, answer/gold/target and
         id/unique_id/problem_id (no id field: ids are `<file stem>-<line index>`).
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    check_limit(limit)
     if shuffle_seed is not None and (
         isinstance(shuffle_seed, bool) or not isinstance(shuffle_seed, int)
     ):
@@ -77,11 +76,7 @@ def load_task(
         problems = _filter_levels(problems, levels)
     if subjects is not None:
         problems = _filter_subjects(problems, subjects)
-    if shuffle_seed is not None:
-        random.Random(shuffle_seed).shuffle(problems)
-    if limit is not None:
-        problems = problems[:limit]
-    return problems
+    return subset(problems, limit, shuffle_seed)
 
 
 def _load_all(

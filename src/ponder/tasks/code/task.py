@@ -13,13 +13,13 @@ Grading runs programs, so it is the slow part: grade many candidates with one
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 
 from ponder.tasks.code.extract import extract_code
 from ponder.tasks.code.grade import fields, grade_many
 from ponder.tasks.code.humaneval import load_humaneval
 from ponder.tasks.code.sandbox import Limits, Outcome, Sandbox
+from ponder.tasks.subset import check_limit, subset
 from ponder.types import Problem
 
 # Every code task: its name -> its loader. load_task, task_names and code_task read this.
@@ -41,10 +41,14 @@ def canonical_task(name: object) -> str | None:
 
 def load_code_task(name: str) -> list[Problem]:
     """All problems of a code task, in file order."""
+    return CODE_TASKS[_known(name)]()
+
+
+def _known(name: object) -> str:
     key = canonical_task(name)
     if key is None:
         raise ValueError(f"unknown code task {name!r}; known: {', '.join(CODE_TASKS)}")
-    return CODE_TASKS[key]()
+    return key
 
 
 def render(problem: Problem, style: str = "plain", chat: bool = True):
@@ -68,10 +72,7 @@ class CodeTask:
 
     def __init__(self, name: str = "humaneval", limits: Limits | None = None,
                  workers: int | None = None, style: str = "plain", chat: bool = True) -> None:
-        key = canonical_task(name)
-        if key is None:
-            raise ValueError(f"unknown code task {name!r}; known: {', '.join(CODE_TASKS)}")
-        self.name, self.limits, self.workers = key, limits or Limits(), workers
+        self.name, self.limits, self.workers = _known(name), limits or Limits(), workers
         self.style, self.chat = style, chat
         self._sandbox: Sandbox | None = None
 
@@ -83,13 +84,8 @@ class CodeTask:
 
     def load(self, limit: int | None = None, shuffle_seed: int | None = None) -> list[Problem]:
         """Problems, optionally shuffled with a seed, then the first `limit`."""
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                                  or limit < 1):
-            raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
-        problems = load_code_task(self.name)
-        if shuffle_seed is not None:
-            random.Random(shuffle_seed).shuffle(problems)
-        return problems[:limit] if limit is not None else problems
+        check_limit(limit)
+        return subset(load_code_task(self.name), limit, shuffle_seed)
 
     def render(self, problem: Problem):
         return render(problem, self.style, self.chat)
@@ -115,4 +111,5 @@ class CodeTask:
 
 def code_task(name: object, **options) -> CodeTask | None:
     """A CodeTask when `name` names a code task, else None (a math task or a file)."""
-    return CodeTask(canonical_task(name), **options) if canonical_task(name) else None
+    key = canonical_task(name)
+    return CodeTask(key, **options) if key else None
