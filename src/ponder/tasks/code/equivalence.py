@@ -49,6 +49,7 @@ _NAME_HINTS = {"n": "int", "k": "int", "m": "int", "num": "int", "x": "int", "y"
                "s": "str", "string": "str", "text": "str", "word": "str",
                "arr": "list[int]", "lst": "list[int]", "nums": "list[int]"}
 _SYNTHESIZED = 6
+_NOT_LITERAL = (SyntaxError, ValueError, TypeError, MemoryError, RecursionError)  # literal_eval
 
 
 def probe_calls(problem: Any, limit: int = MAX_CALLS) -> list[str]:
@@ -167,7 +168,7 @@ def _literal_call(call: str, entry: str) -> bool:
             return False
         for arg in [*node.args, *(k.value for k in node.keywords)]:
             ast.literal_eval(arg)
-    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+    except _NOT_LITERAL:
         return False
     return True
 
@@ -205,7 +206,7 @@ def _literal_prefix(text: str) -> str | None:
             continue
         try:
             ast.literal_eval(piece)
-        except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        except _NOT_LITERAL:
             continue
         return piece
     return None

@@ -77,7 +77,7 @@ def _negate_condition(fn: ast.FunctionDef) -> bool:
 
 def _drop_last_statement(fn: ast.FunctionDef) -> bool:
     """The last statement before the final return (a forgotten update)."""
-    body = fn.body[1:] if _docstring(fn) else fn.body
+    body = _body(fn)
     if len(body) < 2:
         return False
     fn.body.remove(body[-2])
@@ -116,10 +116,14 @@ def _docstring(fn: ast.FunctionDef) -> bool:
         isinstance(first.value.value, str)
 
 
+def _body(fn: ast.FunctionDef) -> list[ast.stmt]:
+    """The function's statements after its docstring."""
+    return fn.body[1:] if _docstring(fn) else fn.body
+
+
 def _walk_body(fn: ast.FunctionDef):
     """Nodes of the function body in source order (the docstring skipped)."""
-    body = fn.body[1:] if _docstring(fn) else fn.body
-    for statement in body:
+    for statement in _body(fn):
         yield from _ordered_walk(statement)
 
 
