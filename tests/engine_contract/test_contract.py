@@ -146,6 +146,44 @@ def test_continuing_from_a_state_matches_one_long_generation(any_engine):
     assert head.token_ids + tail.token_ids == whole.token_ids
 
 
+def test_follow_ups_run_the_same_chains_as_lockstep_rounds(any_engine):
+    """Chains of continuations (as power sampling runs them): on an engine with follow-ups
+    each chain's next request joins the running loop; the lockstep fallback runs them round
+    by round. Same requests and seeds, so the same tokens, chain by chain."""
+    from types import SimpleNamespace
+
+    from ponder.engines.base import Capabilities, generate_chained
+
+    if not any_engine.capabilities.follow_ups:
+        pytest.skip(f"{any_engine.name} has no follow-ups")
+
+    def chains(engine):
+        where = {}  # request index -> (chain, link)
+
+        def follow_up(index, gen):
+            chain, link = where[index]
+            if link == 2:
+                return []
+            where[len(where)] = (chain, link + 1)
+            return [GenerateRequest(state=gen.completions[0].state, keep_state=True,
+                                    params=SamplingParams(temperature=1.0, max_tokens=3 + chain,
+                                                          seed=10 * chain + link + 1,
+                                                          ignore_eos=True))]
+
+        starts = [GenerateRequest(prompt=p, keep_state=True, params=SamplingParams(
+            temperature=1.0, max_tokens=2 + 3 * chain, seed=10 * chain, ignore_eos=True))
+            for chain, p in enumerate((PROMPT, OTHER, PROMPT))]
+        where.update({i: (i, 0) for i in range(len(starts))})
+        out = generate_chained(engine, starts, follow_up)
+        return {where[i]: g.completions[0].token_ids for i, g in enumerate(out)}
+
+    lockstep = SimpleNamespace(capabilities=Capabilities(follow_ups=False),
+                               generate=lambda requests: any_engine.generate(requests))
+    joined = chains(any_engine)
+    assert len(joined) == 9
+    assert joined == chains(lockstep)
+
+
 def test_top_logprobs_when_supported(any_engine):
     if not any_engine.capabilities.top_logprobs:
         pytest.skip(f"{any_engine.name} does not return top log-probabilities")

@@ -1,6 +1,6 @@
-"""What every engine that runs ponder's own decode loop shares (the native and llama.cpp
-engines): a sample's record, the per-step sampling and bookkeeping, incremental
-detokenization, and turning finished jobs into Generations.
+"""What a step of ponder's own decode loop (native and llama.cpp engines) does with the
+next-token logits: a sampling sample's record, the per-step sampling and bookkeeping, and
+incremental detokenization.
 
 The engines differ in how they run the model and keep the KV cache; what a step does with
 the next-token logits is the same, so samples (and their log-probabilities) follow the same
@@ -10,53 +10,34 @@ from the sample's own seeded generator, log p at T=1 and log q under the process
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from ponder.engines.base import TokenCallback
+from ponder.engines.collect import SampleRecord
 from ponder.sampling import process_logits, sample_rows, sample_seed
-from ponder.types import Completion, Generation, SequenceState, StepView, Usage
+from ponder.types import StepView
 
 
-@dataclass(eq=False)
-class DecodeSample:
-    """One sample being decoded. `job` is the engine's record of its request: it has
-    `index`, `request`, `params`, `ids` (the prompt's tokens), `seed`, `prefill_tokens`
-    and `samples` (this sample adds itself)."""
+@dataclass(eq=False, kw_only=True)
+class DecodeSample(SampleRecord):
+    """A sample that ponder's decode loop is sampling: its own seeded generator (None for
+    greedy decoding) and incremental detokenizer. `job` is the engine's JobRecord."""
 
-    job: Any
-    index: int
-    generator: torch.Generator | None
     detok: Detokenizer
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    sampling_logprobs: list[float] = field(default_factory=list)
-    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    generator: torch.Generator | None = None
     entropies: list[float] = field(default_factory=list)
-    forward_tokens: int = 0
-    finish_reason: str | None = None
-    state: SequenceState | None = None
 
     def __post_init__(self) -> None:
-        self.job.samples.append(self)
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-
-def sample_generator(params, base_seed: int, index: int) -> torch.Generator | None:
-    """Sample `index`'s own generator: its draws depend on the request seed and its index
-    only, never on what shares its batch (None for greedy decoding)."""
-    if params.greedy:
-        return None
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(sample_seed(base_seed, index))
-    return gen
+        super().__post_init__()
+        if not self.job.params.greedy:
+            # Its draws depend on the request seed and its index only, never on what shares
+            # its batch.
+            self.seed = sample_seed(self.job.seed, self.index)
+            self.generator = torch.Generator(device="cpu")
+            self.generator.manual_seed(self.seed)
 
 
 # Rows whose per-step vocabulary work (processors, softmax, cumsum) runs together: a [64,
@@ -98,6 +79,7 @@ def sample_step(logits: torch.Tensor, live: list[DecodeSample], is_end: Callable
             sample.finish_reason = "eos"
             continue
         delta = sample.detok.push(tok)
+        sample.text = sample.detok.text
         if on_token is not None:
             on_token(sample.job.index, sample.index, tok, delta)
         stop_hook = sample.job.request.should_stop
@@ -107,6 +89,7 @@ def sample_step(logits: torch.Tensor, live: list[DecodeSample], is_end: Callable
             sample.finish_reason = "stopped"
         elif p.stop and sample.detok.cut_at_stop(p.stop, len(delta)):
             sample.finish_reason = "stop"
+            sample.text = sample.detok.text
         elif (len(sample.token_ids) >= p.max_tokens
               or len(sample.job.ids) + len(sample.token_ids) >= max_positions):
             sample.finish_reason = "length"
@@ -132,37 +115,6 @@ def _draw(logits: torch.Tensor, params: list, uniforms: list[float], top_k: int)
     chosen_sampling = processed.log_softmax(dim=-1).gather(1, column).squeeze(1)
     top = model_lp.topk(top_k, dim=-1) if top_k else None
     return tokens, chosen_model, chosen_sampling, entropies, top
-
-
-def wall_share(jobs, started: float) -> float:
-    """Seconds per forward token since `started`: batched work is shared out by tokens fed."""
-    total = sum(j.prefill_tokens + sum(s.forward_tokens for s in j.samples) for j in jobs)
-    return (time.perf_counter() - started) / (total or 1)
-
-
-def collect_generations(jobs, share: float) -> list[Generation]:
-    """Each finished job's Generation: its samples as Completions, in sample order, and its
-    Usage (prefill once + every sample's decode), wall time shared out at `share` seconds
-    per forward token."""
-    out = []
-    for job in jobs:
-        completions = []
-        for s in sorted(job.samples, key=lambda s: s.index):
-            usage = Usage(generated_tokens=len(s.token_ids), forward_tokens=s.forward_tokens,
-                          wall_seconds=s.forward_tokens * share)
-            completions.append(Completion(
-                text=s.detok.text, token_ids=tuple(s.token_ids), logprobs=tuple(s.logprobs),
-                sampling_logprobs=tuple(s.sampling_logprobs), finish_reason=s.finish_reason,
-                usage=usage, state=s.state,
-                top_logprobs=tuple(s.top_logprobs) if job.params.logprobs else None,
-                seed=None if job.params.greedy else sample_seed(job.seed, s.index),
-                entropies=tuple(s.entropies),
-            ))
-        prefill = Usage(prompt_tokens=len(job.ids), forward_tokens=job.prefill_tokens,
-                        calls=1, wall_seconds=job.prefill_tokens * share)
-        usage = prefill + Usage.sum(c.usage for c in completions)
-        out.append(Generation(tuple(completions), usage, tuple(job.ids)))
-    return out
 
 
 class Detokenizer:

@@ -12,32 +12,29 @@ feeds the last token of every live sample together; finished samples leave the b
 
 from __future__ import annotations
 
-import os
 import time
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ponder.engines import kv as kvlib
 from ponder.engines.allocator import keep_freed_memory
 from ponder.engines.base import Admit, Capabilities, FollowUp, TokenCallback, tokenize_prompt
-from ponder.engines.decode import (
-    DecodeSample,
-    Detokenizer,
-    collect_generations,
-    sample_generator,
-    sample_step,
-    wall_share,
+from ponder.engines.collect import JobRecord
+from ponder.engines.decode import DecodeSample, Detokenizer
+from ponder.engines.requests import (
+    continuation_logprobs,
+    default_threads,
+    request_seed,
+    score_rows,
 )
+from ponder.engines.scheduler import run_decode
 from ponder.models import DEFAULT_MODEL, dtype_name, load_model_and_tokenizer, resolve
-from ponder.sampling import process_logits
 from ponder.types import (
     GenerateRequest,
     Generation,
     Prompt,
-    SamplingParams,
     Scored,
     ScoreRequest,
     SequenceState,
@@ -92,9 +89,7 @@ class HFEngine:
         self.score_batch_tokens = score_batch_tokens
         if self.device.type == "cpu":
             keep_freed_memory()
-            threads = threads or int(os.environ.get("PONDER_THREADS") or 0) or len(
-                os.sched_getaffinity(0))
-            torch.set_num_threads(max(1, threads))
+            torch.set_num_threads(default_threads(threads))
         eos = {self.tokenizer.eos_token_id}
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
@@ -127,109 +122,9 @@ class HFEngine:
         the loop the same way (a server admits requests that arrived meanwhile, so a short
         one never waits for a long batch to end).
         """
-        requests = list(requests)
-        if not all(isinstance(r, GenerateRequest) for r in requests):
-            raise ValueError("generate() takes a sequence of GenerateRequest")
-        started = time.perf_counter()
-        jobs = [self._job(i, r) for i, r in enumerate(requests)]
-        pending = deque(jobs)
-        batch: kvlib.KVBatch | None = None
-        live: list[DecodeSample] = []
-        logits = torch.empty(0)
-        next_tokens = torch.empty(0, dtype=torch.long, device=self.device)
-        while True:
-            if admit is not None:
-                self._add(admit(), jobs, pending)
-            if not (pending or live):
-                break
-            admitted = self._admit(pending, len(live))
-            joining = [j for j in admitted if self._joins_step(j)]
-            fresh = [j for j in admitted if not self._joins_step(j)]
-            if fresh:
-                new_logits, new_batch, new_samples = self._prefill(fresh)
-                batch = new_batch if batch is None or not live else kvlib.concat(batch, new_batch)
-                logits = new_logits if not live else torch.cat([logits, new_logits])
-                live += new_samples
-            if live:
-                next_tokens = sample_step(logits, live, self.eos_ids.__contains__,
-                                          self.max_positions, on_token)
-                keep = [i for i, s in enumerate(live) if not s.done]
-                completed = []
-                for i, sample in enumerate(live):
-                    if sample.done:
-                        self._finish(sample, batch, i)
-                        if sample.job.finished:
-                            completed.append(sample.job)
-                live = [live[i] for i in keep]
-                if len(keep) < batch.size:
-                    batch = batch.select(torch.tensor(keep, device=self.device)) if keep else None
-                    next_tokens = next_tokens[keep]
-                if follow_up is not None and completed:
-                    self._follow(follow_up, completed, jobs, pending, started)
-                    # Follow-ups that continue a cached state join this very step.
-                    joining += self._admit(pending, len(live) + len(joining), self._joins_step)
-            for sample in live:
-                sample.forward_tokens += 1  # its last sampled token goes through the model
-            if joining:
-                join_batch, join_tokens, join_samples = self._join(joining)
-                batch = join_batch if not live else kvlib.concat(batch, join_batch)
-                next_tokens = join_tokens if not live else torch.cat([next_tokens, join_tokens])
-                live += join_samples
-            if not live:
-                batch = None
-                continue
-            self.decode_steps += 1
-            ones = torch.ones(len(live), 1, dtype=torch.long, device=self.device)
-            step_logits, batch = kvlib.forward(self.model, batch, next_tokens.unsqueeze(1), ones)
-            logits = step_logits[:, -1]
-        return collect_generations(jobs, wall_share(jobs, started))
+        return run_decode(_Run(self), requests, on_token, follow_up, admit)
 
-    def _admit(self, pending: deque, in_batch: int, only=None) -> list[_Job]:
-        """Take waiting jobs, first come first served, while their samples fit in the batch
-        (always at least one when the batch is empty); with `only`, stop at the first job
-        that does not satisfy it."""
-        admitted: list[_Job] = []
-        room = self.max_batch_size - in_batch
-        while pending and (only is None or only(pending[0])):
-            need = pending[0].params.n
-            if need > room and (admitted or in_batch):
-                break
-            admitted.append(pending.popleft())
-            room -= need
-        return admitted
-
-    @staticmethod
-    def _joins_step(job: _Job) -> bool:
-        """A one-sample continuation whose state is cached but for its last token needs no
-        prefill pass of its own: that token rides along in the next decode step."""
-        return job.cache is not None and job.cached == len(job.ids) - 1 and job.params.n == 1
-
-    def _join(self, jobs: list[_Job]):
-        batch = kvlib.from_row_caches([(j.cache, j.cached) for j in jobs], self.device)
-        tokens = torch.tensor([j.ids[-1] for j in jobs], dtype=torch.long, device=self.device)
-        samples = []
-        for job in jobs:
-            job.prefill_tokens = 1
-            samples.append(self._new_sample(job, 0))
-        return batch, tokens, samples
-
-    def _follow(self, follow_up: FollowUp, completed: list[_Job], jobs: list[_Job],
-                pending: deque, started: float) -> None:
-        share = wall_share(jobs, started)
-        for job in completed:
-            self._add(follow_up(job.index, collect_generations([job], share)[0]), jobs, pending)
-
-    def _add(self, requests: Sequence[GenerateRequest], jobs: list[_Job], pending: deque) -> None:
-        """New requests joining a running loop take the next indices, in order."""
-        for request in requests:
-            if not isinstance(request, GenerateRequest):
-                raise ValueError("follow_up and admit must return GenerateRequests")
-            new = self._job(len(jobs), request)
-            jobs.append(new)
-            pending.append(new)
-
-    def _job(self, index: int, request: GenerateRequest) -> _Job:
-        params = request.params
+    def job(self, index: int, request: GenerateRequest) -> _Job:
         if request.state is not None:
             ids, cache, cached = list(request.state.token_ids), request.state.cache, request.state.cached
         else:
@@ -241,43 +136,8 @@ class HFEngine:
             )
         # At least the last prefix token must go through the model to give the next logits.
         cached = min(cached, len(ids) - 1) if cache is not None else 0
-        base_seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8)) >> 1
-        return _Job(index, request, params, ids, cache, cached, base_seed)
-
-    def _prefill(self, jobs: list[_Job]):
-        """Feed each job's uncached prefix once; repeat the rows n times for the samples."""
-        batch = kvlib.from_row_caches(
-            [(j.cache if j.cached else (), j.cached) for j in jobs], self.device
-        )
-        fresh = [j.ids[j.cached:] for j in jobs]
-        width = max(len(f) for f in fresh)
-        input_ids = torch.zeros(len(jobs), width, dtype=torch.long, device=self.device)
-        input_mask = torch.zeros_like(input_ids)
-        for row, f in enumerate(fresh):
-            input_ids[row, width - len(f):] = torch.tensor(f, device=self.device)
-            input_mask[row, width - len(f):] = 1
-        logits, batch = kvlib.forward(self.model, batch, input_ids, input_mask)
-        rows, samples = [], []
-        for row, job in enumerate(jobs):
-            job.prefill_tokens = len(fresh[row])
-            for j in range(job.params.n):
-                rows.append(row)
-                samples.append(self._new_sample(job, j))
-        index = torch.tensor(rows, device=self.device)
-        return logits[:, -1].index_select(0, index), batch.select(index), samples
-
-    def _new_sample(self, job: _Job, j: int) -> DecodeSample:
-        return DecodeSample(job, j, sample_generator(job.params, job.seed, j),
-                            Detokenizer(self.tokenizer))
-
-    def _finish(self, sample: DecodeSample, batch: kvlib.KVBatch, row: int) -> None:
-        job = sample.job
-        token_ids = tuple(job.ids) + tuple(sample.token_ids)
-        if job.request.keep_state:
-            layers, cached = batch.row_cache(row)
-            sample.state = SequenceState(token_ids, layers, cached)
-        else:
-            sample.state = SequenceState(token_ids)
+        return _Job(index, request, request.params, ids, request_seed(request.params),
+                    cache=cache, cached=cached)
 
     # ---- scoring ----------------------------------------------------------------------
 
@@ -287,20 +147,12 @@ class HFEngine:
         Prompt and continuation are tokenized separately and joined, so the scored tokens
         are exactly the continuation's own tokens.
         """
-        requests = list(requests)
         started = time.perf_counter()
-        rows = []
-        for r in requests:
-            if not isinstance(r, ScoreRequest):
-                raise ValueError("score() takes a sequence of ScoreRequest")
-            cont = r.continuation
-            cont_ids = (self.tokenizer.encode(cont, add_special_tokens=False)
-                        if isinstance(cont, str) else list(cont))
-            if not cont_ids:
-                raise ValueError(f"the continuation {cont!r} has no tokens")
-            rows.append((self.tokenize(r.prompt), cont_ids, r.params))
+        rows = score_rows(requests, self.tokenize,
+                          lambda text: self.tokenizer.encode(text, add_special_tokens=False),
+                          self.max_positions)
         results: list[Scored | None] = [None] * len(rows)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt) + len(rows[i].continuation))
         for chunk in self._score_chunks(order, rows):
             for i, scored in zip(chunk, self._score_batch([rows[i] for i in chunk]), strict=True):
                 results[i] = scored
@@ -315,7 +167,7 @@ class HFEngine:
     def _score_chunks(self, order: list[int], rows) -> list[list[int]]:
         chunks, current, longest = [], [], 0
         for i in order:
-            length = len(rows[i][0]) + len(rows[i][1])
+            length = len(rows[i].prompt) + len(rows[i].continuation)
             if current and max(longest, length) * (len(current) + 1) > self.score_batch_tokens:
                 chunks.append(current)
                 current, longest = [], 0
@@ -326,9 +178,9 @@ class HFEngine:
         return chunks
 
     def _score_batch(self, rows) -> list[Scored]:
-        seqs = [p + c for p, c, _ in rows]
+        seqs = [r.prompt + r.continuation for r in rows]
         width = max(len(s) for s in seqs)
-        keep = max(len(c) for _, c, _ in rows) + 1
+        keep = max(len(r.continuation) for r in rows) + 1
         input_ids = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
         input_mask = torch.zeros_like(input_ids)
         for row, seq in enumerate(seqs):
@@ -337,37 +189,113 @@ class HFEngine:
         empty = kvlib.KVBatch.empty(len(seqs), self.device)
         logits, _ = kvlib.forward(self.model, empty, input_ids, input_mask, logits_to_keep=keep)
         out = []
-        for row, (prompt, cont, params) in enumerate(rows):
+        for i, r in enumerate(rows):
             # logits[:, t] predicts the token after position t; the last column predicts
             # past the end, so the continuation's predictors end one before it.
-            pred = logits[row, keep - 1 - len(cont): keep - 1]
-            target = torch.tensor(cont, device=self.device).unsqueeze(1)
-            model_lp = pred.log_softmax(dim=-1).gather(1, target).squeeze(1)
-            sampling_lp = None
-            if params is not None:
-                processed = process_logits(pred, params.temperature, params.top_k,
-                                           params.top_p, params.min_p)
-                sampling_lp = tuple(processed.log_softmax(dim=-1).gather(1, target).squeeze(1).tolist())
-                if params.greedy:  # a point mass: log q is 0 on the argmax, -inf elsewhere
-                    sampling_lp = tuple(0.0 if v == 0.0 else float("-inf") for v in sampling_lp)
-            out.append(Scored(tuple(cont), tuple(model_lp.tolist()), sampling_lp,
-                              Usage(prompt_tokens=len(prompt),
-                                    forward_tokens=len(prompt) + len(cont))))
+            cont = r.continuation
+            model_lp, sampling_lp = continuation_logprobs(
+                logits[i, keep - 1 - len(cont): keep - 1], cont, r.params)
+            out.append(Scored(tuple(cont), model_lp, sampling_lp,
+                              Usage(prompt_tokens=len(r.prompt),
+                                    forward_tokens=len(r.prompt) + len(cont))))
         return out
 
 
 @dataclass(eq=False)
-class _Job:
-    index: int
-    request: GenerateRequest
-    params: SamplingParams
-    ids: list[int]
-    cache: tuple
-    cached: int
-    seed: int
-    prefill_tokens: int = 0
-    samples: list[DecodeSample] = field(default_factory=list)
+class _Job(JobRecord):
+    cache: tuple | None = None  # a continued state's KV cache
+    cached: int = 0  # ... covering this many of `ids`
 
-    @property
-    def finished(self) -> bool:
-        return len(self.samples) == self.params.n and all(s.done for s in self.samples)
+
+class _Run:
+    """One generate() call's model state for the decode loop (see scheduler.Runner): the
+    live samples' KV caches as one batch and their next-token logits, row for row."""
+
+    def __init__(self, engine: HFEngine):
+        self.engine, self.device = engine, engine.device
+        self.max_positions = engine.max_positions
+        self.is_end = engine.eos_ids.__contains__
+        self.batch: kvlib.KVBatch | None = None
+        self.rows = torch.empty(0)  # next-token logits of the rows that have them
+        self.queued: list[_Job] = []  # admitted, waiting for their prefill
+
+    def job(self, index: int, request: GenerateRequest) -> _Job:
+        return self.engine.job(index, request)
+
+    def admissible(self, job: _Job, started: int, in_batch) -> int:
+        """A request's samples start together (one prefill, repeated n times), when they
+        fit; the first request into an empty batch always does."""
+        room = self.engine.max_batch_size - len(in_batch)
+        return job.params.n if job.params.n <= room or not in_batch else 0
+
+    @staticmethod
+    def joins(job: _Job) -> bool:
+        """A one-sample continuation whose state is cached but for its last token needs no
+        prefill pass of its own: that token rides along in the next decode step."""
+        return job.cache is not None and job.cached == len(job.ids) - 1 and job.params.n == 1
+
+    def start(self, job: _Job, first: int, take: int) -> list[DecodeSample]:
+        if not self.joins(job):
+            self.queued.append(job)
+        return [DecodeSample(job, j, detok=Detokenizer(self.engine.tokenizer))
+                for j in range(first, first + take)]
+
+    def logits(self) -> torch.Tensor:
+        if self.queued:
+            logits, batch = self._prefill(self.queued)
+            self.queued = []
+            fresh = self.batch is None or not len(self.rows)
+            self.batch = batch if fresh else kvlib.concat(self.batch, batch)
+            self.rows = logits if fresh else torch.cat([self.rows, logits])
+        return self.rows
+
+    def _prefill(self, jobs: list[_Job]):
+        """Feed each job's uncached prefix once; repeat the rows n times for the samples."""
+        batch = kvlib.from_row_caches(
+            [(j.cache if j.cached else (), j.cached) for j in jobs], self.device
+        )
+        fresh = [j.ids[j.cached:] for j in jobs]
+        width = max(len(f) for f in fresh)
+        input_ids = torch.zeros(len(jobs), width, dtype=torch.long, device=self.device)
+        input_mask = torch.zeros_like(input_ids)
+        for row, f in enumerate(fresh):
+            input_ids[row, width - len(f):] = torch.tensor(f, device=self.device)
+            input_mask[row, width - len(f):] = 1
+        logits, batch = kvlib.forward(self.engine.model, batch, input_ids, input_mask)
+        rows = []
+        for row, job in enumerate(jobs):
+            job.prefill_tokens = len(fresh[row])
+            rows += [row] * job.params.n
+        index = torch.tensor(rows, device=self.device)
+        return logits[:, -1].index_select(0, index), batch.select(index)
+
+    def release(self, finished, keep: list[int]) -> None:
+        for row, sample in finished:
+            job = sample.job
+            token_ids = tuple(job.ids) + tuple(sample.token_ids)
+            if job.request.keep_state:
+                layers, cached = self.batch.row_cache(row)
+                sample.state = SequenceState(token_ids, layers, cached)
+            else:
+                sample.state = SequenceState(token_ids)
+        if not keep:
+            self.batch, self.rows = None, torch.empty(0)
+        elif len(keep) < self.batch.size:
+            index = torch.tensor(keep, device=self.device)
+            self.batch, self.rows = self.batch.select(index), self.rows[index]
+
+    def join(self, samples: list[DecodeSample]) -> None:
+        batch = kvlib.from_row_caches([(s.job.cache, s.job.cached) for s in samples], self.device)
+        for sample in samples:
+            sample.job.prefill_tokens = 1
+        self.batch = batch if self.batch is None else kvlib.concat(self.batch, batch)
+
+    def step(self, tokens: list[int]) -> None:
+        self.engine.decode_steps += 1
+        ones = torch.ones(len(tokens), 1, dtype=torch.long, device=self.device)
+        column = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(1)
+        step_logits, self.batch = kvlib.forward(self.engine.model, self.batch, column, ones)
+        self.rows = step_logits[:, -1]
+
+    def abort(self) -> None:
+        self.batch, self.rows, self.queued = None, torch.empty(0), []
