@@ -45,18 +45,38 @@ Admit = Callable[[], Sequence[GenerateRequest]]
 
 @runtime_checkable
 class Engine(Protocol):
+    """name: the backend ("hf", "vllm", ...); model_name: the model it serves.
+    max_batch_size: samples it decodes (or requests it keeps in flight) together, which
+    callers use to size their batches; max_positions: the longest sequence, prompt plus
+    generated tokens, it takes."""
+
     name: str
+    model_name: str
     capabilities: Capabilities
+    max_batch_size: int
+    max_positions: int
 
     def generate(
-        self, requests: Sequence[GenerateRequest], on_token: TokenCallback | None = None
-    ) -> list[Generation]: ...
+        self, requests: Sequence[GenerateRequest], on_token: TokenCallback | None = None,
+        follow_up: FollowUp | None = None, admit: Admit | None = None,
+    ) -> list[Generation]:
+        """One Generation per request, in order. follow_up and admit (see FollowUp and
+        Admit) need the follow_ups capability; other engines raise a ValueError for them."""
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[Scored]: ...
 
     def tokenize(self, prompt: Prompt) -> list[int]: ...
 
     def detokenize(self, token_ids: Sequence[int]) -> str: ...
+
+    def close(self) -> None:
+        """Release the model (and connections); the engine is not used afterwards."""
+
+
+def reject_follow_ups(engine: Engine, follow_up: FollowUp | None, admit: Admit | None) -> None:
+    """For engines without the follow_ups capability: a clear error if they are asked."""
+    if follow_up is not None or admit is not None:
+        require(engine, "generate(follow_up=..., admit=...)", "follow_ups")
 
 
 def generate_chained(engine: Engine, requests: Sequence[GenerateRequest],

@@ -96,6 +96,12 @@ class HFEngine:
         self.eos_ids = frozenset(i for i in eos if i is not None)
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
 
+    def close(self) -> None:
+        """Drop the model so its memory can be freed (the engine is not used afterwards)."""
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     # ---- text <-> tokens -------------------------------------------------------------
 
     def tokenize(self, prompt: Prompt) -> list[int]:

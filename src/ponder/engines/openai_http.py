@@ -22,26 +22,37 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ponder.engines.base import Capabilities, TokenCallback, tokenize_prompt
+from ponder.engines.base import (
+    Admit,
+    Capabilities,
+    FollowUp,
+    TokenCallback,
+    reject_follow_ups,
+    tokenize_prompt,
+)
+from ponder.engines.collect import JobRecord, SampleRecord, collect_generations
 from ponder.engines.openai_pool import ServerPool
 from ponder.engines.openai_probe import Features, find_model, probe
 from ponder.engines.openai_tokens import TokenMap, load_tokenizer
+from ponder.engines.requests import (
+    generate_requests,
+    request_seed,
+    samples_the_model,
+    score_rows,
+)
 from ponder.sampling import sample_seed
 from ponder.types import (
-    Completion,
     GenerateRequest,
     Generation,
     Prompt,
     SamplingParams,
     Scored,
     ScoreRequest,
-    SequenceState,
     Usage,
 )
 
@@ -89,6 +100,10 @@ class OpenAIHTTPEngine:
         self.base_urls = [s.url for s in self.pool.servers]
         # Problems per strategy call (the eval runner sizes its chunks by this).
         self.max_batch_size = concurrency * len(self.pool.servers)
+        # The server does not say its context; the tokenizer's limit (the model's, where its
+        # config gives one) is the best guess on this side, and the server rejects past its own.
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        self.max_positions = limit if isinstance(limit, int) and limit < 1 << 30 else 1 << 30
         self.eos_ids = frozenset(i for i in [self.tokenizer.eos_token_id] if i is not None)
         self._vocab = len(self.tokenizer)
         self._token_map = TokenMap(self.tokenizer)
@@ -128,13 +143,11 @@ class OpenAIHTTPEngine:
 
     # ---- generation -------------------------------------------------------------------
 
-    def generate(self, requests: Sequence[GenerateRequest],
-                 on_token: TokenCallback | None = None) -> list[Generation]:
+    def generate(self, requests: Sequence[GenerateRequest], on_token: TokenCallback | None = None,
+                 follow_up: FollowUp | None = None, admit: Admit | None = None) -> list[Generation]:
         """One Generation per request, in order; all HTTP requests run concurrently."""
-        requests = list(requests)
-        if not all(isinstance(r, GenerateRequest) for r in requests):
-            raise ValueError("generate() takes a sequence of GenerateRequest")
-        jobs = [self._job(i, r) for i, r in enumerate(requests)]
+        reject_follow_ups(self, follow_up, admit)
+        jobs = [self._job(i, r) for i, r in enumerate(generate_requests(requests))]
         started = time.perf_counter()
         answers = self.pool.run(self._post_all([b for j in jobs for b in j.bodies]))
         wall = time.perf_counter() - started
@@ -179,7 +192,7 @@ class OpenAIHTTPEngine:
         if p.logprobs and not self.capabilities.top_logprobs:
             raise ValueError(f"{where}: logprobs={p.logprobs} needs the top_logprobs "
                              "capability: this server does not return token ids with them")
-        seed = p.seed if p.seed is not None else random.getrandbits(63)
+        seed = request_seed(p)
         body = self._body(wire, p, where)
         # Sample j is seeded sample_seed(seed, j), as in the native engine, so each sample
         # can be reproduced alone. ponder serve does that for n samples in one request;
@@ -190,7 +203,7 @@ class OpenAIHTTPEngine:
             bodies = [{**body, "n": p.n, "seed": seed}]
         else:
             bodies = [{**body, "n": 1, "seed": s} for s in seeds]
-        return _Job(index, request, p, ids, bodies, seeds)
+        return _Job(index, request, p, ids, seed, calls=len(bodies), bodies=bodies, seeds=seeds)
 
     def _body(self, wire, p: SamplingParams, where: str) -> dict[str, Any]:
         f = self.features
@@ -223,41 +236,26 @@ class OpenAIHTTPEngine:
 
     def _collect(self, jobs: list[_Job], wall: float) -> list[Generation]:
         for job in jobs:
-            job.samples = [s for answer, body in zip(job.answers, job.bodies, strict=True)
-                           for s in self._samples(answer, body, job)]
+            for answer, body in zip(job.answers, job.bodies, strict=True):
+                self._samples(answer, body, job)
             if len(job.samples) != job.params.n:
                 raise ValueError(f"request {job.index}: asked for {job.params.n} samples, the "
                                  f"server returned {len(job.samples)}")
-        total = sum(j.forward for j in jobs) or 1
-        share = wall / total
-        out = []
-        for job in jobs:
-            completions = []
-            for j, s in enumerate(job.samples):
-                n_gen = len(s.token_ids)
-                completions.append(Completion(
-                    text=s.text, token_ids=tuple(s.token_ids), logprobs=tuple(s.logprobs),
-                    sampling_logprobs=tuple(s.sampling), finish_reason=s.finish,
-                    usage=Usage(generated_tokens=n_gen, forward_tokens=n_gen,
-                                wall_seconds=n_gen * share),
-                    state=SequenceState(tuple(job.ids) + tuple(s.token_ids)),
-                    top_logprobs=tuple(s.top) if job.params.logprobs else None,
-                    seed=None if job.params.greedy else job.seeds[j]))
-            prefill = Usage(prompt_tokens=len(job.ids), forward_tokens=job.prefill,
-                            calls=len(job.bodies), wall_seconds=job.prefill * share)
-            out.append(Generation(tuple(completions),
-                                  prefill + Usage.sum(c.usage for c in completions),
-                                  tuple(job.ids)))
-        return out
+        total = sum(j.prefill_tokens + sum(s.forward_tokens for s in j.samples)
+                    for j in jobs) or 1
+        return collect_generations(jobs, wall / total)
 
-    def _samples(self, answer: dict, body: dict, job: _Job) -> list[_Sample]:
+    def _samples(self, answer: dict, body: dict, job: _Job) -> None:
+        """The answer's choices become the job's next samples (sample j seeded seeds[j])."""
         choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
         usage = answer.get("usage") or {}
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        job.prefill += max(0, len(job.ids) - int(cached))
-        return [self._sample(c, job.params) for c in choices[: body["n"]]]
+        job.prefill_tokens += max(0, len(job.ids) - int(cached))
+        for choice in choices[: body["n"]]:
+            self._sample(choice, job, len(job.samples))
 
-    def _sample(self, choice: dict, p: SamplingParams) -> _Sample:
+    def _sample(self, choice: dict, job: _Job, index: int) -> SampleRecord:
+        p = job.params
         text = choice.get("text") or ""
         raw_finish = choice.get("finish_reason")
         lp = choice.get("logprobs") if self.features.logprobs else None
@@ -275,13 +273,15 @@ class OpenAIHTTPEngine:
             q = [0.0] * len(ids)  # a point mass
         elif served_q is not None:
             q = [-math.inf if v is None else float(v) for v in served_q]
-        elif _is_model_itself(p) and not (p.ignore_eos and self.features.ignore_eos
-                                          == "logit_bias"):  # a banned EOS changes q
+        elif samples_the_model(p) and not (p.ignore_eos and self.features.ignore_eos
+                                           == "logit_bias"):  # a banned EOS changes q
             q = list(logprobs)  # sampling from the model itself: q = p
         else:
             q = [NAN] * len(ids)  # unknown here (capability sampling_logprobs is off)
-        return _Sample(text, ids, logprobs, q, top, self._finish(raw_finish, choice, ids,
-                                                                 text, p))
+        # The server fed every token it generated; the whole answer was decoded there.
+        return SampleRecord(job, index, None if p.greedy else job.seeds[index], text, ids,
+                            logprobs, q, top, forward_tokens=len(ids),
+                            finish_reason=self._finish(raw_finish, choice, ids, text, p))
 
     def _ids(self, tokens: list[str], text: str, p: SamplingParams, finish) -> list[int]:
         if self.features.token_ids_out:
@@ -330,18 +330,11 @@ class OpenAIHTTPEngine:
         if f.score is None:
             raise ValueError("score() needs the score capability: this server returns no "
                              "log-probabilities for prompt tokens (echo or prompt_logprobs)")
-        rows = []
-        for i, r in enumerate(requests):
-            if not isinstance(r, ScoreRequest):
-                raise ValueError("score() takes a sequence of ScoreRequest")
-            cont = r.continuation
-            cont_ids = (self.tokenizer.encode(cont, add_special_tokens=False)
-                        if isinstance(cont, str) else list(cont))
-            if not cont_ids:
-                raise ValueError(f"the continuation {cont!r} has no tokens")
-            prompt_ids = self.tokenize(r.prompt)
-            rows.append((prompt_ids, cont_ids, r.params, self._score_body(
-                i, r.prompt, prompt_ids + cont_ids, r.params)))
+        rows = [(r.prompt, r.continuation, r.params, self._score_body(
+                    i, r.prompt + r.continuation, r.params))
+                for i, r in enumerate(score_rows(
+                    requests, self.tokenize,
+                    lambda text: self.tokenizer.encode(text, add_special_tokens=False), None))]
         started = time.perf_counter()
         answers = self.pool.run(self._post_all([body for *_, body in rows]))
         wall = time.perf_counter() - started
@@ -352,10 +345,10 @@ class OpenAIHTTPEngine:
             prompt_tokens=s.usage.prompt_tokens, forward_tokens=s.usage.forward_tokens,
             calls=1, wall_seconds=wall * s.usage.forward_tokens / total)) for s in scored]
 
-    def _score_body(self, index: int, prompt: Prompt, ids: list[int],
+    def _score_body(self, index: int, ids: list[int],
                     params: SamplingParams | None) -> dict[str, Any]:
         f = self.features
-        if params is not None and not f.sampling and not _is_model_itself(params):
+        if params is not None and not f.sampling and not samples_the_model(params):
             raise ValueError(f"score request {index}: log q under these sampling params needs "
                              "the sampling_logprobs capability, which this server lacks")
         if not f.echo_without_bos and f.score == "echo" and ids[0] != self.tokenizer.bos_token_id:
@@ -435,12 +428,6 @@ class OpenAIHTTPEngine:
         return at
 
 
-def _is_model_itself(params: SamplingParams) -> bool:
-    """Sampling from the model unchanged: q = p."""
-    return (params.temperature == 1 and params.top_k == 0 and params.top_p == 1
-            and params.min_p == 0)
-
-
 def _token_id(token: str) -> int:
     if not token.startswith("token_id:"):
         raise ValueError(f"expected a token written as token_id:<id>, got {token!r}")
@@ -456,27 +443,7 @@ def _prompt_logprob(entry, token_id: int, where: str) -> float:
 
 
 @dataclass(eq=False)
-class _Sample:
-    text: str
-    token_ids: list[int]
-    logprobs: list[float]
-    sampling: list[float]
-    top: list[dict[int, float]]
-    finish: str
-
-
-@dataclass(eq=False)
-class _Job:
-    index: int
-    request: GenerateRequest
-    params: SamplingParams
-    ids: list[int]
-    bodies: list[dict]
-    seeds: list[int]
+class _Job(JobRecord):
+    bodies: list[dict] = field(default_factory=list)  # the HTTP requests it takes
+    seeds: list[int] = field(default_factory=list)  # sample j's seed
     answers: list[dict] = field(default_factory=list)
-    samples: list[_Sample] = field(default_factory=list)
-    prefill: int = 0  # prompt tokens the servers computed, over this job's HTTP requests
-
-    @property
-    def forward(self) -> int:
-        return self.prefill + sum(len(s.token_ids) for s in self.samples)

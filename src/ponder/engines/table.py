@@ -12,7 +12,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-import os
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -20,16 +19,16 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from ponder.engines.base import Capabilities, TokenCallback
+from ponder.engines.base import Admit, Capabilities, FollowUp, TokenCallback, reject_follow_ups
+from ponder.engines.collect import JobRecord, SampleRecord, collect_generations, wall_share
+from ponder.engines.requests import generate_requests, request_seed
 from ponder.sampling import process_logits, sample_seed
 from ponder.types import (
-    Completion,
     GenerateRequest,
     Generation,
     Prompt,
     Scored,
     ScoreRequest,
-    SequenceState,
     Usage,
 )
 
@@ -41,6 +40,9 @@ class TableEngine:
     """
 
     name = "table"
+    model_name = "table"
+    max_batch_size = 64  # no batching: a size callers may chunk work by
+    max_positions = 1 << 30
     capabilities = Capabilities(logprobs=True, sampling_logprobs=True, top_logprobs=False,
                                 score=True, states=True, kv_reuse=False)
 
@@ -51,6 +53,10 @@ class TableEngine:
         self.eos_id = vocab_size - 1
         self._rows: dict[tuple[int, ...], np.ndarray] = {}
         self._sampling_rows: dict[tuple, tuple[list[float], list[float], list[float]]] = {}
+
+    def close(self) -> None:
+        self._rows.clear()
+        self._sampling_rows.clear()
 
     # ---- the model -----------------------------------------------------------------
 
@@ -93,20 +99,24 @@ class TableEngine:
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return " ".join(str(t) for t in token_ids if t != self.eos_id)
 
-    def generate(self, requests: Sequence[GenerateRequest],
-                 on_token: TokenCallback | None = None) -> list[Generation]:
+    def generate(self, requests: Sequence[GenerateRequest], on_token: TokenCallback | None = None,
+                 follow_up: FollowUp | None = None, admit: Admit | None = None) -> list[Generation]:
+        reject_follow_ups(self, follow_up, admit)
         started = time.perf_counter()
-        out = []
-        for index, request in enumerate(requests):
+        jobs = []
+        for index, request in enumerate(generate_requests(requests)):
             if request.should_stop is not None:
                 raise ValueError("the table engine has no early_stop capability")
             prefix = (list(request.state.token_ids) if request.state is not None
                       else self.tokenize(request.prompt))
             params = request.params
-            seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8)) >> 1
-            completions = []
+            # No KV cache: every token of prefix and sample goes through the "model".
+            job = JobRecord(index, request, params, prefix, request_seed(params),
+                            prefill_tokens=len(prefix))
+            jobs.append(job)
             for j in range(params.n):
-                rng = random.Random(sample_seed(seed, j))
+                seed = sample_seed(job.seed, j)
+                rng = random.Random(seed)
                 tokens, lp, lq, reason = [], [], [], "length"
                 while len(tokens) < params.max_tokens:
                     model, q, cdf = self._row(prefix + tokens, params)
@@ -120,20 +130,10 @@ class TableEngine:
                     if tok == self.eos_id and not params.ignore_eos:
                         reason = "eos"
                         break
-                # No KV cache: every token of prefix and sample goes through the "model".
-                usage = Usage(generated_tokens=len(tokens), forward_tokens=len(tokens) - 1)
-                completions.append(Completion(
-                    text=self.detokenize(tokens), token_ids=tuple(tokens), logprobs=tuple(lp),
-                    sampling_logprobs=tuple(lq), finish_reason=reason, usage=usage,
-                    state=SequenceState(tuple(prefix + tokens)),
-                    seed=None if params.greedy else sample_seed(seed, j)))
-            prefill = Usage(prompt_tokens=len(prefix), forward_tokens=len(prefix), calls=1)
-            out.append(Generation(tuple(completions),
-                                  prefill + Usage.sum(c.usage for c in completions),
-                                  tuple(prefix)))
-        wall = time.perf_counter() - started
-        return [Generation(g.completions, _with_wall(g.usage, wall / max(1, len(out))),
-                           g.prompt_token_ids) for g in out]
+                SampleRecord(job, j, None if params.greedy else seed, self.detokenize(tokens),
+                             tokens, lp, lq, forward_tokens=len(tokens) - 1,
+                             finish_reason=reason)
+        return collect_generations(jobs, wall_share(jobs, started))
 
     def _row(self, prefix: list[int], params) -> tuple[list[float], list[float], list[float]]:
         """(log p, log q, cumulative q) for the next token, cached per prefix and params."""
@@ -170,12 +170,6 @@ class TableEngine:
                               Usage(prompt_tokens=len(prompt),
                                     forward_tokens=len(prompt) + len(cont), calls=1)))
         return out
-
-
-def _with_wall(usage: Usage, seconds: float) -> Usage:
-    from dataclasses import replace
-
-    return replace(usage, wall_seconds=seconds)
 
 
 def exact_power_distribution(engine: TableEngine, prompt: Sequence[int], max_tokens: int,

@@ -27,20 +27,26 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-from ponder.engines.base import Capabilities, TokenCallback, tokenize_prompt
+from ponder.engines.base import (
+    Admit,
+    Capabilities,
+    FollowUp,
+    TokenCallback,
+    reject_follow_ups,
+    tokenize_prompt,
+)
+from ponder.engines.collect import JobRecord, SampleRecord, collect_generations, wall_share
+from ponder.engines.requests import generate_requests, request_seed, samples_the_model, score_rows
 from ponder.models import DEFAULT_MODEL, dtype_name, ponder_home, resolve
 from ponder.sampling import sample_seed
 from ponder.types import (
-    Completion,
     GenerateRequest,
     Generation,
     Prompt,
     SamplingParams,
     Scored,
     ScoreRequest,
-    SequenceState,
     Usage,
 )
 
@@ -137,7 +143,9 @@ class VLLMEngine:
         config = self.llm.llm_engine.model_config
         self.block_size = self.llm.llm_engine.vllm_config.cache_config.block_size
         self.vocab_size = config.get_vocab_size()
-        self.max_model_len = config.max_model_len
+        self.max_model_len = self.max_positions = config.max_model_len
+        # vLLM schedules its own batches: this only sizes the batches callers hand it.
+        self.max_batch_size = 256
         self.max_logprobs = config.max_logprobs
 
     @classmethod
@@ -151,6 +159,10 @@ class VLLMEngine:
 
     # ---- text <-> tokens -------------------------------------------------------------
 
+    def close(self) -> None:
+        """Drop vLLM's engine so its memory can be freed (the engine is not used afterwards)."""
+        self.llm = None
+
     def tokenize(self, prompt: Prompt) -> list[int]:
         """As the native engine: text with the tokenizer's specials, chat messages through
         the chat template with a generation prompt, token ids unchanged."""
@@ -161,21 +173,19 @@ class VLLMEngine:
 
     # ---- generation -------------------------------------------------------------------
 
-    def generate(self, requests: Sequence[GenerateRequest],
-                 on_token: TokenCallback | None = None) -> list[Generation]:
+    def generate(self, requests: Sequence[GenerateRequest], on_token: TokenCallback | None = None,
+                 follow_up: FollowUp | None = None, admit: Admit | None = None) -> list[Generation]:
         """One Generation per request, in order: every sample of every request goes to vLLM
         in one call, then one scoring call for the samples that need log p (see above)."""
+        reject_follow_ups(self, follow_up, admit)
         if on_token is not None:
             raise ValueError("the 'vllm' engine has no streaming capability: it cannot call "
                              "on_token while decoding; use the native engine (--engine hf)")
-        requests = list(requests)
-        if not all(isinstance(r, GenerateRequest) for r in requests):
-            raise ValueError("generate() takes a sequence of GenerateRequest")
-        jobs = [self._job(i, r) for i, r in enumerate(requests)]
+        jobs = [self._job(i, r) for i, r in enumerate(generate_requests(requests))]
         from vllm.inputs import TokensPrompt
 
         started = time.perf_counter()
-        samples = [_Sample(job, j, None if job.params.greedy else sample_seed(job.seed, j))
+        samples = [SampleRecord(job, j, None if job.params.greedy else sample_seed(job.seed, j))
                    for job in jobs for j in range(job.params.n)]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=s.job.ids) for s in samples],
@@ -183,9 +193,9 @@ class VLLMEngine:
         for sample, out in zip(samples, outputs, strict=True):
             self._read_sample(sample, out)
         self._model_pass([s for s in samples if not _q_is_p(s.job.params)])
-        return self._collect(jobs, time.perf_counter() - started)
+        return collect_generations(jobs, wall_share(jobs, started))
 
-    def _job(self, index: int, request: GenerateRequest) -> _Job:
+    def _job(self, index: int, request: GenerateRequest) -> JobRecord:
         if request.should_stop is not None:
             raise ValueError(
                 f"request {index}: the 'vllm' engine has no early_stop capability, so it cannot "
@@ -201,10 +211,9 @@ class VLLMEngine:
             raise ValueError(
                 f"request {index}: logprobs={params.logprobs} is more than this vLLM engine "
                 f"returns ({self.max_logprobs}); build it with max_logprobs={params.logprobs}")
-        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8)) >> 1
-        return _Job(index, request, params, ids, seed)
+        return JobRecord(index, request, params, ids, request_seed(params))
 
-    def _sampling(self, sample: _Sample):
+    def _sampling(self, sample: SampleRecord):
         from vllm import SamplingParams as VLLMParams
 
         p = sample.job.params
@@ -218,10 +227,13 @@ class VLLMEngine:
             # otherwise the scoring pass returns them.
             logprobs=p.logprobs if _q_is_p(p) else 0)
 
-    def _read_sample(self, sample: _Sample, out) -> None:
+    def _read_sample(self, sample: SampleRecord, out) -> None:
         (c,) = out.outputs
         p = sample.job.params
-        sample.prefill_tokens = len(sample.job.ids) - (out.num_cached_tokens or 0)
+        # Each sample is its own vLLM request: its prompt is computed past vLLM's prefix
+        # cache, counted as the request's prefill; decode feeds every token but the last.
+        sample.job.prefill_tokens += len(sample.job.ids) - (out.num_cached_tokens or 0)
+        sample.forward_tokens = max(len(c.token_ids) - 1, 0)
         sample.token_ids = list(c.token_ids)
         sample.text = c.text
         steps = list(c.logprobs)
@@ -240,7 +252,7 @@ class VLLMEngine:
         else:  # the EOS token (stop_reason None) or another of the model's stop token ids
             sample.finish_reason = "eos"
 
-    def _model_pass(self, samples: list[_Sample]) -> None:
+    def _model_pass(self, samples: list[SampleRecord]) -> None:
         """Score each sample's tokens after its prompt with prompt_logprobs (the model's own
         log-probabilities in every logprobs_mode): gives log p and the top log-probs."""
         if not samples:
@@ -260,32 +272,7 @@ class VLLMEngine:
             k = sample.job.params.logprobs
             if k:
                 sample.top_logprobs = [_top(row, k) for row in rows]
-            sample.extra_forward = len(out.prompt_token_ids) - (out.num_cached_tokens or 0)
-
-    def _collect(self, jobs: list[_Job], wall: float) -> list[Generation]:
-        total = sum(s.forward_tokens for j in jobs for s in j.samples) or 1
-        share = wall / total
-        out = []
-        for job in jobs:
-            completions = []
-            for s in job.samples:
-                # Decode feeds every sampled token but the last; the scoring pass is extra.
-                usage = Usage(generated_tokens=len(s.token_ids),
-                              forward_tokens=s.forward_tokens - s.prefill_tokens,
-                              wall_seconds=(s.forward_tokens - s.prefill_tokens) * share)
-                ids = tuple(job.ids) + tuple(s.token_ids)
-                completions.append(Completion(
-                    text=s.text, token_ids=tuple(s.token_ids), logprobs=tuple(s.logprobs),
-                    sampling_logprobs=tuple(s.sampling_logprobs), finish_reason=s.finish_reason,
-                    usage=usage, state=SequenceState(ids),
-                    top_logprobs=tuple(s.top_logprobs) if job.params.logprobs else None,
-                    seed=s.seed, entropies=None,
-                ))
-            prefill = sum(s.prefill_tokens for s in job.samples)
-            usage = Usage(prompt_tokens=len(job.ids), forward_tokens=prefill, calls=1,
-                          wall_seconds=prefill * share) + Usage.sum(c.usage for c in completions)
-            out.append(Generation(tuple(completions), usage, tuple(job.ids)))
-        return out
+            sample.forward_tokens += len(out.prompt_token_ids) - (out.num_cached_tokens or 0)
 
     # ---- scoring ----------------------------------------------------------------------
 
@@ -297,21 +284,11 @@ class VLLMEngine:
         token, asking for that token's processed log-probability (prefix caching makes
         these cheap; their computed tokens are counted in Usage).
         """
-        requests = list(requests)
-        rows = []
-        for r in requests:
-            if not isinstance(r, ScoreRequest):
-                raise ValueError("score() takes a sequence of ScoreRequest")
-            cont = r.continuation
-            cont_ids = (self.tokenizer.encode(cont, add_special_tokens=False)
-                        if isinstance(cont, str) else self.tokenize(list(cont)))
-            if not cont_ids:
-                raise ValueError(f"the continuation {cont!r} has no tokens")
-            prompt_ids = self.tokenize(r.prompt)
-            if len(prompt_ids) + len(cont_ids) >= self.max_model_len:
-                raise ValueError(f"prompt + continuation ({len(prompt_ids) + len(cont_ids)} "
-                                 f"tokens) do not fit the context of {self.max_model_len}")
-            rows.append((prompt_ids, cont_ids, r.params))
+        # One position is kept free: vLLM generates a token after the scored ones.
+        rows = [(r.prompt, r.continuation, r.params) for r in score_rows(
+            requests, self.tokenize,
+            lambda text: self.tokenizer.encode(text, add_special_tokens=False),
+            self.max_model_len - 1)]
         if not rows:
             return []
         from vllm import SamplingParams as VLLMParams
@@ -372,45 +349,12 @@ class VLLMEngine:
 def _q_is_p(params: SamplingParams) -> bool:
     """Whether the sampled token's log q is all the engine needs to report: greedy (q is a
     point mass, log p comes with it) or plain T=1 sampling (q is the model's distribution)."""
-    return params.greedy or (params.temperature == 1.0 and params.top_k == 0
-                             and params.top_p == 1.0 and params.min_p == 0.0)
+    return params.greedy or samples_the_model(params)
 
 
 def _top(step, k: int) -> dict[int, float]:
     """The k likeliest tokens of one step (vLLM adds the chosen token when it is not)."""
     return {tok: lp.logprob for tok, lp in step.items() if lp.rank is not None and lp.rank <= k}
-
-
-@dataclass(eq=False)
-class _Job:
-    index: int
-    request: GenerateRequest
-    params: SamplingParams
-    ids: list[int]
-    seed: int
-    samples: list[_Sample] = field(default_factory=list)
-
-
-@dataclass(eq=False)
-class _Sample:
-    job: _Job
-    index: int
-    seed: int | None
-    token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    logprobs: list[float] = field(default_factory=list)
-    sampling_logprobs: list[float] = field(default_factory=list)
-    top_logprobs: list[dict[int, float]] = field(default_factory=list)
-    finish_reason: str = "length"
-    prefill_tokens: int = 0
-    extra_forward: int = 0  # the scoring pass for log p
-
-    def __post_init__(self) -> None:
-        self.job.samples.append(self)
-
-    @property
-    def forward_tokens(self) -> int:
-        return self.prefill_tokens + max(len(self.token_ids) - 1, 0) + self.extra_forward
 
 
 __all__ = ["VLLMEngine", "model_folder"]
