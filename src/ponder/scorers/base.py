@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from ponder.types import Prompt, Usage
+from ponder.types import Prompt, SequenceState, Usage
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,23 @@ class Rating:
     usage: Usage = field(default_factory=Usage)
 
 
+@runtime_checkable
 class Scorer(Protocol):
     name: str
 
     def score(self, items: Sequence[ScoreItem]) -> list[Rating]: ...
+
+
+@runtime_checkable
+class StepScorer(Scorer, Protocol):
+    """A process scorer that can rate just each response's newest step (step search needs
+    only that), continuing `states` (the policy's sequences ending with each response, or
+    None) instead of re-reading the prompt when `engine` is the policy's engine."""
+
+    engine: Any
+
+    def score_last_step(self, items: Sequence[ScoreItem],
+                        states: Sequence[SequenceState | None] | None = None) -> list[Rating]: ...
 
 
 def aggregate_min(steps: Sequence[float]) -> float:

@@ -57,17 +57,3 @@ class HeuristicScorer:
             brevity = 0.5 * max(0.0, 1.0 - len(it.response or "") / self.length_scale)
             out.append(Rating(boxed + brevity))
         return out
-
-
-def make_scorer(name: str, engine):
-    """Scorers by name: mean_logprob, sum_logprob, heuristic, and the judges and reward
-    models of ponder.scorers.registry."""
-    if name in ("mean_logprob", "likelihood", "mean-logprob"):
-        return LikelihoodScorer(engine, "mean")
-    if name in ("sum_logprob", "sum-logprob"):
-        return LikelihoodScorer(engine, "sum")
-    if name == "heuristic":
-        return HeuristicScorer()
-    from ponder.scorers.registry import make_scorer as make_any  # judges and reward models
-
-    return make_any(name, engine)
