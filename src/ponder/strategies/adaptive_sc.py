@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ponder.strategies.base import candidates_from, check_problems, default_render, result
+from ponder.strategies.base import candidates_from, check_problems, default_render, internal, result
 from ponder.strategies.cost import Cost, sampling_cost
 from ponder.strategies.rounds import prompt_states, round_request, savings
 from ponder.strategies.voting import tally, vote, vote_table
@@ -55,8 +55,8 @@ class AdaptiveSelfConsistency:
     confidence: float = 0.95
     prior: float = 1.0
     other_prior: float = 1.0
-    draws: int = 4000
-    reuse_prompt: bool = True
+    draws: int = internal(4000)  # Monte Carlo draws of the posterior
+    reuse_prompt: bool = internal(True)
     name: str = "adaptive_sc"
 
     def worst_case(self, prompt_tokens: int) -> Cost:

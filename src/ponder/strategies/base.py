@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import field
 from typing import Any, Protocol
 
 from ponder.tasks.datasets import Problem
@@ -21,6 +22,12 @@ from ponder.types import Candidate, Completion, Prompt, Result, SamplingParams, 
 
 Extract = Callable[[str], str | None]
 Render = Callable[[Problem], Prompt]
+
+
+def internal(default: Any):
+    """A config field that is not a strategy option: the registry, CLI and server leave it
+    at its default (an implementation switch, or a cost a request must not set)."""
+    return field(default=default, metadata={"option": False})
 
 
 def default_render(problem: Problem) -> Prompt:

@@ -25,7 +25,8 @@ from ponder.types import SamplingParams, Usage
 
 @dataclass(frozen=True)
 class BestOfN:
-    params: SamplingParams = field(default_factory=lambda: SamplingParams(n=8, temperature=0.7))
+    params: SamplingParams = field(
+        default_factory=lambda: SamplingParams(n=8, temperature=0.7, max_tokens=512))
     weighted: bool = False
     name: str = "best_of_n"
 

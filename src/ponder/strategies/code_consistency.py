@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from ponder.strategies.base import candidates_from, check_problems, result, sample_all
+from ponder.strategies.base import candidates_from, check_problems, internal, result, sample_all
 from ponder.strategies.cost import Cost, sampling_cost
 from ponder.tasks.code.equivalence import probe_calls, signatures_many, vote
 from ponder.tasks.code.extract import extract_code
@@ -29,7 +29,7 @@ class CodeConsistency:
     params: SamplingParams = field(
         default_factory=lambda: SamplingParams(n=8, temperature=0.8, max_tokens=512))
     limits: Limits = field(default_factory=lambda: Limits(timeout=10.0))
-    workers: int | None = None  # sandboxed runs at once (default: the CPU count)
+    workers: int | None = internal(None)  # sandboxed runs at once (default: the CPU count)
     name: str = "code_consistency"
 
     def worst_case(self, prompt_tokens: int) -> Cost:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from ponder.engines.base import require
-from ponder.strategies.base import check_problems, default_render, result, sample_all
+from ponder.strategies.base import check_problems, default_render, internal, result, sample_all
 from ponder.strategies.confidence import (
     SCORES,
     GroupWindow,
@@ -90,7 +90,7 @@ class DeepConfOnline:
     round_size: int = 2
     window: int = 64
     top_logprobs: int = 5
-    reuse_prompt: bool = True
+    reuse_prompt: bool = internal(True)
     name: str = "deepconf_online"
 
     def worst_case(self, prompt_tokens: int) -> Cost:

@@ -5,246 +5,175 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ponder.types import SamplingParams
 
 SAMPLING_OPTIONS = ("n", "temperature", "top_p", "top_k", "min_p", "max_tokens", "seed")
+# The sampling defaults each strategy reports and runs with (part of an eval run's identity).
+DEFAULT_KEYS = ("n", "temperature", "max_tokens")
 
 
 @dataclass(frozen=True)
 class Entry:
-    build: Callable[[SamplingParams, dict[str, Any]], Any]
+    """A strategy by name. Its options, their types and defaults come from the config
+    dataclass (`config`, "module:Class" under ponder.strategies, imported on first use):
+    every scalar field is an option, except `name`, the ones the entry sets (`fixed`) and
+    fields marked internal. Configs that hold a SamplingParams (`params`) take the sampling
+    options through it; the others have their own fields, which `takes` maps sampling
+    options to (e.g. max_tokens -> step_max_tokens)."""
+
+    config: str
     summary: str
-    defaults: dict[str, Any]
-    extra_options: tuple[str, ...] = ()
+    fixed: dict[str, Any] = field(default_factory=dict)
+    takes: dict[str, str] = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=dict)  # sampling values the entry sets
     needs_scorer: bool = False
+    adapt: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # extra -> sampling changes
+    # options `adapt` reads, each with the config field its type and default come from
+    adapt_options: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def cls(self) -> type:
+        return _import(self.config)
+
+    @property
+    def options(self) -> dict[str, type]:
+        """The strategy's own options (besides the sampling ones) and their types."""
+        hidden = {"name", "params", *self.fixed, *(self.takes.get(k, k) for k in SAMPLING_OPTIONS)}
+        out = {f.name: kind for f in fields(self.cls)
+               if f.name not in hidden and f.metadata.get("option", True)
+               and (kind := _scalar(f.type)) is not None}
+        for option, (config, name) in self.adapt_options.items():
+            out[option] = _scalar(_field(_import(config), name).type)
+        return out
+
+    @property
+    def extra_options(self) -> tuple[str, ...]:
+        return tuple(self.options)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """n, temperature and max_tokens as the strategy runs them unless told otherwise."""
+        if "params" in {f.name for f in fields(self.cls)}:
+            params = _field(self.cls, "params").default_factory()
+            values = {k: getattr(params, k) for k in DEFAULT_KEYS}
+        else:
+            values = {k: _field(self.cls, self.takes.get(k, k)).default
+                      for k in DEFAULT_KEYS if self.takes.get(k, k) in _names(self.cls)}
+        if self.adapt is not None:
+            values |= self.adapt(self.option_defaults())
+        return values | self.sampling
+
+    def option_defaults(self) -> dict[str, Any]:
+        sources = {option: (self.config, option) for option in self.options} | self.adapt_options
+        return {option: _field(_import(config), name).default
+                for option, (config, name) in sources.items()}
+
+    def build(self, params: SamplingParams, extra: dict[str, Any]):
+        own = {k: v for k, v in extra.items() if k not in self.adapt_options}
+        if "params" in _names(self.cls):
+            return self.cls(params=params, **self.fixed, **own)
+        mapped = {self.takes.get(k, k): getattr(params, k) for k in SAMPLING_OPTIONS
+                  if self.takes.get(k, k) in _names(self.cls)}
+        return self.cls(**mapped, **self.fixed, **own)
 
 
-def _single(name):
-    def build(params, _extra):
-        from ponder.strategies.single import Sample
-
-        return Sample(params, name=name)
-
-    return build
+def _import(path: str) -> type:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(f"ponder.strategies.{module}"), name)
 
 
-def _self_consistency(params, _extra):
-    from ponder.strategies.self_consistency import SelfConsistency
-
-    return SelfConsistency(params)
+def _names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
 
 
-def _best_of_n(weighted):
-    def build(params, _extra):
-        from ponder.strategies.best_of_n import BestOfN
-
-        return BestOfN(params, weighted=weighted,
-                       name="weighted_best_of_n" if weighted else "best_of_n")
-
-    return build
+def _field(cls: type, name: str):
+    return next(f for f in fields(cls) if f.name == name)
 
 
-def _self_refine(params, extra):
-    from ponder.strategies.self_refine import SelfRefine
-
-    return SelfRefine(iterations=int(extra.get("iterations", 2)), params=params)
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
 
 
-def _code_consistency(params, _extra):
-    from ponder.strategies.code_consistency import CodeConsistency
+def _scalar(annotation: Any) -> type | None:
+    """int, float, bool or str for a field annotated as one (or as one | None); None for
+    any other type (not an option)."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    parts = [p.strip() for p in text.split("|") if p.strip() != "None"]
+    return _SCALARS.get(parts[0]) if len(parts) == 1 else None
 
-    return CodeConsistency(params)
 
-
-def _low_temperature(params, extra):
-    from dataclasses import replace
-
-    from ponder.strategies.single import Sample
-
-    alpha = float(extra.get("alpha", 4.0))
+def _low_temperature(options: dict[str, Any]) -> dict[str, Any]:
+    """Power sampling's baseline: one sample at token-level temperature 1/alpha."""
+    alpha = float(options["alpha"])
     if alpha < 1:
         raise ValueError(f"alpha must be >= 1, got {alpha}")
-    return Sample(replace(params, temperature=1.0 / alpha), name="low_temperature")
+    return {"temperature": 1.0 / alpha}
 
 
-def _power(params, extra):
-    from ponder.strategies.power import PowerSampling
-
-    return PowerSampling(alpha=float(extra.get("alpha", 4.0)), max_tokens=params.max_tokens,
-                         block_size=extra.get("block_size"),
-                         mcmc_steps=int(extra.get("mcmc_steps", 10)),
-                         proposal_temperature=extra.get("proposal_temperature"),
-                         speculation_rows=int(extra.get("speculation_rows",
-                                                         PowerSampling.speculation_rows)),
-                         top_p=params.top_p, n=params.n, seed=params.seed)
-
-
-def _smc(params, extra):
-    from ponder.strategies.smc import SMCPower
-
-    return SMCPower(alpha=float(extra.get("alpha", 4.0)), max_tokens=params.max_tokens,
-                    particles=int(extra.get("particles", 8)),
-                    block_size=int(extra.get("block_size", 32)),
-                    ess_threshold=float(extra.get("ess_threshold", 0.5)),
-                    anneal=bool(extra.get("anneal", False)),
-                    proposal_temperature=extra.get("proposal_temperature"),
-                    top_p=params.top_p, vote=bool(extra.get("vote", False)), seed=params.seed)
-
-
-_POWER_OPTIONS = ("alpha", "block_size", "mcmc_steps", "proposal_temperature",
-                  "speculation_rows")
-
-
-def _search(kind):
-    """Step search (beam_search, lookahead, dvts, mcts): max_tokens caps one step."""
-    def build(params, extra):
-        from ponder.strategies.beam_search import BeamSearch
-        from ponder.strategies.dvts import DVTS
-        from ponder.strategies.lookahead import Lookahead
-        from ponder.strategies.mcts import MCTS
-
-        common = {"temperature": params.temperature, "top_p": params.top_p,
-                  "step_max_tokens": params.max_tokens, "seed": params.seed}
-        casts = {"m": int, "max_steps": int, "token_budget": int, "lookahead": int,
-                 "children": int, "c": float, "rollout_temperature": float}
-        common |= {k: casts.get(k, str)(v) for k, v in extra.items()}
-        if kind == "mcts":
-            return MCTS(simulations=params.n, **common)
-        return {"beam_search": BeamSearch, "lookahead": Lookahead, "dvts": DVTS}[kind](
-            n=params.n, **common)
-
-    return build
-
-
-def _options(extra: dict[str, Any], casts: dict[str, type]) -> dict[str, Any]:
-    return {k: casts[k](v) for k, v in extra.items()}
-
-
-_DEEPCONF_CASTS = {"keep_percent": float, "score": str, "window": int, "tail": int,
-                   "top_logprobs": int, "warmup": int, "consensus": float, "round_size": int}
-
-
-def _deepconf(online):
-    """DeepConf offline (`deepconf`) or online (`deepconf_online`): see strategies.deepconf."""
-    def build(params, extra):
-        from ponder.strategies.deepconf import DeepConfOffline, DeepConfOnline
-
-        return (DeepConfOnline if online else DeepConfOffline)(
-            params, **_options(extra, _DEEPCONF_CASTS))
-
-    return build
-
-
-def _adaptive_sc(params, extra):
-    from ponder.strategies.adaptive_sc import AdaptiveSelfConsistency
-
-    return AdaptiveSelfConsistency(params, **_options(
-        extra, {"round_size": int, "min_rounds": int, "confidence": float, "prior": float}))
-
-
-def _thinking_budget(params, extra):
-    """max_tokens caps the answer; `budget` caps the thinking."""
-    from ponder.strategies.thinking_budget import ThinkingBudget
-
-    return ThinkingBudget(params, **_options(extra, {"budget": int, "wait_rounds": int}))
-
-
-_SEARCH_OPTIONS = ("max_steps", "token_budget", "aggregation", "separator", "final")
-_SEARCH_DEFAULTS = {"n": 8, "temperature": 0.8, "max_tokens": 256}
+_SEARCH = {"takes": {"max_tokens": "step_max_tokens"}, "needs_scorer": True}
 
 STRATEGIES: dict[str, Entry] = {
-    "greedy": Entry(_single("greedy"), "one greedy (temperature 0) answer",
-                    {"n": 1, "temperature": 0.0, "max_tokens": 512}),
-    "sample": Entry(_single("sample"), "one sampled answer (temperature/top-p/top-k/min-p)",
-                    {"n": 1, "temperature": 0.7, "max_tokens": 512}),
-    "self_consistency": Entry(_self_consistency, "majority vote over n sampled answers",
-                              {"n": 8, "temperature": 0.7, "max_tokens": 512}),
-    "best_of_n": Entry(_best_of_n(False), "the top-scored of n samples (needs a scorer)",
-                       {"n": 8, "temperature": 0.7, "max_tokens": 512}, needs_scorer=True),
-    "weighted_best_of_n": Entry(_best_of_n(True),
+    "greedy": Entry("single:Sample", "one greedy (temperature 0) answer",
+                    fixed={"name": "greedy"}, sampling={"temperature": 0.0}),
+    "sample": Entry("single:Sample", "one sampled answer (temperature/top-p/top-k/min-p)"),
+    "self_consistency": Entry("self_consistency:SelfConsistency",
+                              "majority vote over n sampled answers"),
+    "best_of_n": Entry("best_of_n:BestOfN", "the top-scored of n samples (needs a scorer)",
+                       fixed={"weighted": False}, needs_scorer=True),
+    "weighted_best_of_n": Entry("best_of_n:BestOfN",
                                 "the answer with the largest summed score over n samples",
-                                {"n": 8, "temperature": 0.7, "max_tokens": 512},
+                                fixed={"weighted": True, "name": "weighted_best_of_n"},
                                 needs_scorer=True),
-    "self_refine": Entry(_self_refine, "draft, critique, revise; keep revisions that score higher",
-                         {"n": 1, "temperature": 0.7, "max_tokens": 512},
-                         extra_options=("iterations",)),
-    "code_consistency": Entry(_code_consistency,
+    "self_refine": Entry("self_refine:SelfRefine",
+                         "draft, critique, revise; keep revisions that score higher"),
+    "code_consistency": Entry("code_consistency:CodeConsistency",
                               "code: programs that agree on the prompt's example inputs vote "
-                              "together (run in the sandbox)",
-                              {"n": 8, "temperature": 0.8, "max_tokens": 512}),
-    "low_temperature": Entry(_low_temperature,
+                              "together (run in the sandbox)"),
+    "low_temperature": Entry("single:Sample",
                              "one sample at token-level temperature 1/alpha (power's baseline)",
-                             {"n": 1, "temperature": 0.25, "max_tokens": 512},
-                             extra_options=("alpha",)),
-    "power": Entry(_power, "power sampling: block-wise Metropolis-Hastings for p^alpha",
-                   {"n": 1, "temperature": 1.0, "max_tokens": 3072},
-                   extra_options=_POWER_OPTIONS),
-    "smc": Entry(_smc, "sequential Monte Carlo particles for p^alpha (cheaper than power)",
-                 {"n": 1, "temperature": 1.0, "max_tokens": 3072},
-                 extra_options=("alpha", "particles", "block_size", "ess_threshold", "anneal",
-                                "proposal_temperature", "vote")),
-    "beam_search": Entry(_search("beam_search"),
+                             fixed={"name": "low_temperature"}, adapt=_low_temperature,
+                             adapt_options={"alpha": ("power:PowerSampling", "alpha")}),
+    "power": Entry("power:PowerSampling",
+                   "power sampling: block-wise Metropolis-Hastings for p^alpha",
+                   sampling={"temperature": 1.0}),
+    "smc": Entry("smc:SMCPower",
+                 "sequential Monte Carlo particles for p^alpha (cheaper than power)",
+                 sampling={"temperature": 1.0, "n": 1}),
+    "beam_search": Entry("beam_search:BeamSearch",
                          "step-level beam search against a verifier: n candidate steps, keep m",
-                         _SEARCH_DEFAULTS, extra_options=("m", "lookahead", *_SEARCH_OPTIONS),
-                         needs_scorer=True),
-    "lookahead": Entry(_search("lookahead"),
+                         **_SEARCH),
+    "lookahead": Entry("lookahead:Lookahead",
                        "beam search scoring each step by a greedy rollout of k more steps",
-                       _SEARCH_DEFAULTS, extra_options=("m", "lookahead", *_SEARCH_OPTIONS),
-                       needs_scorer=True),
-    "dvts": Entry(_search("dvts"), "diverse verifier tree search: n/m greedy beam subtrees",
-                  _SEARCH_DEFAULTS, extra_options=("m", *_SEARCH_OPTIONS), needs_scorer=True),
-    "mcts": Entry(_search("mcts"), "Monte Carlo tree search over steps (n simulations, UCT/PUCT)",
-                  {"n": 16, "temperature": 0.8, "max_tokens": 256},
-                  extra_options=("children", "c", "selection", "answer_by", "rollout_temperature",
-                                 *_SEARCH_OPTIONS), needs_scorer=True),
-    "deepconf": Entry(_deepconf(False),
+                       **_SEARCH),
+    "dvts": Entry("dvts:DVTS", "diverse verifier tree search: n/m greedy beam subtrees",
+                  **_SEARCH),
+    "mcts": Entry("mcts:MCTS", "Monte Carlo tree search over steps (n simulations, UCT/PUCT)",
+                  takes={"n": "simulations", "max_tokens": "step_max_tokens"},
+                  needs_scorer=True),
+    "deepconf": Entry("deepconf:DeepConfOffline",
                       "DeepConf offline: vote, weighted by confidence, over the top keep_percent% "
-                      "of n traces by token confidence",
-                      {"n": 8, "temperature": 0.7, "max_tokens": 512},
-                      extra_options=("keep_percent", "score", "window", "tail", "top_logprobs")),
-    "deepconf_online": Entry(_deepconf(True),
+                      "of n traces by token confidence"),
+    "deepconf_online": Entry("deepconf:DeepConfOnline",
                              "DeepConf online: warm-up traces set a confidence threshold; later "
-                             "traces stop when their window confidence drops below it",
-                             {"n": 8, "temperature": 0.7, "max_tokens": 512},
-                             extra_options=("keep_percent", "warmup", "consensus", "round_size",
-                                            "window", "top_logprobs")),
-    "adaptive_sc": Entry(_adaptive_sc,
+                             "traces stop when their window confidence drops below it"),
+    "adaptive_sc": Entry("adaptive_sc:AdaptiveSelfConsistency",
                          "self-consistency in rounds, stopping once a Dirichlet posterior says "
-                         "the leading answer is decided (at most n samples)",
-                         {"n": 8, "temperature": 0.7, "max_tokens": 512},
-                         extra_options=("round_size", "min_rounds", "confidence", "prior")),
-    "thinking_budget": Entry(_thinking_budget,
+                         "the leading answer is decided (at most n samples)"),
+    "thinking_budget": Entry("thinking_budget:ThinkingBudget",
                              "reasoning models: cap the <think> tokens at `budget`, then force "
-                             "</think> and the answer (max_tokens); wait_rounds adds s1's Wait",
-                             {"n": 1, "temperature": 0.6, "max_tokens": 512},
-                             extra_options=("budget", "wait_rounds")),
+                             "</think> and the answer (max_tokens); wait_rounds adds s1's Wait"),
 }
 
-ALIASES = {"sc": "self_consistency", "low_temp": "low_temperature", "mcmc": "power", "bon": "best_of_n", "wbon": "weighted_best_of_n",
-           "cot": "greedy", "beam": "beam_search", "deepconf_offline": "deepconf",
-           "asc": "adaptive_sc", "budget_forcing": "thinking_budget"}
+ALIASES = {"sc": "self_consistency", "low_temp": "low_temperature", "mcmc": "power",
+           "bon": "best_of_n", "wbon": "weighted_best_of_n", "cot": "greedy",
+           "beam": "beam_search", "deepconf_offline": "deepconf", "asc": "adaptive_sc",
+           "budget_forcing": "thinking_budget"}
 
 
-# Each option's type, by name: an option means the same thing in every strategy that takes
-# it. Values arrive as text (CLI -o, YAML) or JSON (the server) and are checked here, so a
-# wrong type is one message naming the option instead of a bare conversion error.
-OPTION_TYPES: dict[str, type] = {
-    "n": int, "max_tokens": int, "top_k": int, "seed": int, "temperature": float,
-    "top_p": float, "min_p": float,
-    "alpha": float, "block_size": int, "mcmc_steps": int, "proposal_temperature": float,
-    "speculation_rows": int, "particles": int, "ess_threshold": float, "anneal": bool,
-    "vote": bool, "iterations": int,
-    "m": int, "max_steps": int, "token_budget": int, "lookahead": int, "children": int,
-    "c": float, "rollout_temperature": float, "aggregation": str, "separator": str,
-    "final": str, "selection": str, "answer_by": str,
-    "keep_percent": float, "score": str, "window": int, "tail": int, "top_logprobs": int,
-    "warmup": int, "consensus": float, "round_size": int, "min_rounds": int,
-    "confidence": float, "prior": float, "budget": int, "wait_rounds": int,
-}
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
@@ -256,9 +185,15 @@ class OptionError(ValueError):
         self.option = option
 
 
+SAMPLING_TYPES = {"n": int, "max_tokens": int, "top_k": int, "seed": int, "temperature": float,
+                  "top_p": float, "min_p": float}
+
+
 def coerce_option(strategy: str, key: str, value: Any) -> Any:
-    """`value` as option `key`'s type (text such as "4" or "true" is read), or OptionError."""
-    kind = OPTION_TYPES.get(key)
+    """`value` as option `key`'s type (text such as "4" or "true" is read), or OptionError.
+    Values arrive as text (CLI -o, YAML) or JSON (the server) and are checked here, so a
+    wrong type is one message naming the option instead of a bare conversion error."""
+    kind = SAMPLING_TYPES.get(key) or STRATEGIES[canonical_name(strategy)].options.get(key)
     if kind is None:
         return value
     out = _coerce(kind, value)
@@ -312,6 +247,8 @@ def make_strategy(name: str, **options: Any):
     if key in ("greedy",) and values.get("n", 1) != 1:
         raise ValueError("greedy gives one answer: use self_consistency for n > 1")
     extra = {k: options[k] for k in entry.extra_options if k in options}
+    if entry.adapt is not None:
+        values |= entry.adapt({**entry.option_defaults(), **extra})
     return entry.build(SamplingParams(**values), extra)
 
 

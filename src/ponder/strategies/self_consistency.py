@@ -22,7 +22,8 @@ from ponder.types import SamplingParams
 
 @dataclass(frozen=True)
 class SelfConsistency:
-    params: SamplingParams = field(default_factory=lambda: SamplingParams(n=8, temperature=0.7))
+    params: SamplingParams = field(
+        default_factory=lambda: SamplingParams(n=8, temperature=0.7, max_tokens=512))
     name: str = "self_consistency"
 
     def worst_case(self, prompt_tokens: int) -> Cost:

@@ -31,7 +31,8 @@ REVISE_PROMPT = (
 @dataclass(frozen=True)
 class SelfRefine:
     iterations: int = 2
-    params: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.7))
+    params: SamplingParams = field(
+        default_factory=lambda: SamplingParams(temperature=0.7, max_tokens=512))
     critique_tokens: int = 256
     name: str = "self_refine"
 

@@ -22,7 +22,8 @@ from ponder.types import SamplingParams
 class Sample:
     """One sample per problem from `params` (n is forced to 1)."""
 
-    params: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.7))
+    params: SamplingParams = field(
+        default_factory=lambda: SamplingParams(temperature=0.7, max_tokens=512))
     name: str = "sample"
 
     def worst_case(self, prompt_tokens: int) -> Cost:

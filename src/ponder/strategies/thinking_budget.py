@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ponder.engines.base import require
-from ponder.strategies.base import check_problems, default_render, result, sampling_for
+from ponder.strategies.base import check_problems, default_render, internal, result, sampling_for
 from ponder.strategies.cost import TEMPLATE_TOKENS, Cost
 from ponder.strategies.voting import vote, vote_table
 from ponder.tasks.extract import extract_answer
@@ -56,12 +56,14 @@ class ThinkingBudget:
     """params.n samples per problem; params.max_tokens caps the answer after the thinking."""
 
     params: SamplingParams = field(
-        default_factory=lambda: SamplingParams(n=1, temperature=0.6, max_tokens=256))
+        default_factory=lambda: SamplingParams(n=1, temperature=0.6, max_tokens=512))
     budget: int = 1024  # thinking tokens
     wait_rounds: int = 0
-    close: str = "</think>"
-    forced_close: str = "\n</think>\n\n"
-    wait: str = "Wait"
+    # The model family's tags: set in Python for another family; not request options, as
+    # their length is not in worst_case (a template's share is TEMPLATE_TOKENS).
+    close: str = internal("</think>")
+    forced_close: str = internal("\n</think>\n\n")
+    wait: str = internal("Wait")
     name: str = "thinking_budget"
 
     def worst_case(self, prompt_tokens: int) -> Cost:
