@@ -6,8 +6,9 @@ import asyncio
 import pytest
 
 from ponder.engines.base import Capabilities
-from ponder.server.batcher import EngineWorker, Job
+from ponder.server.batcher import EngineWorker
 from ponder.server.errors import ApiError, LimitError
+from ponder.server.jobs import Job
 from ponder.server.metered import MeteredEngine
 from ponder.strategies.registry import make_strategy
 from ponder.types import (
@@ -23,9 +24,10 @@ from ponder.types import (
 class FakeEngine:
     """Each word of a prompt is a token; every sample is "The answer is 5" in 3 tokens."""
 
-    name = "fake"
+    name = model_name = "fake"
     capabilities = Capabilities()
     max_positions = 50
+    max_batch_size = 8
 
     def __init__(self):
         self.calls: list[int] = []

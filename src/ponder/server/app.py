@@ -20,8 +20,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ponder.server.batcher import EngineWorker, Job
+from ponder.server.batcher import EngineWorker
 from ponder.server.errors import ApiError, bad_request, deadline_error, error_body
+from ponder.server.jobs import Job
 from ponder.server.limits import Counters, Gate, Limits, read_body
 from ponder.server.logprobs import Detailed
 from ponder.server.responses import (
@@ -71,7 +72,7 @@ def create_app(engine, *, served_name: str | None = None, api_key: str | None = 
         judge_answer), never a path or a hub id of their own.
     """
     limits = limits or Limits()
-    model_name = str(getattr(engine, "model_name", "model"))
+    model_name = str(engine.model_name)
     served_name = served_name or os.path.basename(model_name.rstrip("/")) or model_name
     served = tuple(dict.fromkeys([served_name, model_name]))
     counters = Counters()

@@ -27,10 +27,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from ponder.server.errors import ApiError, Stopped, deadline_error
+from ponder.server.jobs import Job
 from ponder.server.limits import over_budget, over_context
 from ponder.server.logprobs import detailed
 from ponder.server.metered import MeteredEngine
@@ -39,8 +39,6 @@ from ponder.strategies.cost import Cost, cost_options
 from ponder.types import (
     Completion,
     Generation,
-    Prompt,
-    SamplingParams,
     Scored,
     ScoreRequest,
     SequenceState,
@@ -52,41 +50,6 @@ log = logging.getLogger("ponder.server")
 # Strategies whose run() makes exactly one generate call with one request per problem, in
 # order: safe to batch across requests, and progress maps back to each request by index.
 GROUPABLE = {"self_consistency", "best_of_n", "weighted_best_of_n"}
-
-
-@dataclass(eq=False)
-class Job:
-    """One unit of engine work for a request; events go to `events` as (tag, kind, data).
-
-    kinds: started (checked, about to run), token (sample index, text delta), progress
-    (a dict), done (a Generation or a Result), error (an exception).
-    """
-
-    tag: int
-    events: asyncio.Queue
-    prompt: Prompt
-    budget: int
-    stream: bool
-    params: SamplingParams | None = None  # plain sampling
-    strategy: Any = None  # a built strategy
-    scorer: str | None = None
-    question: str = ""
-    output: Any = None  # schemas.Output: logprobs / echo wanted (plain jobs)
-    options: tuple[str, ...] = ()  # the strategy options the request set (for messages)
-    deadline: float | None = None  # time.monotonic() by which it must be done
-    seconds: float = 0.0  # the deadline's length, for messages
-    cancelled: bool = False  # the client went away: its remaining work is dropped
-
-    @property
-    def plain(self) -> bool:
-        return self.strategy is None
-
-    def expired(self) -> bool:
-        return self.deadline is not None and time.monotonic() > self.deadline
-
-    def stopped(self) -> bool:
-        """Its remaining engine work should stop (checked at every decode step)."""
-        return self.cancelled or self.expired()
 
 
 class EngineWorker:
@@ -226,8 +189,8 @@ class EngineWorker:
                                              param=field, code="invalid_prompt"))
             return None
         cost = cost_of(len(ids))
-        context = getattr(self.engine, "max_positions", None)
-        if context is not None and (cost.longest > context or len(ids) >= context):
+        context = self.engine.max_positions
+        if cost.longest > context or len(ids) >= context:
             self.emit(job, "error", over_context(len(ids), cost.longest, context, field))
             return None
         if cost.tokens > job.budget:

@@ -10,16 +10,32 @@ went away, or whose deadline passed, leaves the batch at the next step.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ponder.server.errors import deadline_error
+from ponder.server.jobs import Job
 from ponder.strategies.cost import Cost, sampling_cost
 from ponder.types import GenerateRequest, Generation
 
-if TYPE_CHECKING:
-    from ponder.server.batcher import EngineWorker, Job
-
 log = logging.getLogger("ponder.server")
+
+
+class Worker(Protocol):
+    """What a plain run needs of the engine worker running it (server.batcher.EngineWorker)."""
+
+    can_stop: bool  # the engine honours stop hooks mid-decode
+    cancelled: int
+    expired: int
+
+    def check(self, job: Job, cost_of: Callable[[int], Cost], what: str,
+              options: dict[str, Any]) -> list[int] | None: ...
+
+    def emit(self, job: Job, kind: str, data: Any = None) -> None: ...
+
+    def take_plain(self) -> list[Job]: ...
+
+    def finish_detailed(self, items: list[tuple[Job, list[int], Generation | None]]) -> None: ...
 
 
 def plain_cost(job: Job, prompt_tokens: int) -> Cost:
@@ -32,7 +48,7 @@ class PlainRun:
     """first: the engine's index of this run's first request (a strategy's own requests
     come before it when plain jobs ride along in a strategy's engine call)."""
 
-    def __init__(self, worker: EngineWorker, first: int = 0):
+    def __init__(self, worker: Worker, first: int = 0):
         self.worker, self.first = worker, first
         self.generating: list[tuple[Job, list[int]]] = []  # by engine index - first
         self.detailed: list[tuple[Job, list[int]]] = []  # finished after the loop

@@ -18,7 +18,7 @@ from ponder.scorers.hf_prm import split_steps
 from ponder.strategies.base import problem_seed
 from ponder.tasks.extract import extract_answer
 from ponder.tasks.grade import is_equiv
-from ponder.train.trainer import Example
+from ponder.train.examples import Example
 from ponder.types import Completion, GenerateRequest, SamplingParams
 
 SEPARATOR = "\n\n"

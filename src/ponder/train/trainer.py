@@ -25,7 +25,7 @@ import torch
 
 from ponder.models import DEFAULT_MODEL
 from ponder.train.contamination import check_disjoint, check_training_task
-from ponder.types import Prompt
+from ponder.train.examples import Example
 
 
 @dataclass(frozen=True)
@@ -59,17 +59,6 @@ class VerifierConfig:
                 "temperature": self.temperature, "max_tokens": self.max_tokens,
                 "prompt": self.prompt, "seed": self.seed, "limit": self.limit,
                 "model": self.model, "label": f"verifier data ({self.task})"}
-
-
-@dataclass(frozen=True)
-class Example:
-    """One labelled sample: its prompt and response, and a label per position the verifier
-    reads (one for outcome; one per step for process)."""
-
-    problem_id: str
-    prompt: Prompt
-    response: str
-    labels: tuple[float, ...]
 
 
 def collect_samples(config: VerifierConfig, engine, store, progress: bool = True,
