@@ -1,5 +1,5 @@
-"""Flags and helpers shared by the commands: the engine, sampling, strategy, task and store
-flags, the checks `eval` and `sweep` make up front, and running their runs into a store."""
+"""Flags and helpers shared by the commands: the engine, strategy, task and store flags,
+the checks `eval` and `sweep` make up front, and running their runs into a store."""
 
 from __future__ import annotations
 
@@ -79,33 +79,6 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig.from_mapping({
         f.name: getattr(args, _ENGINE_DESTS.get(f.name, f.name), None)
         for f in fields(EngineConfig)})
-
-
-def add_sampling_args(parser: argparse.ArgumentParser, n_default: int = 1,
-                      temperature_default: float = 1.0, max_tokens_default: int = 256) -> None:
-    group = parser.add_argument_group("sampling")
-    group.add_argument("--n", type=int, default=n_default, help=f"samples (default {n_default})")
-    group.add_argument("--temperature", type=float, default=temperature_default,
-                       help=f"0 = greedy (default {temperature_default})")
-    group.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1 = off)")
-    group.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = off)")
-    group.add_argument("--min-p", type=float, default=0.0,
-                       help="drop tokens below min_p x the top probability (0 = off)")
-    group.add_argument("--max-tokens", type=int, default=max_tokens_default,
-                       help=f"new tokens per sample (default {max_tokens_default})")
-    group.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                       help="stop string (repeatable)")
-    group.add_argument("--seed", type=int, default=None, help="makes the run reproducible")
-
-
-def sampling_from_args(args: argparse.Namespace, **overrides):
-    from ponder.types import SamplingParams
-
-    values = dict(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                  min_p=args.min_p, max_tokens=args.max_tokens, stop=tuple(args.stop),
-                  seed=args.seed)
-    values.update(overrides)
-    return SamplingParams(**values)
 
 
 # --------------------------------------------------------------------------- strategies

@@ -6,12 +6,7 @@ import argparse
 import json
 import sys
 
-from ponder.commands._common import (
-    add_engine_args,
-    add_sampling_args,
-    engine_config_from_args,
-    sampling_from_args,
-)
+from ponder.commands._common import add_engine_args, engine_config_from_args
 
 EPILOG = """examples:
   ponder generate "What is 12 + 35?"                       greedy-ish chat answer, streamed
@@ -31,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--raw", action="store_true",
                    help="send the prompt as raw text, without the chat template")
     p.add_argument("--json", action="store_true", help="print one JSON object per completion")
-    add_sampling_args(p, temperature_default=0.7)
+    _add_sampling_args(p)
     add_engine_args(p)
     p.set_defaults(func=run)
 
@@ -42,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.prompt.strip():
         raise ValueError("the prompt is empty: give some text to complete")
-    params = sampling_from_args(args)  # validates before the model loads
+    params = _sampling_from_args(args)  # validates before the model loads
     prompt = args.prompt if args.raw else [{"role": "user", "content": args.prompt}]
     engine = build_engine(engine_config_from_args(args))
     stream = params.n == 1 and not args.json
@@ -71,3 +66,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"usage: {u.prompt_tokens} prompt, {u.generated_tokens} generated, "
               f"{u.forward_tokens} forward tokens, {u.wall_seconds:.1f} s", file=sys.stderr)
     return 0
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--n", type=int, default=1, help="samples (default 1)")
+    group.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default 0.7)")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1 = off)")
+    group.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = off)")
+    group.add_argument("--min-p", type=float, default=0.0,
+                       help="drop tokens below min_p x the top probability (0 = off)")
+    group.add_argument("--max-tokens", type=int, default=256,
+                       help="new tokens per sample (default 256)")
+    group.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                       help="stop string (repeatable)")
+    group.add_argument("--seed", type=int, default=None, help="makes the run reproducible")
+
+
+def _sampling_from_args(args: argparse.Namespace):
+    from ponder.types import SamplingParams
+
+    return SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, min_p=args.min_p, max_tokens=args.max_tokens,
+                          stop=tuple(args.stop), seed=args.seed)
