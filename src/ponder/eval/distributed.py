@@ -4,12 +4,12 @@
         outcome = pool.run(spec, store)
 
 Each worker is a Ray actor that builds its engine from an EngineConfig (the options of the
-CLI's engine flags), with each run's model and dtype, loads it once, and runs chunks of problems through the
-strategy, grading them where they ran. The driver hands out chunks (fixed by task position,
-as in a local run) to whichever worker is free, and writes each returned problem into the
-store in its own transaction: it is the only writer, so a distributed run resumes exactly
-like a local one. Per-problem seeds depend only on the run seed and the problem id, so the
-stored results equal a local run's with the same --chunk.
+CLI's engine flags) with each run's model and dtype, loads it once, and runs chunks of
+problems through the strategy, grading them where they ran. The driver hands out chunks
+(fixed by task position, as in a local run) to whichever worker is free, and writes each
+returned problem into the store in its own transaction: it is the only writer, so a
+distributed run resumes exactly like a local one. Per-problem seeds depend only on the run
+seed and the problem id, so the stored results equal a local run's with the same --chunk.
 
 Without an address a local Ray instance is started (and stopped at the end); with one, the
 pool joins that cluster, whose nodes need ponder (and the engine's packages) installed.
