@@ -35,18 +35,6 @@ KEPT = LlamaCppCache()
 
 
 @dataclass(eq=False)
-class _Slot:
-    """One llama.cpp sequence id and the tokens its KV cells hold (positions 0..len-1)."""
-
-    seq: int
-    tokens: list[int] = field(default_factory=list)
-    busy: bool = False  # a live sample is decoding in it
-    kept: bool = False  # holds a state the caller asked to keep: evicted last
-    used: int = 0  # LRU clock
-
-
-
-@dataclass(eq=False)
 class Slot:
     """One llama.cpp sequence id and the tokens its KV cells hold (positions 0..len-1)."""
 
