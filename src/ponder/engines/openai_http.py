@@ -38,7 +38,8 @@ from ponder.engines.base import (
 from ponder.engines.collect import JobRecord, SampleRecord, collect_generations
 from ponder.engines.openai_pool import ServerPool
 from ponder.engines.openai_probe import Features, find_model, probe
-from ponder.engines.openai_tokens import TokenMap, load_tokenizer
+from ponder.engines.openai_score import EchoScoring
+from ponder.engines.openai_tokens import TokenMap, load_tokenizer, token_id
 from ponder.engines.requests import (
     generate_requests,
     request_seed,
@@ -285,7 +286,7 @@ class OpenAIHTTPEngine:
 
     def _ids(self, tokens: list[str], text: str, p: SamplingParams, finish) -> list[int]:
         if self.features.token_ids_out:
-            return [_token_id(t) for t in tokens]
+            return [token_id(t) for t in tokens]
         cut = bool(p.stop) and finish != "length"
         eos = min(self.eos_ids) if self.eos_ids and finish != "length" else None
         return self._token_map.ids(tokens, text, cut, eos)
@@ -296,7 +297,7 @@ class OpenAIHTTPEngine:
             return {}
         pairs = []
         for key, value in entry.items():
-            tok = _token_id(key) if key.startswith("token_id:") else self._token_map.id_of(key)
+            tok = token_id(key) if key.startswith("token_id:") else self._token_map.id_of(key)
             if tok is not None and value is not None:
                 pairs.append((tok, float(value)))
         return dict(sorted(pairs, key=lambda kv: -kv[1])[:k])
@@ -330,7 +331,8 @@ class OpenAIHTTPEngine:
         if f.score is None:
             raise ValueError("score() needs the score capability: this server returns no "
                              "log-probabilities for prompt tokens (echo or prompt_logprobs)")
-        rows = [(r.prompt, r.continuation, r.params, self._score_body(
+        echo = EchoScoring(f, self.tokenizer, self.model_name)
+        rows = [(r.prompt, r.continuation, r.params, echo.body(
                     i, r.prompt + r.continuation, r.params))
                 for i, r in enumerate(score_rows(
                     requests, self.tokenize,
@@ -338,108 +340,12 @@ class OpenAIHTTPEngine:
         started = time.perf_counter()
         answers = self.pool.run(self._post_all([body for *_, body in rows]))
         wall = time.perf_counter() - started
-        scored = [self._scored(i, row, answer) for i, (row, answer) in
+        scored = [echo.read(i, row, answer) for i, (row, answer) in
                   enumerate(zip(rows, answers, strict=True))]
         total = sum(s.usage.forward_tokens for s in scored) or 1
         return [Scored(s.token_ids, s.logprobs, s.sampling_logprobs, Usage(
             prompt_tokens=s.usage.prompt_tokens, forward_tokens=s.usage.forward_tokens,
             calls=1, wall_seconds=wall * s.usage.forward_tokens / total)) for s in scored]
-
-    def _score_body(self, index: int, ids: list[int],
-                    params: SamplingParams | None) -> dict[str, Any]:
-        f = self.features
-        if params is not None and not f.sampling and not samples_the_model(params):
-            raise ValueError(f"score request {index}: log q under these sampling params needs "
-                             "the sampling_logprobs capability, which this server lacks")
-        if not f.echo_without_bos and f.score == "echo" and ids[0] != self.tokenizer.bos_token_id:
-            raise ValueError(f"score request {index}: this server's echo log-probabilities are "
-                             "shifted by one token for prompts that do not start with the BOS "
-                             "token (a llama-cpp-python bug), so it can score only those: use "
-                             "a chat prompt, or a server such as ponder serve or vLLM")
-        wire = ids if f.token_prompts else self.tokenizer.decode(ids, skip_special_tokens=False)
-        body: dict[str, Any] = {"model": self.model_name, "prompt": wire,
-                                "max_tokens": f.score_max_tokens, "temperature": 0.0}
-        if f.score == "prompt_logprobs":
-            body["prompt_logprobs"] = 1
-            return body
-        body.update(echo=True, logprobs=1)
-        if f.token_ids_out:
-            body["return_tokens_as_token_ids"] = True
-        if params is not None and f.sampling:
-            body.update(temperature=params.temperature, top_p=params.top_p,
-                        return_sampling_logprobs=True)
-            if f.top_k:
-                body["top_k"] = params.top_k
-            if f.min_p:
-                body["min_p"] = params.min_p
-        return body
-
-    def _scored(self, index: int, row, answer: dict) -> Scored:
-        prompt_ids, cont_ids, params, _ = row
-        full = prompt_ids + cont_ids
-        where = f"score request {index}"
-        choice = (answer.get("choices") or [{}])[0]
-        start, end = len(prompt_ids), len(full)
-        if self.features.score == "prompt_logprobs":
-            entries = choice.get("prompt_logprobs") or []
-            if len(entries) < end:
-                raise ValueError(f"{where}: the server returned {len(entries)} prompt "
-                                 f"log-probabilities for {end} tokens")
-            logprobs = [_prompt_logprob(entries[i], full[i], where) for i in range(start, end)]
-            q = None
-        else:
-            lp = choice.get("logprobs") or {}
-            tokens, values = lp.get("tokens") or [], lp.get("token_logprobs") or []
-            at = self._align_echo(tokens, full, where)[start:end]
-            if any(i is None for i in at):
-                raise ValueError(f"{where}: the server left continuation tokens out of its echo")
-            logprobs = [NAN if values[i] is None else float(values[i]) for i in at]
-            served_q = lp.get("sampling_token_logprobs")
-            q = None if served_q is None else \
-                [-math.inf if served_q[i] is None else float(served_q[i]) for i in at]
-        if params is not None and q is None:
-            q = list(logprobs)  # _score_body let only q = p through without the server's q
-        generated = self.features.score_max_tokens
-        return Scored(tuple(cont_ids), tuple(logprobs), tuple(q) if q is not None else None,
-                      Usage(prompt_tokens=len(prompt_ids), forward_tokens=end + generated))
-
-    def _align_echo(self, tokens: list[str], full: list[int], where: str) -> list[int | None]:
-        """Where each token of `full` is in the server's echo (None: left out). The server
-        must have scored exactly our tokens: one that takes text re-tokenizes it."""
-        if self.features.token_ids_out:
-            if [_token_id(t) for t in tokens[: len(full)]] != full:
-                raise ValueError(f"{where}: the server echoed other tokens than it was sent")
-            return list(range(len(full)))
-        texts = self.tokenizer.batch_decode([[i] for i in full], skip_special_tokens=True)
-        bos = self.tokenizer.bos_token_id
-        at: list[int | None] = []
-        j = 0
-        for tid, text in zip(full, texts, strict=True):
-            if j < len(tokens) and tokens[j] == text.replace("\ufffd", ""):
-                at.append(j)
-                j += 1
-            elif tid == bos:  # llama-cpp-python leaves BOS tokens out of its echo
-                at.append(None)
-            else:
-                raise ValueError(
-                    f"{where}: the server tokenized the text differently from the model's "
-                    "tokenizer (it takes no token-id prompts), so it scored other tokens; "
-                    "use a server that takes token-id prompts (ponder serve, vLLM)")
-        return at
-
-
-def _token_id(token: str) -> int:
-    if not token.startswith("token_id:"):
-        raise ValueError(f"expected a token written as token_id:<id>, got {token!r}")
-    return int(token.removeprefix("token_id:"))
-
-
-def _prompt_logprob(entry, token_id: int, where: str) -> float:
-    """vLLM's prompt_logprobs entry: {"<id>": {"logprob": x, ...}} or {"<id>": x}."""
-    if not isinstance(entry, dict) or str(token_id) not in entry:
-        raise ValueError(f"{where}: no prompt log-probability for token {token_id}")
-    value = entry[str(token_id)]
-    return float(value["logprob"] if isinstance(value, dict) else value)
 
 
 @dataclass(eq=False)

@@ -95,3 +95,10 @@ class TokenMap:
         if self._ids is None:
             self._ids = self._build()
         return self._ids.get(token)
+
+
+def token_id(token: str) -> int:
+    """A token the server wrote as token_id:<id> (return_tokens_as_token_ids)."""
+    if not token.startswith("token_id:"):
+        raise ValueError(f"expected a token written as token_id:<id>, got {token!r}")
+    return int(token.removeprefix("token_id:"))

@@ -86,7 +86,7 @@ class Worker:
             self.engine = build_engine(replace(self.config, model=model, dtype=dtype))
             self.key, self.run_id = (model, dtype), None
         return {"worker": self.name,
-                "max_batch_size": getattr(self.engine, "max_batch_size", 64)}
+                "max_batch_size": self.engine.max_batch_size}
 
     def run(self, spec_dict: dict[str, Any], todo: list[tuple[int, Problem]],
             grade_timeout: float) -> tuple[str, list[ProblemRow]]:

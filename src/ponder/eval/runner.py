@@ -101,8 +101,7 @@ def run_eval(spec: RunSpec, engine, store: Store, problems: Sequence[Problem] | 
     propagates after the current transaction finished or rolled back."""
     problems = list(problems if problems is not None else spec.load_problems())
     outcome, done, prior = begin_run(spec, store, problems)
-    chunks = todo_chunks(problems, chunk or auto_chunk(spec, getattr(engine, "max_batch_size",
-                                                                     64)), done)
+    chunks = todo_chunks(problems, chunk or auto_chunk(spec, engine.max_batch_size), done)
     strategy = spec.build_strategy()
     scorer = make_run_scorer(spec, engine)
     bar = Progress(spec.label, len(problems), prior, progress)

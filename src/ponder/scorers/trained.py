@@ -134,8 +134,8 @@ class TrainedVerifier:
         backbone = None
         model = getattr(self.engine, "model", None)
         if model is not None and getattr(self.engine, "tokenizer", None) is not None:
-            backbone = Backbone(model, self.engine.tokenizer,
-                                getattr(self.engine, "model_name", "policy"), self.card.layers)
+            backbone = Backbone(model, self.engine.tokenizer, self.engine.model_name,
+                                self.card.layers)
             if backbone.hash != self.card.base_hash:
                 backbone = None  # another model: load the card's own
         if backbone is None:
