@@ -11,7 +11,7 @@ from ponder.strategies.dvts import DVTS
 from ponder.strategies.lookahead import Lookahead
 from ponder.strategies.mcts import MCTS
 from ponder.strategies.registry import make_strategy, needs_scorer
-from ponder.strategies.step_search import join_steps
+from ponder.strategies.search.tree import join_steps
 from ponder.tasks.datasets import Problem, load_task
 
 STEP = 24  # step_max_tokens: short steps keep the tests fast

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from ponder.strategies.base import default_render
 from ponder.strategies.cost import Cost
-from ponder.strategies.step_search import SearchConfig, run_beams
+from ponder.strategies.search.beams import run_beams
+from ponder.strategies.search.tree import SearchConfig
 from ponder.tasks.extract import extract_answer
 
 
