@@ -351,6 +351,14 @@ def test_budgets_are_never_exceeded(budget):
         assert {name for name, why in stops if why == "budget"} == {c.name for c in configs()}
 
 
+def test_a_budget_too_small_for_the_first_step_answers_nothing():
+    for config in configs(token_budget=4):  # the first request: 2 + (3 or 4) x (STEP - 1)
+        for r in run(config, HashScorer(), probs=problems(2)):
+            assert (r.answer, r.chosen, r.candidates) == (None, None, ()), config.name
+            assert r.trace["stopped"] == "budget" and r.trace["chosen_path"] == []
+            assert r.usage.forward_tokens == 0 and len(r.trace["nodes"]) == 1
+
+
 def next_expansion(result, width=2, prompt=2):
     """The cheapest request the beam loop could have sent next: a live beam's prefix (all of
     it, without a cache) and width samples of STEP tokens, the first sampled from its logits."""

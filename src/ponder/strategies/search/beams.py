@@ -152,7 +152,8 @@ def select(fresh: list[Node], marks: dict[int, Mark], keep: int,
 
 
 def _result(beams: Beams):
-    tree, completed, live = beams.tree, beams.completed, beams.live
+    tree, completed = beams.tree, beams.completed
+    live = [n for n in beams.live if n.parent is not None]  # the root: nothing was grown
     pool = completed or live
     best = min(pool, key=lambda n: (-n.value, n.id)) if pool else None
     candidates = tuple(candidate(tree, n) for n in [*completed, *live])
