@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from ponder.eval.spec import RUN_KEYS
     from ponder.scorers.registry import make_scorer
     from ponder.strategies.registry import STRATEGIES, canonical_name, make_strategy
-    from ponder.tasks.datasets import Problem
     from ponder.tasks.prompts import build_prompt
+    from ponder.types import Problem
 
     if not args.question.strip():
         raise ValueError("the question is empty")

@@ -38,7 +38,7 @@ from ponder.eval.runner import (
 )
 from ponder.eval.spec import RunSpec
 from ponder.eval.store import ProblemRow, Store
-from ponder.tasks.datasets import Problem
+from ponder.types import Problem
 
 INSTALL_HINT = "pip install 'ponder[ray]' (or scripts/install_ray.sh)"
 # Chunks queued per worker: a second one waits in the actor's queue, so a worker never

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ponder.eval.spec import RunSpec, make_spec
 from ponder.eval.store import ProblemRow, SampleRow, Store
-from ponder.tasks.datasets import Problem
+from ponder.types import Problem
 
 # make_spec is re-exported: `from ponder.eval.runner import make_spec, run_eval` reads well.
 __all__ = ["Outcome", "Progress", "RunSpec", "auto_chunk", "begin_run", "graded_row", "make_run_scorer",

@@ -19,8 +19,8 @@ from typing import Any
 from ponder.engines.config import EngineConfig
 from ponder.eval.store import run_id_for
 from ponder.models import DTYPE_NAMES
-from ponder.tasks.datasets import Problem
 from ponder.tasks.prompts import STYLES
+from ponder.types import Problem
 
 # Run options besides the strategy's own (sampling options and its extra_options).
 RUN_KEYS = ("task", "limit", "levels", "subjects", "shuffle_seed", "strategy", "prompt", "raw",

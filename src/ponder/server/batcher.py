@@ -248,7 +248,7 @@ class EngineWorker:
 
     def _run_strategy(self, jobs: list[Job]) -> None:
         from ponder.scorers.registry import make_scorer
-        from ponder.tasks.datasets import Problem
+        from ponder.types import Problem
 
         ready = []
         for job in jobs:

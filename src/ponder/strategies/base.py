@@ -15,10 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import field
 from typing import Any, Protocol
 
-from ponder.tasks.datasets import Problem
 from ponder.tasks.extract import extract_answer
 from ponder.tasks.prompts import build_prompt
-from ponder.types import Candidate, Completion, Prompt, Result, SamplingParams, Usage
+from ponder.types import Candidate, Completion, Problem, Prompt, Result, SamplingParams, Usage
 
 Extract = Callable[[str], str | None]
 Render = Callable[[Problem], Prompt]

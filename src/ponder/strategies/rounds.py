@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ponder.strategies.base import Render, sampling_for
-from ponder.tasks.datasets import Problem
-from ponder.types import GenerateRequest, SamplingParams, SequenceState, Usage
+from ponder.types import GenerateRequest, Problem, SamplingParams, SequenceState, Usage
 
 
 def prompt_states(problems: Sequence[Problem], engine, render: Render,

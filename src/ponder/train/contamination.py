@@ -15,7 +15,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
-from ponder.tasks.datasets import Problem
+from ponder.types import Problem
 
 EVALUATION_SETS = ("math500", "gsm8k", "aime24", "amc23", "humaneval")
 
