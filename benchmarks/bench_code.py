@@ -25,8 +25,9 @@ import os
 import time
 from collections import Counter
 
+from ponder.eval.metrics import mean_pass_at_k
 from ponder.tasks.code import extract_code, load_humaneval
-from ponder.tasks.code.grade import assemble, pass_at_k
+from ponder.tasks.code.grade import assemble
 from ponder.tasks.code.mutate import mutants
 from ponder.tasks.code.sandbox import Limits, Sandbox
 
@@ -95,7 +96,7 @@ def main() -> None:
         "canonical_passed": f"{sum(right)}/{len(right)}",
         "bugs_passing": bugs_passing,
         "runs_agree": sum(agree),
-        "pass@1": round(pass_at_k(graded, [1])["pass@1"], 4),
+        "pass@1": round(mean_pass_at_k(graded, [1])["pass@1"], 4),
     }))
 
 

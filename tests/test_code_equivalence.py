@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from ponder.engines.base import Capabilities
+from ponder.eval.metrics import mean_pass_at_k
 from ponder.scorers.base import Rating
 from ponder.strategies.best_of_n import BestOfN
 from ponder.strategies.registry import make_strategy
 from ponder.tasks.code import CodeTask, load_humaneval
 from ponder.tasks.code.equivalence import probe_calls, signatures, vote
-from ponder.tasks.code.grade import pass_at_k
 from ponder.tasks.code.mutate import mutants
 from ponder.tasks.code.sandbox import Limits, Outcome, Sandbox
 from ponder.tasks.datasets import load_task
@@ -170,12 +170,12 @@ def test_pass_at_k_from_graded_samples(problems):
     codes = [p.metadata["canonical_solution"], *mutants(p).values()][:4]
     outcomes = task.outcomes([(p, c) for c in codes])
     assert [o.passed for o in outcomes] == [True, False, False, False]
-    metrics = pass_at_k([outcomes, [True, True, False, False]])
+    metrics = mean_pass_at_k([outcomes, [True, True, False, False]])
     assert metrics == pytest.approx({"pass@1": (0.25 + 0.5) / 2, "pass@2": (0.5 + 5 / 6) / 2,
                                      "pass@4": 1.0})
     with pytest.raises(ValueError, match="k must be"):
-        pass_at_k([[True, False]], ks=[3])
-    assert pass_at_k([[Outcome("passed")]]) == {"pass@1": 1.0}
+        mean_pass_at_k([[True, False]], ks=[3])
+    assert mean_pass_at_k([[Outcome("passed")]]) == {"pass@1": 1.0}
 
 
 @pytest.mark.slow

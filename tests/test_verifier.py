@@ -14,14 +14,15 @@ import pytest
 import torch
 
 from ponder.engines.table import TableEngine
+from ponder.scorers.backbone import Backbone
 from ponder.scorers.base import ScoreItem
+from ponder.scorers.probe import Probe
 from ponder.scorers.registry import make_scorer
 from ponder.scorers.trained import Card, TrainedVerifier, save_verifier
 from ponder.tasks import arith
 from ponder.tasks.datasets import Problem, load_task
 from ponder.train.contamination import check_disjoint, check_training_task, normalise_question
-from ponder.train.features import Backbone
-from ponder.train.probe import Probe, auroc, expected_calibration_error, train_probe
+from ponder.train.probe import auroc, expected_calibration_error, train_probe
 from ponder.train.process_labels import mc_labels
 from ponder.types import SamplingParams
 

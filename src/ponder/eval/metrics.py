@@ -28,6 +28,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -137,6 +138,25 @@ def default_ks(n: int) -> list[int]:
         raise ValueError(f"need at least one sample, got n={n}")
     ks = [1 << i for i in range(n.bit_length()) if 1 << i <= n]
     return ks if ks[-1] == n else [*ks, n]
+
+
+def mean_pass_at_k(graded: Sequence[Sequence[Any]],
+              ks: Sequence[int] | None = None) -> dict[str, float]:
+    """Mean unbiased pass@k over problems (Chen et al., 2021), from each problem's n
+    graded samples (booleans, or outcomes with a `passed` flag, as code grading gives);
+    ks default to 1, 2, 4, ... up to the fewest n."""
+    if not graded or any(len(samples) == 0 for samples in graded):
+        raise ValueError("pass@k needs at least one problem, each with at least one sample")
+    fewest = min(len(samples) for samples in graded)
+    ks = list(default_ks(fewest) if ks is None else ks)
+    if any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= fewest for k in ks):
+        raise ValueError(f"every k must be an integer in [1, {fewest}] (the fewest samples), "
+                         f"got {ks}")
+    correct = [sum(bool(getattr(s, "passed", s)) for s in samples)
+               for samples in graded]
+    return {f"pass@{k}": sum(pass_at_k(len(samples), c, k)
+                             for samples, c in zip(graded, correct, strict=True)) / len(graded)
+            for k in ks}
 
 
 @dataclass(frozen=True)

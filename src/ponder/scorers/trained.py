@@ -128,8 +128,8 @@ class TrainedVerifier:
             return self
         from safetensors.torch import load_file
 
-        from ponder.train.features import Backbone
-        from ponder.train.probe import Probe
+        from ponder.scorers.backbone import Backbone
+        from ponder.scorers.probe import Probe
 
         backbone = None
         model = getattr(self.engine, "model", None)

@@ -8,7 +8,7 @@ Wang et al., 2024 for process labels).
 2. Labels: outcome (each sample correct or not) or process (each step prefix labelled by
    the fraction of `rollouts` completions from it that reach the gold answer: soft; any:
    hard), rolled out by the policy from the prefix (prefilled once, then sampled k times).
-3. Model: a probe on the backbone's hidden states (train.features, train.probe), validated
+3. Model: a probe on the backbone's hidden states (scorers.backbone, scorers.probe; fitted by train.probe), validated
    on problems it never trained on (a split by problem, not by sample).
 4. Output: a folder the scorer registry loads (scorers.trained), with a card.
 """
@@ -136,8 +136,8 @@ def train_verifier(config: VerifierConfig, engine, data: str | Path, out: str | 
                    progress: bool = True, command: str = "", chunk: int | None = None):
     """The whole pipeline (module docstring); returns (card, fit, seconds by stage)."""
     from ponder.eval.store import Store
+    from ponder.scorers.backbone import Backbone
     from ponder.scorers.trained import Card, save_verifier
-    from ponder.train.features import Backbone
     from ponder.train.probe import train_probe
 
     timings, started = {}, time.perf_counter()

@@ -64,24 +64,3 @@ def grade(problem: Any, completion: str | None, sandbox: Sandbox | None = None,
           limits: Limits | None = None) -> Outcome:
     """One completion's outcome (see grade_many)."""
     return grade_many([(problem, completion)], sandbox, limits)[0]
-
-
-def pass_at_k(graded: Sequence[Sequence[Outcome | bool]],
-              ks: Sequence[int] | None = None) -> dict[str, float]:
-    """Mean unbiased pass@k over problems (Chen et al., 2021), from each problem's n
-    graded samples (Outcomes or booleans); ks default to 1, 2, 4, ... up to the fewest n."""
-    from ponder.eval.metrics import default_ks
-    from ponder.eval.metrics import pass_at_k as estimate
-
-    if not graded or any(len(samples) == 0 for samples in graded):
-        raise ValueError("pass@k needs at least one problem, each with at least one sample")
-    fewest = min(len(samples) for samples in graded)
-    ks = list(default_ks(fewest) if ks is None else ks)
-    if any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= fewest for k in ks):
-        raise ValueError(f"every k must be an integer in [1, {fewest}] (the fewest samples), "
-                         f"got {ks}")
-    correct = [sum(s.passed if isinstance(s, Outcome) else bool(s) for s in samples)
-               for samples in graded]
-    return {f"pass@{k}": sum(estimate(len(samples), c, k)
-                             for samples, c in zip(graded, correct, strict=True)) / len(graded)
-            for k in ks}
