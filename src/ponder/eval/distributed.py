@@ -28,8 +28,8 @@ from typing import Any
 
 from ponder.engines.config import EngineConfig, build_engine
 from ponder.eval.runner import (
-    Outcome,
     Progress,
+    RunOutcome,
     auto_chunk,
     begin_run,
     make_run_scorer,
@@ -191,7 +191,7 @@ class RayWorkers:
 
     def run(self, spec: RunSpec, store: Store, problems: Sequence[Problem] | None = None, *,
             chunk: int | None = None, progress: bool = True,
-            grade_timeout: float = 3.0) -> Outcome:
+            grade_timeout: float = 3.0) -> RunOutcome:
         """Run (or resume) `spec` on the workers into `store`, as `run_eval` does locally.
         KeyboardInterrupt propagates after the current transaction finished or rolled
         back; queued chunks are cancelled."""

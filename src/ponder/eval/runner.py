@@ -22,12 +22,12 @@ from ponder.eval.store import ProblemRow, SampleRow, Store
 from ponder.types import Problem
 
 # make_spec is re-exported: `from ponder.eval.runner import make_spec, run_eval` reads well.
-__all__ = ["Outcome", "Progress", "RunSpec", "auto_chunk", "begin_run", "graded_row", "make_run_scorer",
+__all__ = ["RunOutcome", "Progress", "RunSpec", "auto_chunk", "begin_run", "graded_row", "make_run_scorer",
            "make_spec", "run_chunk", "run_eval", "todo_chunks"]
 
 
 @dataclass
-class Outcome:
+class RunOutcome:
     """What one run_eval call did: the problems selected, how many were already stored,
     and how many it added."""
 
@@ -49,14 +49,14 @@ class Outcome:
 
 
 def begin_run(spec: RunSpec, store: Store,
-              problems: Sequence[Problem]) -> tuple[Outcome, set[str], list[ProblemRow]]:
+              problems: Sequence[Problem]) -> tuple[RunOutcome, set[str], list[ProblemRow]]:
     """Record this invocation of `spec` (limit, label, planned count) and find what is
-    stored already: the Outcome to fill, the stored problem ids, and their rows (which
+    stored already: the RunOutcome to fill, the stored problem ids, and their rows (which
     start the progress bar)."""
     run_id = spec.run_id
     store.upsert_run(run_id, spec.label, spec.config(), spec.to_dict(), len(problems))
     done = store.done_ids(run_id)
-    outcome = Outcome(spec, [p.id for p in problems], skipped=sum(p.id in done for p in problems))
+    outcome = RunOutcome(spec, [p.id for p in problems], skipped=sum(p.id in done for p in problems))
     prior = store.problems(run_id, outcome.problem_ids) if done else []
     return outcome, done, prior
 
@@ -95,7 +95,7 @@ def make_run_scorer(spec: RunSpec, engine):
 
 def run_eval(spec: RunSpec, engine, store: Store, problems: Sequence[Problem] | None = None,
              *, chunk: int | None = None, progress: bool = True,
-             grade_timeout: float = 3.0) -> Outcome:
+             grade_timeout: float = 3.0) -> RunOutcome:
     """Run (or resume) `spec`: skip stored problems, feed the rest through the strategy in
     chunks, grade, and store each problem in its own transaction. KeyboardInterrupt
     propagates after the current transaction finished or rolled back."""

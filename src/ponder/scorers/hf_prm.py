@@ -28,7 +28,7 @@ from ponder.models import dtype_name
 from ponder.scorers.base import Rating, ScoreItem, aggregate
 from ponder.types import Usage
 
-STYLES = ("qwen-prm", "math-shepherd", "orm")
+REWARD_STYLES = ("qwen-prm", "math-shepherd", "orm")
 STYLE_ALIASES = {"qwen2.5-math-prm": "qwen-prm", "qwen_prm": "qwen-prm", "qwen": "qwen-prm",
                  "prm": "qwen-prm", "shepherd": "math-shepherd", "math_shepherd": "math-shepherd"}
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -42,8 +42,8 @@ def split_steps(text: str, separator: str = "\n\n") -> list[str]:
 def canonical_style(style: str) -> str:
     key = style.strip().lower().replace("_", "-")
     key = STYLE_ALIASES.get(key, STYLE_ALIASES.get(style.strip().lower(), key))
-    if key not in STYLES:
-        raise ValueError(f"unknown reward-model style {style!r}; use one of {', '.join(STYLES)}")
+    if key not in REWARD_STYLES:
+        raise ValueError(f"unknown reward-model style {style!r}; use one of {', '.join(REWARD_STYLES)}")
     return key
 
 

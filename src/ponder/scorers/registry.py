@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ponder.scorers.hf_prm import STYLE_ALIASES, STYLES, HFRewardModel, canonical_style
+from ponder.scorers.hf_prm import REWARD_STYLES, STYLE_ALIASES, HFRewardModel, canonical_style
 from ponder.scorers.judge import JudgeScorer
 from ponder.scorers.likelihood import HeuristicScorer, LikelihoodScorer
 from ponder.scorers.trained import is_verifier_folder
@@ -36,7 +36,7 @@ ALIASES = {"likelihood": "mean_logprob", "mean-logprob": "mean_logprob",
 
 def scorer_names() -> list[str]:
     """Every name make_scorer takes, reward models as STYLE:PATH."""
-    return [*BUILTIN, *(f"{s}:PATH" for s in STYLES), "verifier:PATH"]
+    return [*BUILTIN, *(f"{s}:PATH" for s in REWARD_STYLES), "verifier:PATH"]
 
 
 def make_scorer(name: str, engine: Any = None, **options: Any):
@@ -56,9 +56,9 @@ def make_scorer(name: str, engine: Any = None, **options: Any):
         from ponder.scorers.trained import TrainedVerifier
 
         return TrainedVerifier(path, engine, **options)  # trained by `ponder train-verifier`
-    if sep and path and (style.lower() in STYLES or style.lower() in STYLE_ALIASES
-                         or style.lower().replace("_", "-") in STYLES):
+    if sep and path and (style.lower() in REWARD_STYLES or style.lower() in STYLE_ALIASES
+                         or style.lower().replace("_", "-") in REWARD_STYLES):
         return HFRewardModel(path, canonical_style(style), **options)
     raise ValueError(
         f"unknown scorer {name!r}; use one of {', '.join(BUILTIN)}, or a reward model as "
-        f"STYLE:PATH with STYLE one of {', '.join(STYLES)} (e.g. qwen-prm:/models/prm)")
+        f"STYLE:PATH with STYLE one of {', '.join(REWARD_STYLES)} (e.g. qwen-prm:/models/prm)")
