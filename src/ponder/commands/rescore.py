@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _read(args: argparse.Namespace, methods: tuple[str, ...]) -> tuple[list[_Line], int]:
-    from ponder.tasks.datasets import gold_to_string
+    from ponder.tasks.datasets import gold_to_string, jsonl_rows
     from ponder.tasks.extract import extract_answer
 
     if args.file == "-":
@@ -169,17 +169,7 @@ def _read(args: argparse.Namespace, methods: tuple[str, ...]) -> tuple[list[_Lin
         skipped += 1
         print(f"{args.file}:{lineno}: {why}; line skipped", file=sys.stderr)
 
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            skip(lineno, f"not valid JSON ({exc.msg})")
-            continue
-        if not isinstance(row, dict):
-            skip(lineno, f"expected a JSON object, got {type(row).__name__}")
-            continue
+    for lineno, row in jsonl_rows(text, args.file, skip):
         if args.gold_field not in row:
             skip(lineno, f"no gold field {args.gold_field!r}")
             continue

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,7 @@ def _load_all(
             file, qf, af, idf = _VENDORED[key]
             text = resources.files("ponder.tasks").joinpath("data", file).read_text("utf-8")
             return _parse_rows(
-                _jsonl_rows(text, file), key, qf, af, idf, gold_numeric=key != "math500"
+                jsonl_rows(text, file), key, qf, af, idf, gold_numeric=key != "math500"
             )
         if key in _ARITH or key.startswith(("arith:", "arith-train:")):
             return _load_arith(key)
@@ -102,7 +102,7 @@ def _load_all(
         if not path.is_file():
             raise ValueError(f"no such file: {path}")
         text = path.read_text("utf-8")
-        rows = list(_jsonl_rows(text, str(path)))
+        rows = list(jsonl_rows(text, str(path)))
         if not rows:
             raise ValueError(f"{path} holds no problems (an empty JSONL file)")
         qf = question_field or _pick_field(rows[0], _QUESTION_FIELDS, "question", path)
@@ -117,18 +117,25 @@ def _load_all(
     )
 
 
-def _jsonl_rows(text: str, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; bad JSON names its line."""
+def jsonl_rows(text: str, source: str, skip: Callable[[int, str], None] | None = None
+               ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line. A line that is not a JSON object is
+    an error naming it, or, with `skip`, reported to skip(line number, why) and passed over."""
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{source}:{lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{source}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        yield lineno, row
+            why = f"not valid JSON ({exc.msg})"
+        else:
+            if isinstance(row, dict):
+                yield lineno, row
+                continue
+            why = f"expected a JSON object, got {type(row).__name__}"
+        if skip is None:
+            raise ValueError(f"{source}:{lineno}: {why}")
+        skip(lineno, why)
 
 
 def _pick_field(first: tuple[int, dict], candidates: Sequence[str], role: str, path: Path) -> str:
