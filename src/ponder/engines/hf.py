@@ -21,15 +21,15 @@ import torch
 from ponder.engines import kv as kvlib
 from ponder.engines.allocator import keep_freed_memory
 from ponder.engines.base import Admit, Capabilities, FollowUp, TokenCallback, tokenize_prompt
-from ponder.engines.collect import JobRecord
-from ponder.engines.decode import DecodeSample, Detokenizer
-from ponder.engines.requests import (
+from ponder.engines.core.collect import JobRecord
+from ponder.engines.core.decode import DecodeSample, Detokenizer
+from ponder.engines.core.requests import (
     continuation_logprobs,
     default_threads,
     request_seed,
     score_rows,
 )
-from ponder.engines.scheduler import run_decode
+from ponder.engines.core.scheduler import run_decode
 from ponder.models import DEFAULT_MODEL, dtype_name, load_model_and_tokenizer, resolve
 from ponder.types import (
     GenerateRequest,
@@ -214,7 +214,7 @@ class _Job(JobRecord):
 
 
 class _Run:
-    """One generate() call's model state for the decode loop (see scheduler.Runner): the
+    """One generate() call's model state for the decode loop (see core.scheduler.Runner): the
     live samples' KV caches as one batch and their next-token logits, row for row."""
 
     def __init__(self, engine: HFEngine):

@@ -35,17 +35,17 @@ from ponder.engines.base import (
     reject_follow_ups,
     tokenize_prompt,
 )
-from ponder.engines.collect import JobRecord, SampleRecord, collect_generations
-from ponder.engines.openai_pool import ServerPool
-from ponder.engines.openai_probe import Features, find_model, probe
-from ponder.engines.openai_score import EchoScoring
-from ponder.engines.openai_tokens import TokenMap, load_tokenizer, token_id
-from ponder.engines.requests import (
+from ponder.engines.core.collect import JobRecord, SampleRecord, collect_generations
+from ponder.engines.core.requests import (
     generate_requests,
     request_seed,
     samples_the_model,
     score_rows,
 )
+from ponder.engines.openai_pool import ServerPool
+from ponder.engines.openai_probe import Features, find_model, probe
+from ponder.engines.openai_score import EchoScoring
+from ponder.engines.openai_tokens import TokenMap, load_tokenizer, token_id
 from ponder.sampling import sample_seed
 from ponder.types import (
     GenerateRequest,

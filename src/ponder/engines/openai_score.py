@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ponder.engines.core.requests import samples_the_model
 from ponder.engines.openai_probe import Features
 from ponder.engines.openai_tokens import token_id
-from ponder.engines.requests import samples_the_model
 from ponder.types import SamplingParams, Scored, Usage
 
 NAN = float("nan")

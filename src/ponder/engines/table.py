@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from ponder.engines.base import Admit, Capabilities, FollowUp, TokenCallback, reject_follow_ups
-from ponder.engines.collect import JobRecord, SampleRecord, collect_generations, wall_share
-from ponder.engines.requests import generate_requests, request_seed
+from ponder.engines.core.collect import JobRecord, SampleRecord, collect_generations, wall_share
+from ponder.engines.core.requests import generate_requests, request_seed
 from ponder.sampling import process_logits, sample_seed
 from ponder.types import (
     GenerateRequest,

@@ -36,8 +36,13 @@ from ponder.engines.base import (
     reject_follow_ups,
     tokenize_prompt,
 )
-from ponder.engines.collect import JobRecord, SampleRecord, collect_generations, wall_share
-from ponder.engines.requests import generate_requests, request_seed, samples_the_model, score_rows
+from ponder.engines.core.collect import JobRecord, SampleRecord, collect_generations, wall_share
+from ponder.engines.core.requests import (
+    generate_requests,
+    request_seed,
+    samples_the_model,
+    score_rows,
+)
 from ponder.models import DEFAULT_MODEL, dtype_name, ponder_home, resolve
 from ponder.sampling import sample_seed
 from ponder.types import (

@@ -1,5 +1,5 @@
 """The llama.cpp engine: a GGUF model run by llama.cpp (through llama-cpp-python's C API),
-driven by ponder's own decode loop (engines/scheduler.py), so it has follow-ups
+driven by ponder's own decode loop (engines/core/scheduler.py), so it has follow-ups
 and admission mid-decode like the native engine.
 
 Why not `Llama.create_completion`: it samples one sequence at a time, reports only the
@@ -37,13 +37,18 @@ import numpy as np
 import torch
 
 from ponder.engines.base import Admit, Capabilities, FollowUp, TokenCallback
-from ponder.engines.collect import JobRecord
-from ponder.engines.decode import DecodeSample, Detokenizer
+from ponder.engines.core.collect import JobRecord
+from ponder.engines.core.decode import DecodeSample, Detokenizer
+from ponder.engines.core.requests import (
+    continuation_logprobs,
+    default_threads,
+    request_seed,
+    score_rows,
+)
+from ponder.engines.core.scheduler import run_decode
 from ponder.engines.llamacpp.library import free_context, import_llama_cpp, resolve_gguf
 from ponder.engines.llamacpp.slots import KEPT, UBATCH, Slot, SlotPool
 from ponder.engines.llamacpp.vocabulary import LlamaVocabulary
-from ponder.engines.requests import continuation_logprobs, default_threads, request_seed, score_rows
-from ponder.engines.scheduler import run_decode
 from ponder.models import DEFAULT_MODEL
 from ponder.types import (
     GenerateRequest,
@@ -215,7 +220,7 @@ class _Sample(DecodeSample):
 
 
 class _Run:
-    """One generate() call's side of the decode loop (see scheduler.Runner): each live
+    """One generate() call's side of the decode loop (see core.scheduler.Runner): each live
     sample decodes in its own slot and carries its own next-token logits."""
 
     def __init__(self, engine: LlamaCppEngine):

@@ -25,9 +25,9 @@ from typing import Protocol
 import torch
 
 from ponder.engines.base import Admit, FollowUp, TokenCallback
-from ponder.engines.collect import JobRecord, collect_generations, wall_share
-from ponder.engines.decode import DecodeSample, sample_step
-from ponder.engines.requests import generate_requests
+from ponder.engines.core.collect import JobRecord, collect_generations, wall_share
+from ponder.engines.core.decode import DecodeSample, sample_step
+from ponder.engines.core.requests import generate_requests
 from ponder.types import GenerateRequest, Generation
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ponder.engines.base import TokenCallback
-from ponder.engines.collect import SampleRecord
+from ponder.engines.core.collect import SampleRecord
 from ponder.sampling import process_logits, sample_rows, sample_seed
 from ponder.types import StepView
 
