@@ -244,3 +244,22 @@ def test_doc_links_resolve() -> None:
                     linked.read_text(encoding="utf-8")):
                 broken.append(f"{path.relative_to(ROOT)}: {target} (no such heading)")
     assert not broken, "\n".join(broken)
+
+
+def test_architecture_names_files_that_exist() -> None:
+    """ARCHITECTURE.md's map of the code names only files and folders that exist (paths
+    such as `engines/core/`, `engines/hf.py` or `engines/openai_*.py`, from src/ponder or the
+    repository root; a folder named inside its parent's row, such as `search/`, anywhere
+    under src/ponder)."""
+    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    src = ROOT / "src" / "ponder"
+    named = {p for p in re.findall(r"`([\w*/]+(?:/|\.py))`", text) if "/" in p}
+    assert len(named) >= 10
+
+    def exists(path: str) -> bool:
+        pattern = path.rstrip("/")
+        return any(list(base.glob(pattern)) for base in (src, ROOT)) or (
+            path.endswith("/") and "/" not in pattern and any(src.glob(f"**/{pattern}")))
+
+    missing = [p for p in sorted(named) if not exists(p)]
+    assert not missing, f"ARCHITECTURE.md names paths that are not in src/ponder: {missing}"
