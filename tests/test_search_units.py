@@ -84,6 +84,21 @@ def test_reserve_holds_worst_cases_and_room_is_the_largest_request_that_fits():
     assert unlimited.reserve(unlimited.root, 1000, 1000) and unlimited.room(unlimited.root) > 1e9
 
 
+def test_a_step_ends_the_solution_at_eos_or_an_answer():
+    from types import SimpleNamespace as Step
+
+    boxed, answer = make_tree(), make_tree(final="answer")
+    for tree in (boxed, answer):
+        assert tree.is_final(Step(text="", finish_reason="eos"))
+        assert not tree.is_final(Step(text="", finish_reason="stop"))
+    assert boxed.is_final(Step(text="so \\boxed{4}.", finish_reason="stop"))
+    assert not boxed.is_final(Step(text="so \\boxed{4", finish_reason="length"))
+    assert not boxed.is_final(Step(text="the answer is 4", finish_reason="stop"))
+    # "answer": whatever the run's extract function finds (here: any last word).
+    assert answer.is_final(Step(text="the answer is 4", finish_reason="stop"))
+    assert not answer.is_final(Step(text="  ", finish_reason="stop"))
+
+
 # ---- UCT and PUCT --------------------------------------------------------------------
 
 
