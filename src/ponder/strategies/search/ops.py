@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ponder.scorers.base import Rating, ScoreItem, aggregate
+from ponder.scorers.base import Rating, ScoreItem, StepScorer, aggregate
 from ponder.strategies.base import problem_seed
 from ponder.strategies.search.tree import Node, Tree
 from ponder.types import GenerateRequest, SamplingParams, SequenceState
@@ -127,10 +127,9 @@ def rate(scorer, engine, jobs: Sequence[tuple[Tree, str, SequenceState | None]],
     if not jobs:
         return []
     items = [ScoreItem(t.problem.question, t.prompt, response) for t, response, _ in jobs]
-    fast = getattr(scorer, "score_last_step", None)
-    if last_only and fast is not None:
-        same = getattr(scorer, "engine", None) is engine
-        ratings = fast(items, [s if same else None for _, _, s in jobs])
+    if last_only and isinstance(scorer, StepScorer):
+        same = scorer.engine is engine
+        ratings = scorer.score_last_step(items, [s if same else None for _, _, s in jobs])
     else:
         ratings = scorer.score(items)
     for (tree, _, _), r in zip(jobs, ratings, strict=True):

@@ -17,9 +17,8 @@ from ponder.engines.base import require
 from ponder.scorers.base import aggregate
 from ponder.strategies.base import check_problems
 from ponder.strategies.cost import Cost
-from ponder.tasks.datasets import Problem
 from ponder.tasks.extract import extract_boxed
-from ponder.types import Prompt, SamplingParams, SequenceState, Usage
+from ponder.types import Problem, Prompt, SamplingParams, SequenceState, Usage
 
 FINAL_RULES = ("boxed", "answer")
 
