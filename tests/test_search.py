@@ -7,6 +7,7 @@ are tested on synthetic trees and the table engine: test_search_units.py, test_s
 """
 
 import pytest
+from search_traces import by_depth, response_of
 
 from ponder.scorers.judge import JudgeScorer
 from ponder.strategies.base import default_render
@@ -15,7 +16,6 @@ from ponder.strategies.dvts import DVTS
 from ponder.strategies.lookahead import Lookahead
 from ponder.strategies.mcts import MCTS
 from ponder.strategies.registry import make_strategy, needs_scorer
-from ponder.strategies.search.tree import join_steps
 from ponder.tasks.datasets import load_task
 
 STEP = 24  # step_max_tokens: short steps keep the tests fast
@@ -59,22 +59,6 @@ def beam(engine, judge, problems):
     recorder = Recorder(judge)
     config = BeamSearch(n=4, m=2, max_steps=3, step_max_tokens=STEP, seed=0)
     return config, config.run(problems, engine, recorder), recorder
-
-
-def by_depth(result):
-    out = {}
-    for node in result.trace["nodes"][1:]:
-        out.setdefault(node["depth"], []).append(node)
-    return out
-
-
-def response_of(result, node_id):
-    nodes = {n["id"]: n for n in result.trace["nodes"]}
-    path = []
-    while node_id:
-        path.append(nodes[node_id])
-        node_id = nodes[node_id]["parent"]
-    return join_steps([(n["text"], n["finish"]) for n in reversed(path)], "\n\n")
 
 
 def test_beam_search_keeps_exactly_the_top_m_each_step(beam):

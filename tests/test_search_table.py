@@ -11,6 +11,7 @@ import zlib
 from dataclasses import replace
 
 import pytest
+from search_traces import by_depth, response_of
 
 from ponder.engines.table import TableEngine
 from ponder.scorers.base import Rating
@@ -18,7 +19,6 @@ from ponder.strategies.beam_search import BeamSearch
 from ponder.strategies.dvts import DVTS
 from ponder.strategies.lookahead import Lookahead
 from ponder.strategies.mcts import MCTS
-from ponder.strategies.search.tree import join_steps
 from ponder.tasks.datasets import Problem
 from ponder.types import Usage
 
@@ -82,22 +82,6 @@ def run(config, scorer, engine=None, probs=None, **kw):
     engine = engine or TableEngine(vocab_size=4, seed=3)
     return config.run(probs or problems(), engine, scorer, extract=last_token,
                       render=kw.pop("render", render), **kw)
-
-
-def by_depth(result):
-    out = {}
-    for node in result.trace["nodes"][1:]:
-        out.setdefault(node["depth"], []).append(node)
-    return out
-
-
-def response_of(result, node_id):
-    nodes = {n["id"]: n for n in result.trace["nodes"]}
-    path = []
-    while node_id:
-        path.append(nodes[node_id])
-        node_id = nodes[node_id]["parent"]
-    return join_steps([(n["text"], n["finish"]) for n in reversed(path)], "\n\n")
 
 
 # ---- beam search ---------------------------------------------------------------------
