@@ -101,7 +101,11 @@ def run_eval(spec: RunSpec, engine, store: Store, problems: Sequence[Problem] | 
     propagates after the current transaction finished or rolled back."""
     problems = list(problems if problems is not None else spec.load_problems())
     outcome, done, prior = begin_run(spec, store, problems)
-    chunks = todo_chunks(problems, chunk or auto_chunk(spec, engine.max_batch_size), done)
+    # A caller that knows the run is complete passes no engine (none is loaded for nothing).
+    if engine is None and any(p.id not in done for p in problems):
+        raise ValueError(f"run {spec.label!r} has problems left to run: it needs an engine")
+    size = chunk or (auto_chunk(spec, engine.max_batch_size) if engine is not None else 1)
+    chunks = todo_chunks(problems, size, done)
     strategy = spec.build_strategy()
     scorer = make_run_scorer(spec, engine)
     bar = Progress(spec.label, len(problems), prior, progress)
