@@ -15,9 +15,10 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
+from ponder.tasks.code.task import CODE_TASKS
 from ponder.types import Problem
 
-EVALUATION_SETS = ("math500", "gsm8k", "aime24", "amc23", "humaneval")
+EVALUATION_SETS = ("math500", "gsm8k", "aime24", "amc23", *CODE_TASKS)
 
 
 def normalise_question(text: str) -> str:
