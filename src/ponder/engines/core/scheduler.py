@@ -18,6 +18,7 @@ One iteration:
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
@@ -74,8 +75,6 @@ def run_decode(runner: Runner, requests: Sequence[GenerateRequest],
                admit: Admit | None = None) -> list[Generation]:
     """Every request's Generation by index, follow-ups and admitted requests included (they
     take the next indices, in the order they come)."""
-    import time
-
     started = time.perf_counter()
     jobs = [runner.job(i, r) for i, r in enumerate(generate_requests(requests))]
     queue = _Queue(runner, jobs)
