@@ -34,8 +34,11 @@ def ponder(*args: str) -> list[str]:
 
 
 def start(*args: str) -> subprocess.Popen:
+    # SIGINT back to its default in the child: under a background job (`cmd &`) the shell
+    # makes it ignored, and the child would inherit that and never see Ctrl-C.
     return subprocess.Popen(ponder(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV)
+                            text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def stored(db) -> int:

@@ -142,8 +142,9 @@ def test_cli_interrupted_ray_eval_resumes_to_the_local_result(reference, tmp_pat
             str(threads()), "--ray", "--ray-workers", "2", "--out", str(db)]
 
     # Ctrl-C once some problems are stored: a clean exit that says how to resume.
+    # SIGINT back to its default in the child (a background job's shell ignores it).
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
+                            env=ENV, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while stored(db) < 2:
         assert proc.poll() is None, proc.communicate()[1]
