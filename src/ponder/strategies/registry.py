@@ -58,7 +58,7 @@ class Entry:
     @property
     def defaults(self) -> dict[str, Any]:
         """n, temperature and max_tokens as the strategy runs them unless told otherwise."""
-        if "params" in {f.name for f in fields(self.cls)}:
+        if "params" in _names(self.cls):
             params = _field(self.cls, "params").default_factory()
             values = {k: getattr(params, k) for k in DEFAULT_KEYS}
         else:
