@@ -154,6 +154,21 @@ STRATEGIES: dict[str, Entry] = {
     "mcts": Entry("mcts:MCTS", "Monte Carlo tree search over steps (n simulations, UCT/PUCT)",
                   takes={"n": "simulations", "max_tokens": "step_max_tokens"},
                   needs_scorer=True),
+    "particle_filter": Entry("particle_filter:ParticleFilter",
+                             "particle filtering over steps: n particles weighted by the "
+                             "scorer's step scores, resampled as they diverge",
+                             takes={"n": "particles", "max_tokens": "step_max_tokens"},
+                             needs_scorer=True),
+    "particle_gibbs": Entry("particle_gibbs:ParticleGibbs",
+                            "particle Gibbs: several particle-filter sweeps, each keeping a "
+                            "reference solution from the last",
+                            takes={"n": "particles", "max_tokens": "step_max_tokens"},
+                            needs_scorer=True),
+    "power_smc": Entry("smc:SMCPower",
+                       "Power-SMC's settings of smc: proposal at temperature 1/alpha and "
+                       "exponent bridging (anneal) to p^alpha",
+                       fixed={"anneal": True, "name": "power_smc"},
+                       sampling={"temperature": 1.0, "n": 1}),
     "deepconf": Entry("deepconf:DeepConfOffline",
                       "DeepConf offline: vote, weighted by confidence, over the top keep_percent% "
                       "of n traces by token confidence"),
@@ -171,7 +186,7 @@ STRATEGIES: dict[str, Entry] = {
 ALIASES = {"sc": "self_consistency", "low_temp": "low_temperature", "mcmc": "power",
            "bon": "best_of_n", "wbon": "weighted_best_of_n", "cot": "greedy",
            "beam": "beam_search", "deepconf_offline": "deepconf", "asc": "adaptive_sc",
-           "budget_forcing": "thinking_budget"}
+           "budget_forcing": "thinking_budget", "pf": "particle_filter", "pg": "particle_gibbs"}
 
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}

@@ -5,8 +5,12 @@ N particles grow in blocks from the proposal q (the model at temperature 1/alpha
 token multiplies a particle's importance weight by p(token)^alpha / q(token), so after the
 last block the weighted particles estimate p^alpha over whole sequences (a particle that hit
 EOS is complete and keeps its weight). When the effective sample size falls below
-`ess_threshold` * N, particles are resampled in proportion to their weights (systematic
-resampling) and the weights reset, so compute follows the promising prefixes.
+`ess_threshold` * N, particles are resampled in proportion to their weights (systematic by
+default) and the weights reset, so compute follows the promising prefixes. The particles,
+weights and resampling are the SMC core's (smc_core.py), shared with particle filtering.
+
+This is Power-SMC (Power-SMC, arXiv 2602.10273): SMC with p^alpha / q potentials and a
+tempered proposal; `anneal` gives its schedule of rising exponents.
 
 With `anneal`, block k targets p^alpha_k with alpha_k rising linearly from 1 to alpha; the
 weight then also gains (alpha_k - alpha_{k-1}) * log p(prefix so far), and the last target
@@ -31,6 +35,7 @@ from ponder.strategies.base import (
 )
 from ponder.strategies.cost import Cost, blocks
 from ponder.strategies.power import power_proposal
+from ponder.strategies.smc_core import Population, check_scheme
 from ponder.strategies.voting import vote, vote_table
 from ponder.tasks.extract import extract_answer
 from ponder.types import Candidate, GenerateRequest, Prompt, SamplingParams, SequenceState, Usage
@@ -43,6 +48,7 @@ class SMCPower:
     particles: int = 8
     block_size: int = 32  # tokens between resampling checks
     ess_threshold: float = 0.5
+    resampling: str = "systematic"  # or multinomial, stratified (see smc_core)
     anneal: bool = False
     proposal_temperature: float | None = None  # default 1 / alpha
     top_p: float = 1.0
@@ -64,6 +70,7 @@ class SMCPower:
             raise ValueError("particles, block_size and max_tokens must be >= 1")
         if not 0 <= self.ess_threshold <= 1:
             raise ValueError("ess_threshold must be in [0, 1]")
+        check_scheme(self.resampling)
 
     @property
     def proposal(self) -> SamplingParams:
@@ -80,17 +87,19 @@ class SMCPower:
             texts = [engine.detokenize(p.state.token_ids[swarm.prompt_len:]) for p in swarm.particles]
             candidates = tuple(
                 Candidate(t, extract(t), w, len(p.logp),
-                          {"log_weight": p.log_weight, "mean_logprob": p.mean_logprob,
+                          {"log_weight": lw, "mean_logprob": p.mean_logprob,
                            **confidence_meta(p.entropies)})
-                for t, w, p in zip(texts, weights, swarm.particles, strict=True))
+                for t, w, p, lw in zip(texts, weights, swarm.particles,
+                                       swarm.population.log_weights, strict=True))
             answers = [c.answer for c in candidates]
             drawn = swarm.rng.choices(range(len(candidates)), weights=weights)[0]
             answer, chosen = vote(answers, weights) if self.vote else (answers[drawn], drawn)
             length = max(1, len(swarm.particles[drawn].logp))
             out.append(result(
                 problem, answer, candidates, swarm.usage, chosen=chosen, drawn_index=drawn,
-                votes=vote_table(answers, weights), resamples=swarm.resamples,
-                ess_history=swarm.ess_history,
+                votes=vote_table(answers, weights), resamples=swarm.population.resamples,
+                ess_history=[h["ess"] for h in swarm.population.history],
+                particle_steps=swarm.population.history,
                 cost_ratio_vs_one_sample=swarm.usage.generated_tokens / length))
         return out
 
@@ -100,104 +109,86 @@ class Particle:
     state: SequenceState | None = None
     logp: list[float] = field(default_factory=list)
     entropies: list[float] = field(default_factory=list)
-    log_weight: float = 0.0
     ended: bool = False
 
     @property
     def mean_logprob(self) -> float:
         return sum(self.logp) / len(self.logp) if self.logp else 0.0
 
+    def fork(self) -> Particle:
+        """A resampled copy: it shares the state (no re-prefill) and copies the token lists."""
+        return Particle(self.state, list(self.logp), list(self.entropies), self.ended)
+
 
 @dataclass(eq=False)
 class Swarm:
-    """The particles of one prompt."""
+    """The particles of one prompt (a Population of the SMC core) and what they cost."""
 
     prompt: Prompt
-    rng: random.Random
-    particles: list[Particle]
+    population: Population[Particle]
     prompt_len: int = 0
     usage: Usage = field(default_factory=Usage)
-    resamples: int = 0
-    ess_history: list[float] = field(default_factory=list)
+
+    @property
+    def particles(self) -> list[Particle]:
+        return self.population.particles
+
+    @property
+    def rng(self) -> random.Random:
+        return self.population.rng
 
     def normalized_weights(self) -> list[float]:
-        norm = _logsumexp([p.log_weight for p in self.particles])
-        return [math.exp(p.log_weight - norm) for p in self.particles]
-
-    def ess(self) -> float:
-        w = self.normalized_weights()
-        return 1.0 / sum(x * x for x in w)
-
-    def resample(self) -> None:
-        """Systematic resampling: N evenly spaced draws through the weights' CDF."""
-        w = self.normalized_weights()
-        n = len(w)
-        start, picks, cumulative, i = self.rng.random() / n, [], w[0], 0
-        for k in range(n):
-            point = start + k / n
-            while point > cumulative and i < n - 1:
-                i += 1
-                cumulative += w[i]
-            picks.append(i)
-        # The average weight carries on, so the swarm's evidence estimate stays unbiased.
-        mean = _logsumexp([p.log_weight for p in self.particles]) - math.log(n)
-        old = self.particles
-        self.particles = [Particle(old[i].state, list(old[i].logp), list(old[i].entropies),
-                                   mean, old[i].ended) for i in picks]
-        self.resamples += 1
+        return self.population.weights()
 
 
 def run_smc(engine, prompts: Sequence[Prompt], config: SMCPower,
             seeds: Sequence[int | None]) -> list[Swarm]:
     """Run one swarm per prompt; every live particle of every swarm extends in one call."""
     require(engine, "SMC power sampling", "logprobs", "sampling_logprobs", "states")
-    swarms = [Swarm(p, random.Random(s), [Particle() for _ in range(config.particles)])
+    swarms = [Swarm(p, Population([Particle() for _ in range(config.particles)], random.Random(s),
+                                  Particle.fork, config.resampling, config.ess_threshold))
               for p, s in zip(prompts, seeds, strict=True)]
     blocks = math.ceil(config.max_tokens / config.block_size)
     alpha_prev = 1.0 if config.anneal else config.alpha
     for k in range(1, blocks + 1):
         alpha_k = (1.0 + (config.alpha - 1.0) * k / blocks) if config.anneal else config.alpha
         horizon = min(k * config.block_size, config.max_tokens)
-        live = [(s, p) for s in swarms for p in s.particles
+        live = [(s, i) for s in swarms for i, p in enumerate(s.particles)
                 if not p.ended and len(p.logp) < horizon]
-        requests = [
-            GenerateRequest(s.prompt, seeded_step(config.proposal, s.rng, horizon - len(p.logp)), keep_state=True)
-            if p.state is None else
-            GenerateRequest(state=p.state, params=seeded_step(config.proposal, s.rng, horizon - len(p.logp)),
-                            keep_state=True)
-            for s, p in live]
+        requests = []
+        for s, i in live:
+            p = s.particles[i]
+            params = seeded_step(config.proposal, s.rng, horizon - len(p.logp))
+            requests.append(GenerateRequest(s.prompt, params, keep_state=True) if p.state is None
+                            else GenerateRequest(state=p.state, params=params, keep_state=True))
         # Annealing re-weights what every particle already has by the rise in alpha.
         for s in swarms:
-            for p in s.particles:
-                p.log_weight += (alpha_k - alpha_prev) * sum(p.logp)
-        for (s, p), gen in zip(live, engine.generate(requests) if requests else [], strict=True):
-            c = gen.completions[0]
+            _anneal(s.population, alpha_k - alpha_prev)
+        for (s, i), gen in zip(live, engine.generate(requests) if requests else [], strict=True):
+            c, p = gen.completions[0], s.particles[i]
             if p.state is None:
                 s.prompt_len = len(gen.prompt_token_ids)
             p.state, p.ended = c.state, c.finish_reason == "eos"
             p.logp += c.logprobs
             p.entropies += c.entropies or ()
-            p.log_weight += alpha_k * sum(c.logprobs) - sum(c.sampling_logprobs)
+            s.population.log_weights[i] += alpha_k * sum(c.logprobs) - sum(c.sampling_logprobs)
             s.usage = s.usage + gen.usage
         alpha_prev = alpha_k
         for s in swarms:
-            ess = s.ess()
-            s.ess_history.append(round(ess, 3))
             finished = all(p.ended or len(p.logp) >= config.max_tokens for p in s.particles)
-            if not finished and ess < config.ess_threshold * len(s.particles):
-                s.resample()
+            s.population.step_done(may_resample=not finished)
         if not live:
             break
     if alpha_prev != config.alpha:  # every particle ended early: finish the annealing
         for s in swarms:
-            for p in s.particles:
-                p.log_weight += (config.alpha - alpha_prev) * sum(p.logp)
+            _anneal(s.population, config.alpha - alpha_prev)
     return swarms
 
 
-def _logsumexp(values: list[float]) -> float:
-    top = max(values)
-    return top + math.log(sum(math.exp(v - top) for v in values))
+def _anneal(population: Population[Particle], rise: float) -> None:
+    """A rise in alpha re-weights each particle by rise * log p(its tokens so far)."""
+    for i, p in enumerate(population.particles):
+        population.log_weights[i] += rise * sum(p.logp)
 
 
 def seeded_step(proposal: SamplingParams, rng: random.Random, max_tokens: int) -> SamplingParams:
