@@ -159,3 +159,38 @@ def test_report_command_writes_html(tmp_path, capsys):
     assert main(["report", path, "--html", str(tmp_path / "r.html")]) == 0
     assert "accuracy [95% CI]" in capsys.readouterr().out
     assert "arith-2" in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+def test_particle_traces_show_weights_ess_and_resampling_in_chromium(tmp_path, browser):
+    """A real particle Gibbs run (table engine, a hashed toy reward) stored the way `ponder
+    eval` stores it: the page shows each sweep's steps, ESS and who resampled from whom."""
+    from selenium.webdriver.common.by import By
+    from test_particles import TextReward, pf_config
+
+    from ponder.engines.table import TableEngine
+    from ponder.eval.runner import graded_row
+    from ponder.eval.store import Store, run_id_for
+    from ponder.strategies.particle_gibbs import ParticleGibbs
+    from ponder.tasks.datasets import Problem
+
+    problem = Problem("toy-0", "toy question", "01")
+    [result] = pf_config(ParticleGibbs, particles=4, sweeps=2).run(
+        [problem], TableEngine(vocab_size=3, seed=0), TextReward(),
+        extract=lambda t: t or None, render=lambda p: [0])
+    config = {"task": "toy", "strategy": "particle_gibbs", "options": {}, "model": "table"}
+    store = Store(tmp_path / "runs.db")
+    store.upsert_run(run_id_for(config), "pg", config, config, planned=1)
+    store.add_problem(run_id_for(config), graded_row(problem, 0, result))
+    store.close()
+    page = write_html(tmp_path / "runs.db", tmp_path / "report.html")
+
+    browser.get(page.as_uri())
+    browser.find_elements(By.CSS_SELECTOR, "#problem-table tr.problem")[0].click()
+    detail = browser.find_element(By.ID, "detail")
+    assert "particles" in detail.text and "sweep 1:" in detail.text
+    resampled = sum(1 for sweep in result.trace["particle_steps"] for step in sweep
+                    if step["ancestors"])
+    assert resampled and "<-" in browser.execute_script(
+        "return document.getElementById('detail').textContent")
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == []

@@ -66,7 +66,8 @@ def problem_detail(row: ProblemRow) -> dict[str, Any]:
         "votes": trace.get("votes"), "nodes": trace.get("nodes"),
         # Stores written before the path had its own key kept it under "chosen".
         "chosen": trace.get("chosen_path", trace.get("chosen")), "chains": trace.get("chains"),
-        "acceptance": trace.get("acceptance_per_block")})
+        "acceptance": trace.get("acceptance_per_block"),
+        "particles": trace.get("particle_steps")})
 
 
 def collect(store: Store, summaries: Mapping[str, RunSummary] | None = None

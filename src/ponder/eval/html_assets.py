@@ -161,6 +161,22 @@ JS = r"""
     });
     return box;
   }
+  function particles(sweeps) {
+    // Per sweep (particle Gibbs runs several), per step: ESS, weights, and who resampled from whom.
+    var box = el("div", {"class": "chains"}, [el("h4", {text: "particles"})]);
+    sweeps.forEach(function (steps, s) {
+      var t = el("table", {}, [el("tr", {}, ["step", "ESS", "weights", "resampled (particle <- parent)"].map(function (h) { return el("th", {text: h}); }))]);
+      steps.forEach(function (st, k) {
+        var moves = st.ancestors ? st.ancestors.map(function (a, i) { return i + "<-" + a; }).join(" ") : "";
+        t.appendChild(el("tr", {}, [el("td", {text: String(k + 1)}), el("td", {text: fmt(st.ess, 2)}),
+          el("td", {text: (st.weights || []).map(function (w) { return fmt(w, 3); }).join(" ")}), el("td", {text: moves})]));
+      });
+      var resampled = steps.filter(function (st) { return st.ancestors; }).length;
+      box.appendChild(el("details", {}, [el("summary", {text: (sweeps.length > 1 ? "sweep " + s + ": " : "") +
+        steps.length + " steps, resampled at " + resampled}), t]));
+    });
+    return box;
+  }
   function showProblem(id) {
     var at = -1;
     index.forEach(function (p, i) { if (p.id === id) at = i; });
@@ -183,6 +199,7 @@ JS = r"""
         votes(res.votes), samples(res.samples || [])]);
       if (res.nodes && res.nodes.length) part.appendChild(tree(res.nodes, res.chosen));
       if (res.chains && res.chains.length) part.appendChild(chains(res.chains, res.acceptance));
+      if (res.particles && res.particles.length) part.appendChild(particles(res.particles));
       box.appendChild(part);
     });
     box.scrollIntoView();

@@ -99,7 +99,7 @@ class SMCPower:
                 problem, answer, candidates, swarm.usage, chosen=chosen, drawn_index=drawn,
                 votes=vote_table(answers, weights), resamples=swarm.population.resamples,
                 ess_history=[h["ess"] for h in swarm.population.history],
-                particle_steps=swarm.population.history,
+                particle_steps=[swarm.population.history],
                 cost_ratio_vs_one_sample=swarm.usage.generated_tokens / length))
         return out
 
