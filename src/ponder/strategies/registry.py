@@ -181,6 +181,11 @@ STRATEGIES: dict[str, Entry] = {
     "thinking_budget": Entry("thinking_budget:ThinkingBudget",
                              "reasoning models: cap the <think> tokens at `budget`, then force "
                              "</think> and the answer (max_tokens); wait_rounds adds s1's Wait"),
+    "genselect": Entry("genselect:GenSelect",
+                       "the model reads the n candidates, numbered and shuffled per pass, and "
+                       "names the best; passes vote (knockout when they do not fit)"),
+    "rsa": Entry("rsa:RSA", "recursive self-aggregation: n solutions, each step remade from k "
+                            "drawn from the last; vote over the final population"),
 }
 
 ALIASES = {"sc": "self_consistency", "low_temp": "low_temperature", "mcmc": "power",
