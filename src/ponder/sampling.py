@@ -127,6 +127,21 @@ def sample_rows(processed_logits: torch.Tensor, uniforms: torch.Tensor) -> torch
     return columns.gather(1, tokens.unsqueeze(1)).squeeze(1)
 
 
+# A token the model rules out (log p = -inf) counts as this unlikely in self-certainty, so one
+# masked token cannot make a step's value infinite.
+CERTAINTY_LOGPROB_FLOOR = -1000.0
+
+
+def self_certainty(logprobs: torch.Tensor) -> torch.Tensor:
+    """Self-certainty of each row of log-probabilities over the vocabulary (Kang et al.,
+    2025): KL(U || p) = -log V - (1/V) sum_v log p(v), in nats; 0 for the uniform
+    distribution, larger the more peaked. Log-probabilities below
+    CERTAINTY_LOGPROB_FLOOR (masked tokens) are raised to it."""
+    vocab = logprobs.shape[-1]
+    floored = logprobs.double().clamp(min=CERTAINTY_LOGPROB_FLOOR)
+    return -floored.mean(dim=-1) - torch.log(torch.tensor(float(vocab), dtype=torch.float64))
+
+
 SEED_STRIDE = 0x9E3779B97F4A7C15  # odd, so distinct sample indices give distinct seeds
 SEED_MOD = 2**63
 

@@ -198,6 +198,9 @@ class Completion:
     top_logprobs: per step, the model's top-k {token_id: logprob} when asked for.
     entropies: per step, the entropy of the model's next-token distribution (T=1), where the
         engine provides it; confidence measures are built from it.
+    self_certainties: per step, KL(uniform || the model's next-token distribution at T=1)
+        (Kang et al., 2025), computed in the sampling pass where the engine sees the whole
+        distribution (native, llama.cpp, table engines); None elsewhere.
     state: prompt + generated tokens, to continue from.
     """
 
@@ -211,6 +214,7 @@ class Completion:
     top_logprobs: tuple[dict[int, float], ...] | None = None
     seed: int | None = None
     entropies: tuple[float, ...] | None = None
+    self_certainties: tuple[float, ...] | None = None
 
     @property
     def sum_logprob(self) -> float:
@@ -254,6 +258,9 @@ class Scored:
     logprobs: tuple[float, ...]
     sampling_logprobs: tuple[float, ...] | None
     usage: Usage
+    # per continuation token, the self-certainty of the distribution that predicted it
+    # (see Completion), where the engine's scoring pass reports it
+    self_certainties: tuple[float, ...] | None = None
 
     @property
     def sum_logprob(self) -> float:

@@ -31,6 +31,7 @@ from ponder.engines.core.requests import (
 )
 from ponder.engines.core.scheduler import run_decode
 from ponder.models import DEFAULT_MODEL, dtype_name, load_model_and_tokenizer, resolve
+from ponder.sampling import self_certainty
 from ponder.types import (
     GenerateRequest,
     Generation,
@@ -167,7 +168,8 @@ class HFEngine:
         return [Scored(s.token_ids, s.logprobs, s.sampling_logprobs,
                        Usage(prompt_tokens=s.usage.prompt_tokens,
                              forward_tokens=s.usage.forward_tokens, calls=1,
-                             wall_seconds=wall * s.usage.forward_tokens / total))
+                             wall_seconds=wall * s.usage.forward_tokens / total),
+                       s.self_certainties)
                 for s in results]
 
     def _score_chunks(self, order: list[int], rows) -> list[list[int]]:
@@ -199,11 +201,12 @@ class HFEngine:
             # logits[:, t] predicts the token after position t; the last column predicts
             # past the end, so the continuation's predictors end one before it.
             cont = r.continuation
-            model_lp, sampling_lp = continuation_logprobs(
-                logits[i, keep - 1 - len(cont): keep - 1], cont, r.params)
+            predictors = logits[i, keep - 1 - len(cont): keep - 1]
+            model_lp, sampling_lp = continuation_logprobs(predictors, cont, r.params)
+            certainty = tuple(self_certainty(predictors.float().log_softmax(dim=-1)).tolist())
             out.append(Scored(tuple(cont), model_lp, sampling_lp,
                               Usage(prompt_tokens=len(r.prompt),
-                                    forward_tokens=len(r.prompt) + len(cont))))
+                                    forward_tokens=len(r.prompt) + len(cont)), certainty))
         return out
 
 

@@ -22,7 +22,7 @@ import torch
 from ponder.engines.base import Admit, Capabilities, FollowUp, TokenCallback, reject_follow_ups
 from ponder.engines.core.collect import JobRecord, SampleRecord, collect_generations, wall_share
 from ponder.engines.core.requests import generate_requests, request_seed
-from ponder.sampling import process_logits, sample_seed
+from ponder.sampling import CERTAINTY_LOGPROB_FLOOR, process_logits, sample_seed
 from ponder.types import (
     GenerateRequest,
     Generation,
@@ -117,7 +117,7 @@ class TableEngine:
             for j in range(params.n):
                 seed = sample_seed(job.seed, j)
                 rng = random.Random(seed)
-                tokens, lp, lq, reason = [], [], [], "length"
+                tokens, lp, lq, certainty, reason = [], [], [], [], "length"
                 while len(tokens) < params.max_tokens:
                     model, q, cdf = self._row(prefix + tokens, params)
                     tok = bisect.bisect_right(cdf, rng.random() * cdf[-1])
@@ -125,6 +125,7 @@ class TableEngine:
                     tokens.append(tok)
                     lp.append(model[tok])
                     lq.append(0.0 if params.greedy else q[tok])
+                    certainty.append(self._self_certainty(prefix + tokens[:-1]))
                     if on_token is not None:
                         on_token(index, j, tok, self.detokenize([tok]))
                     if tok == self.eos_id and not params.ignore_eos:
@@ -132,8 +133,14 @@ class TableEngine:
                         break
                 SampleRecord(job, j, None if params.greedy else seed, self.detokenize(tokens),
                              tokens, lp, lq, forward_tokens=len(tokens) - 1,
-                             finish_reason=reason)
+                             finish_reason=reason, self_certainties=certainty)
         return collect_generations(jobs, wall_share(jobs, started))
+
+    def _self_certainty(self, prefix: list[int]) -> float:
+        """KL(uniform || p(. | prefix)) (sampling.self_certainty, in numpy for speed): the
+        table holds the whole distribution."""
+        row = np.maximum(self.logprobs(prefix), CERTAINTY_LOGPROB_FLOOR)
+        return float(-row.mean() - math.log(self.vocab_size))
 
     def _row(self, prefix: list[int], params) -> tuple[list[float], list[float], list[float]]:
         """(log p, log q, cumulative q) for the next token, cached per prefix and params."""
@@ -160,15 +167,17 @@ class TableEngine:
         for r in requests:
             prompt = self.tokenize(r.prompt)
             cont = self.tokenize(r.continuation)
-            lp, lq = [], []
+            lp, lq, certainty = [], [], []
             for t, tok in enumerate(cont):
                 model = self.logprobs(prompt + cont[:t])
                 lp.append(float(model[tok]))
+                certainty.append(self._self_certainty(prompt + cont[:t]))
                 if r.params is not None:
                     lq.append(float(self._sampling_logprobs(model, r.params)[tok]))
             out.append(Scored(tuple(cont), tuple(lp), tuple(lq) if r.params else None,
                               Usage(prompt_tokens=len(prompt),
-                                    forward_tokens=len(prompt) + len(cont), calls=1)))
+                                    forward_tokens=len(prompt) + len(cont), calls=1),
+                              tuple(certainty)))
         return out
 
 

@@ -20,18 +20,20 @@ from typing import Any
 from ponder.scorers.hf_prm import REWARD_STYLES, STYLE_ALIASES, HFRewardModel, canonical_style
 from ponder.scorers.judge import JudgeScorer
 from ponder.scorers.likelihood import HeuristicScorer, LikelihoodScorer
+from ponder.scorers.self_certainty import SelfCertaintyScorer
 from ponder.scorers.trained import is_verifier_folder
 
 BUILTIN = {
     "mean_logprob": "mean token log-probability under the policy",
     "sum_logprob": "summed token log-probability under the policy",
+    "self_certainty": "mean KL(uniform || next-token distribution) under the policy",
     "heuristic": "a boxed answer, then brevity (free)",
     "judge": "P(Yes) to 'is this step correct?' from the policy (or any engine), per step",
     "judge_answer": "P(Yes) to 'is the final answer correct?' from the policy, per response",
 }
 ALIASES = {"likelihood": "mean_logprob", "mean-logprob": "mean_logprob",
            "sum-logprob": "sum_logprob", "judge_step": "judge", "judge:step": "judge",
-           "judge-answer": "judge_answer", "judge:answer": "judge_answer"}
+           "judge-answer": "judge_answer", "self-certainty": "self_certainty", "judge:answer": "judge_answer"}
 
 
 def scorer_names() -> list[str]:
@@ -47,6 +49,8 @@ def make_scorer(name: str, engine: Any = None, **options: Any):
     key = ALIASES.get(name.strip(), name.strip())
     if key in ("mean_logprob", "sum_logprob"):
         return LikelihoodScorer(engine, key.split("_")[0], **options)
+    if key == "self_certainty":
+        return SelfCertaintyScorer(engine, **options)
     if key == "heuristic":
         return HeuristicScorer(**options)
     if key in ("judge", "judge_answer"):

@@ -186,6 +186,12 @@ STRATEGIES: dict[str, Entry] = {
                        "names the best; passes vote (knockout when they do not fit)"),
     "rsa": Entry("rsa:RSA", "recursive self-aggregation: n solutions, each step remade from k "
                             "drawn from the last; vote over the final population"),
+    "self_certainty": Entry("self_certainty:SelfCertainty",
+                            "best-of-n (a Borda vote with weighted) by self-certainty or "
+                            "tail confidence, read from the samples (no scorer)"),
+    "probe_exit": Entry("probe_exit:ProbeExit",
+                        "Dynasor-CoT: probe each trace's answer every probe_every tokens; "
+                        "stop it once `agree` probes in a row agree"),
 }
 
 ALIASES = {"sc": "self_consistency", "low_temp": "low_temperature", "mcmc": "power",

@@ -43,7 +43,8 @@ class JobRecord:
 class SampleRecord:
     """One sample of a job. `forward_tokens`: positions its decode fed through the model
     (the prefill is the job's); `state`: what a later request continues from (None: the
-    prompt and the tokens, nothing cached); `entropies`: None where the engine has none."""
+    prompt and the tokens, nothing cached); `entropies`, `self_certainties`: None where the
+    engine has none."""
 
     job: Any
     index: int
@@ -54,6 +55,7 @@ class SampleRecord:
     sampling_logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[dict[int, float]] = field(default_factory=list)
     entropies: list[float] | None = None
+    self_certainties: list[float] | None = None
     forward_tokens: int = 0
     finish_reason: str | None = None
     state: SequenceState | None = None
@@ -90,6 +92,8 @@ def collect_generations(jobs, share: float) -> list[Generation]:
                 top_logprobs=tuple(s.top_logprobs) if job.params.logprobs else None,
                 seed=s.seed,
                 entropies=tuple(s.entropies) if s.entropies is not None else None,
+                self_certainties=(tuple(s.self_certainties)
+                                  if s.self_certainties is not None else None),
             ))
         prefill = Usage(prompt_tokens=len(job.ids), forward_tokens=job.prefill_tokens,
                         calls=job.calls, wall_seconds=job.prefill_tokens * share)

@@ -17,7 +17,7 @@ import torch
 
 from ponder.engines.base import TokenCallback
 from ponder.engines.core.collect import SampleRecord
-from ponder.sampling import process_logits, sample_rows, sample_seed
+from ponder.sampling import process_logits, sample_rows, sample_seed, self_certainty
 from ponder.types import StepView
 
 
@@ -29,6 +29,7 @@ class DecodeSample(SampleRecord):
     detok: Detokenizer
     generator: torch.Generator | None = None
     entropies: list[float] = field(default_factory=list)
+    self_certainties: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,7 +50,7 @@ ROWS_AT_ONCE = 16
 def sample_step(logits: torch.Tensor, live: list[DecodeSample], is_end: Callable[[int], bool],
                 max_positions: int, on_token: TokenCallback | None) -> torch.Tensor:
     """Sample one token for every live sample from its row of `logits`; record it, its log
-    p, log q, entropy and top log-probabilities; mark samples that finish (end of sequence,
+    p, log q, entropy, self-certainty and top log-probabilities; mark samples that finish (end of sequence,
     the request's should_stop hook, a stop string, max_tokens or the context). Returns the
     sampled tokens, one per row."""
     params = [s.job.params for s in live]
@@ -60,8 +61,8 @@ def sample_step(logits: torch.Tensor, live: list[DecodeSample], is_end: Callable
                    uniforms[i:i + ROWS_AT_ONCE], top_k)
              for i in range(0, len(live), ROWS_AT_ONCE)]
     tokens = torch.cat([part[0] for part in parts])
-    chosen_model, chosen_sampling, entropies = (
-        torch.cat([part[k] for part in parts]).tolist() for k in (1, 2, 3))
+    chosen_model, chosen_sampling, entropies, certainties = (
+        torch.cat([part[k] for part in parts]).tolist() for k in (1, 2, 3, 5))
     if top_k:
         top_ids = torch.cat([part[4].indices for part in parts])
         top_values = torch.cat([part[4].values for part in parts])
@@ -71,6 +72,7 @@ def sample_step(logits: torch.Tensor, live: list[DecodeSample], is_end: Callable
         sample.logprobs.append(chosen_model[i])
         sample.sampling_logprobs.append(0.0 if p.greedy else chosen_sampling[i])
         sample.entropies.append(entropies[i])
+        sample.self_certainties.append(certainties[i])
         if p.logprobs:
             ids = top_ids[i, : p.logprobs].tolist()
             vals = top_values[i, : p.logprobs].tolist()
@@ -98,7 +100,8 @@ def sample_step(logits: torch.Tensor, live: list[DecodeSample], is_end: Callable
 
 def _draw(logits: torch.Tensor, params: list, uniforms: list[float], top_k: int):
     """The tensor work of a step for a few rows: sampled tokens, their log p (T=1) and log q
-    (under the processors), each row's entropy, and the top_k log-probabilities."""
+    (under the processors), each row's entropy, the top_k log-probabilities and each row's
+    self-certainty (all from the one log-softmax of the model's row)."""
     processed = process_logits(
         logits,
         temperature=torch.tensor([p.temperature for p in params]),
@@ -114,7 +117,7 @@ def _draw(logits: torch.Tensor, params: list, uniforms: list[float], top_k: int)
     chosen_model = model_lp.gather(1, column).squeeze(1)
     chosen_sampling = processed.log_softmax(dim=-1).gather(1, column).squeeze(1)
     top = model_lp.topk(top_k, dim=-1) if top_k else None
-    return tokens, chosen_model, chosen_sampling, entropies, top
+    return tokens, chosen_model, chosen_sampling, entropies, top, self_certainty(model_lp)
 
 
 class Detokenizer:
