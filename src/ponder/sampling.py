@@ -8,6 +8,8 @@ top-p and min-p on the tempered distribution.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 NEG_INF = float("-inf")
@@ -137,9 +139,10 @@ def self_certainty(logprobs: torch.Tensor) -> torch.Tensor:
     2025): KL(U || p) = -log V - (1/V) sum_v log p(v), in nats; 0 for the uniform
     distribution, larger the more peaked. Log-probabilities below
     CERTAINTY_LOGPROB_FLOOR (masked tokens) are raised to it."""
-    vocab = logprobs.shape[-1]
-    floored = logprobs.double().clamp(min=CERTAINTY_LOGPROB_FLOOR)
-    return -floored.mean(dim=-1) - torch.log(torch.tensor(float(vocab), dtype=torch.float64))
+    # In the rows' own dtype: a float64 copy of a [rows, vocab] block would cost more than
+    # the sum itself in the decode step.
+    floored = logprobs.clamp(min=CERTAINTY_LOGPROB_FLOOR)
+    return -floored.mean(dim=-1) - math.log(logprobs.shape[-1])
 
 
 SEED_STRIDE = 0x9E3779B97F4A7C15  # odd, so distinct sample indices give distinct seeds
