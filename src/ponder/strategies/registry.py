@@ -143,6 +143,10 @@ STRATEGIES: dict[str, Entry] = {
     "smc": Entry("smc:SMCPower",
                  "sequential Monte Carlo particles for p^alpha (cheaper than power)",
                  sampling={"temperature": 1.0, "n": 1}),
+    "power_ar": Entry("power_ar:PowerAR",
+                      "scalable power sampling: blocks weighed by a rollout estimate of "
+                      "their future under p^alpha (no MCMC)",
+                      sampling={"temperature": 1.0, "n": 1}),
     "beam_search": Entry("beam_search:BeamSearch",
                          "step-level beam search against a verifier: n candidate steps, keep m",
                          **_SEARCH),
