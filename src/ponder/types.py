@@ -53,6 +53,12 @@ class Usage:
         """Every token this cost: forward passes of the policy plus the scorer."""
         return self.forward_tokens + self.scorer_tokens
 
+    @property
+    def charged_tokens(self) -> int:
+        """What a budget charges (strategies/budget.py, the server): every call's prompt (a
+        continued state in full), every generated token, every token a scorer reads."""
+        return self.prompt_tokens + self.generated_tokens + self.scorer_tokens
+
     @staticmethod
     def sum(parts: Sequence[Usage] | Any) -> Usage:
         total = Usage()

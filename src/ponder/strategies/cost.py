@@ -29,9 +29,10 @@ class Cost:
 def sampling_cost(prompt_tokens: int, n: int, max_tokens: int, scored: bool = False,
                   rounds: int = 1) -> Cost:
     """n samples of up to max_tokens each, the prompt fed once per round (and, when a scorer
-    reads every sample, each sample read again with its prompt)."""
+    reads every sample, each sample read again with its prompt and the scorer's template)."""
     longest = prompt_tokens + max_tokens
-    tokens = rounds * prompt_tokens + n * max_tokens + (n * longest if scored else 0)
+    tokens = (rounds * prompt_tokens + n * max_tokens
+              + (n * (longest + TEMPLATE_TOKENS) if scored else 0))
     return Cost(tokens, longest)
 
 
@@ -57,6 +58,7 @@ def blocks(total: int, block: int) -> int:
     return -(-total // max(1, block))
 
 
-# Room for the words a strategy's own templates add around a prompt (critique and revise
-# instructions, a forced </think>, "Wait"): generous, since a bound must not be short.
+# Room for the words a strategy's or a scorer's own templates add around a prompt (critique
+# and revise instructions, a forced </think>, "Wait", the judge's question, a PRM's step
+# tags): generous, since a bound must not be short.
 TEMPLATE_TOKENS = 256

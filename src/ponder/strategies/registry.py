@@ -263,8 +263,21 @@ def canonical_name(name: str) -> str:
     return key
 
 
-def make_strategy(name: str, **options: Any):
-    """Build a strategy; options not given take the strategy's defaults."""
+# Strategies that give one sample: a budget never raises their n.
+ONE_SAMPLE = ("greedy", "sample", "low_temperature")
+
+
+def make_strategy(name: str, budget: int | None = None, **options: Any):
+    """Build a strategy; options not given take the strategy's defaults. With `budget` (in
+    tokens, Usage.charged_tokens), the strategy is held to it per problem: its knobs are
+    fitted to each prompt (strategies/budget.py), options given here being their caps."""
+    if budget is not None:
+        from ponder.strategies.budget import Budgeted
+
+        key = canonical_name(name)
+        given = tuple(k for k, v in options.items() if v is not None)
+        given += ("n",) if key in ONE_SAMPLE else ()
+        return Budgeted(make_strategy(name, **options), int(budget), given)
     key = canonical_name(name)
     entry = STRATEGIES[key]
     options = {k: v for k, v in options.items() if v is not None}

@@ -16,7 +16,7 @@ from typing import Any
 from ponder.engines.base import require
 from ponder.scorers.base import aggregate
 from ponder.strategies.base import check_problems
-from ponder.strategies.cost import Cost
+from ponder.strategies.cost import TEMPLATE_TOKENS, Cost
 from ponder.tasks.extract import extract_boxed
 from ponder.types import Problem, Prompt, SamplingParams, SequenceState, Usage
 
@@ -59,9 +59,9 @@ class SearchConfig:
 
     def search_cost(self, prompt_tokens: int, calls: int) -> Cost:
         """`calls` step requests, each charged at most the longest path as its state, a
-        step's tokens generated, and the scorer reading the longest path."""
+        step's tokens generated, and the scorer reading the longest path and its template."""
         longest = prompt_tokens + self.max_steps * self.step_max_tokens
-        return Cost(calls * (2 * longest + self.step_max_tokens), longest,
+        return Cost(calls * (2 * longest + self.step_max_tokens + TEMPLATE_TOKENS), longest,
                     ("n", "max_steps", "max_tokens"))
 
 
