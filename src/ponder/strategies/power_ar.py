@@ -112,12 +112,14 @@ class PowerAR:
             raise ValueError("the jackknife needs k >= 2 rollouts (or set jackknife=false)")
 
     def worst_case(self, prompt_tokens: int) -> Cost:
-        """The first block's k samples, then per block (of at most ceil(T/B)) top_m requests,
-        each charged its state (at most prompt + T) and generating k rollouts."""
+        """The first block's k samples, then per block j (of at most K = ceil(T/B)) top_m
+        requests, each charged its state (at most the prompt and j blocks) and generating k
+        rollouts."""
         steps = blocks(self.max_tokens, self.block_size)
-        per_block = self.top_m * (prompt_tokens + self.max_tokens + self.k * self.rollout_tokens)
+        states = steps * prompt_tokens + self.block_size * steps * (steps + 1) // 2
+        rollouts = steps * self.k * self.rollout_tokens
         first = prompt_tokens + self.k * self.block_size
-        return Cost(first + steps * per_block, prompt_tokens + self.max_tokens,
+        return Cost(first + self.top_m * (states + rollouts), prompt_tokens + self.max_tokens,
                     ("k", "top_m", "rollout_tokens", "max_tokens"))
 
     def run(self, problems: Sequence, engine, scorer=None, extract=extract_answer,
