@@ -101,24 +101,26 @@ class PowerAR:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
-        if self.block_size > self.max_tokens:
-            raise ValueError(f"block_size ({self.block_size}) must be at most max_tokens "
-                             f"({self.max_tokens})")
-        if self.rollout_tokens < self.block_size:
+        if self.rollout_tokens < self.block:
             raise ValueError(f"rollout_tokens ({self.rollout_tokens}) must be at least "
-                             f"block_size ({self.block_size}): the chosen candidate's rollouts "
+                             f"block_size ({self.block}): the chosen candidate's rollouts "
                              "supply the next block's candidates")
         if self.jackknife and self.k < 2:
             raise ValueError("the jackknife needs k >= 2 rollouts (or set jackknife=false)")
+
+    @property
+    def block(self) -> int:
+        """Tokens chosen per step: block_size, or max_tokens if that is shorter."""
+        return min(self.block_size, self.max_tokens)
 
     def worst_case(self, prompt_tokens: int) -> Cost:
         """The first block's k samples, then per block j (of at most K = ceil(T/B)) top_m
         requests, each charged its state (at most the prompt and j blocks) and generating k
         rollouts."""
-        steps = blocks(self.max_tokens, self.block_size)
-        states = steps * prompt_tokens + self.block_size * steps * (steps + 1) // 2
+        steps = blocks(self.max_tokens, self.block)
+        states = steps * prompt_tokens + self.block * steps * (steps + 1) // 2
         rollouts = steps * self.k * self.rollout_tokens
-        first = prompt_tokens + self.k * self.block_size
+        first = prompt_tokens + self.k * self.block
         return Cost(first + self.top_m * (states + rollouts), prompt_tokens + self.max_tokens,
                     ("k", "top_m", "rollout_tokens", "max_tokens"))
 
@@ -181,7 +183,7 @@ def run_power_ar(engine, prompts: Sequence[Prompt], config: PowerAR,
     """Grow one sequence per prompt; each block of every problem is one engine call."""
     require(engine, "scalable power sampling (power_ar)", "logprobs", "states")
     walks = [Walk(p, random.Random(s)) for p, s in zip(prompts, seeds, strict=True)]
-    first = [GenerateRequest(w.prompt, _seeded(config, w.rng, config.block_size),
+    first = [GenerateRequest(w.prompt, _seeded(config, w.rng, config.block),
                              keep_state=True) for w in walks]
     for w, gen in zip(walks, engine.generate(first), strict=True):
         w.prompt_len = len(gen.prompt_token_ids)
@@ -243,7 +245,7 @@ def _candidates(completions, start: int, config: PowerAR) -> list[Block]:
     `start` of their states), the top_m most frequent, ties broken by likelihood."""
     found: dict[tuple[int, ...], Block] = {}
     for c in completions:
-        n = min(config.block_size, len(c.token_ids))
+        n = min(config.block, len(c.token_ids))
         tokens = tuple(c.token_ids[:n])
         if tokens in found:
             b = found[tokens]
