@@ -58,7 +58,9 @@ which a GPU batches well and a CPU does not. Longer rollouts see further ahead (
 zeta) at proportionally more cost; more rollouts or candidates cost rows, not steps.
 
 Engines need log-probabilities and states (`require(engine, ..., "logprobs", "states")`);
-KV reuse makes the continued states cheap but is not needed for correctness.
+KV reuse makes the continued states cheap but is not needed for correctness. Memory: every
+rollout keeps its state until the block is chosen (only the chosen candidate's rollouts
+are kept after it), so up to problems * top_m * k states are held at a time.
 """
 
 from __future__ import annotations
