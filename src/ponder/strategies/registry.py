@@ -168,6 +168,10 @@ STRATEGIES: dict[str, Entry] = {
                             "reference solution from the last",
                             takes={"n": "particles", "max_tokens": "step_max_tokens"},
                             needs_scorer=True),
+    "tot": Entry("tot:TreeOfThoughts", "Tree of Thoughts: BFS keeping the `breadth` best states "
+                 "or DFS with backtracking, each state valued by the policy itself "
+                 "(sure/likely/impossible) or by a scorer (valuer=scorer)",
+                 takes={"max_tokens": "step_max_tokens"}),
     "power_smc": Entry("smc:SMCPower",
                        "Power-SMC's settings of smc: proposal at temperature 1/alpha and "
                        "exponent bridging (anneal) to p^alpha",
