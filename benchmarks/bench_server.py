@@ -17,13 +17,23 @@ long batch is decoding). A short request joins the running decode loop and is an
 soon as its own tokens are done, so its latency should stay near its latency on an idle
 server (target: p95 <= 3x idle).
 
+Then metrics: the same 32 concurrent requests on an app with metrics on, /metrics scraped
+every --scrape-ms (250, 60x as often as Prometheus's default 15 s) while they run, and on
+an app with metrics off (create_app(metrics=False): nothing observed, no /metrics), the two
+alternated --metrics-repeats times; the overhead is the median over the pairs of
+1 - on tokens/s / off tokens/s (target: metrics_overhead <= 0.05). metrics_cpu_share is
+the time spent inside the metrics code (rendering /metrics, counting tokens and rounds) over
+the on runs' wall time: a figure the noise of a shared machine does not move.
+
 Prints tables, then one JSON object as the LAST line (throughput_ratio = gathered tokens/s
 over one-at-a-time tokens/s; short_p95_over_idle = the mixed load's p95 short latency over
-the idle latency).
+the idle latency; metrics_overhead = 1 - metrics-on tokens/s over metrics-off tokens/s,
+median over alternated pairs, as a fraction).
 
     python benchmarks/bench_server.py [--requests 32] [--tokens 64] [--threads N]
                                       [--long 4] [--long-tokens 512] [--short 32]
-                                      [--short-tokens 16] [--mixed-only]
+                                      [--short-tokens 16] [--mixed-only] [--metrics-only]
+                                      [--scrape-ms 250] [--metrics-repeats 5]
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import time
 import httpx
 import torch
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from ponder.engines.hf import HFEngine
 from ponder.server.app import create_app
@@ -166,10 +177,18 @@ def main() -> None:
     parser.add_argument("--short-tokens", type=int, default=16)
     parser.add_argument("--mixed-only", action="store_true",
                         help="skip the gathered vs one-at-a-time throughput run")
+    parser.add_argument("--metrics-only", action="store_true",
+                        help="run only the metrics on vs off run")
+    parser.add_argument("--scrape-ms", type=float, default=250.0,
+                        help="how often /metrics is scraped during the metrics run")
+    parser.add_argument("--metrics-repeats", type=int, default=5)
     args = parser.parse_args()
     engine = HFEngine("smollm2-135m", dtype="float32", device="cpu")
     if args.threads:  # after loading: the engine sets its own count
         torch.set_num_threads(args.threads)
+    if args.metrics_only:
+        print(json.dumps(run_metrics(engine, args) | {"threads": torch.get_num_threads()}))
+        return
     figures = {} if args.mixed_only else throughput(engine, args)
     load = run_mixed(engine, args)
     base = statistics.median(load["idle"])
@@ -190,6 +209,7 @@ def main() -> None:
     figures |= {"short_idle_s": round(base, 3), "short_alone_p95_s": round(alone, 3),
                 "short_alone_p95_over_idle": round(alone / base, 2),
                 "short_p95_over_alone": round(figures["short_p95_s"] / alone, 2)}
+    figures |= run_metrics(engine, args)
     figures["threads"] = torch.get_num_threads()
     print(json.dumps(figures))
 
@@ -217,6 +237,104 @@ def throughput(engine, args) -> dict:
         "one_at_a_time_rounds": single["rounds"],
         "same_texts": same, "throughput_ratio": round(ratio, 2),
     }
+
+
+# ---- metrics: on (and scraped) vs off -------------------------------------------------------
+
+
+async def scraped_load(url: str, requests: int, tokens: int,
+                       every: float | None) -> tuple[float, list[dict], int, str]:
+    """`fire`'s load, with /metrics scraped every `every` seconds while it runs (None: not
+    scraped). Returns seconds, replies, scrapes made and the last scrape's text."""
+    done = asyncio.Event()
+    scrapes, text = 0, ""
+
+    async def scrape(client: httpx.AsyncClient) -> None:
+        nonlocal scrapes, text
+        while not done.is_set():
+            r = await client.get("/metrics")
+            r.raise_for_status()
+            scrapes, text = scrapes + 1, r.text
+            await asyncio.sleep(every)
+
+    async with httpx.AsyncClient(base_url=url, timeout=3600,
+                                 limits=httpx.Limits(max_connections=requests + 1)) as client:
+        await client.post("/v1/chat/completions", json=body(10_000, 4))  # warm-up
+        scraper = asyncio.create_task(scrape(client)) if every is not None else None
+        started = time.perf_counter()
+        replies = await asyncio.gather(*(client.post("/v1/chat/completions", json=body(i, tokens))
+                                         for i in range(requests)))
+        seconds = time.perf_counter() - started
+        done.set()
+        if scraper is not None:
+            await scraper
+            text = (await client.get("/metrics")).text  # after the load: everything counted
+    for r in replies:
+        r.raise_for_status()
+    return seconds, [r.json() for r in replies], scrapes, text
+
+
+def metrics_mode(engine, on: bool, args) -> dict:
+    limits = Limits(max_concurrent=args.requests + 8, max_tokens=max(args.tokens, 16))
+    app = create_app(engine, limits=limits, gather_ms=args.gather_ms, metrics=on)
+    inside = [0.0]
+    if on:  # time the metrics code: rendering /metrics, counting tokens and rounds
+        metrics = app.state.metrics
+        for name in ("exposition", "done", "batch"):
+            setattr(metrics, name, _timed(getattr(metrics, name), inside))
+    with Running(app) as url:
+        seconds, replies, scrapes, text = asyncio.run(scraped_load(
+            url, args.requests, args.tokens, args.scrape_ms / 1000 if on else None))
+    generated = sum(r["usage"]["completion_tokens"] for r in replies)
+    out = {"seconds": seconds, "tokens": generated, "tok_s": generated / seconds,
+           "scrapes": scrapes, "inside": inside[0]}
+    if on:  # the last scrape saw what was served: the load plus the warm-up (4 tokens)
+        samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+        counted = sum(s.value for s in samples if s.name == "ponder_requests_total")
+        tokens = sum(s.value for s in samples if s.name == "ponder_tokens_total"
+                     and s.labels["kind"] == "generated")
+        assert (counted, tokens) == (args.requests + 1, generated + 4), (counted, tokens)
+    return out
+
+
+def run_metrics(engine, args) -> dict:
+    """Metrics off and on, alternated so drift in a shared machine's speed hits both."""
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+    for _ in range(args.metrics_repeats):
+        for on in (False, True):
+            runs[on].append(metrics_mode(engine, on, args))
+    off = statistics.median(m["tok_s"] for m in runs[False])
+    on = statistics.median(m["tok_s"] for m in runs[True])
+    scrapes = sum(m["scrapes"] for m in runs[True])
+    pairs = [1 - b["tok_s"] / a["tok_s"] for a, b in zip(runs[False], runs[True], strict=True)]
+    share = sum(m["inside"] for m in runs[True]) / sum(m["seconds"] for m in runs[True])
+    print(f"\nmetrics: {args.requests} concurrent requests x {args.tokens} tokens, "
+          f"{args.metrics_repeats} runs each, /metrics scraped every {args.scrape_ms:g} ms "
+          f"when on ({scrapes} scrapes)")
+    print(f"{'metrics':10}" + "".join(f"{'tok/s run ' + str(i + 1):>14}"
+                                      for i in range(args.metrics_repeats)) + f"{'median':>10}")
+    for name, key, median in (("off", False, off), ("on", True, on)):
+        print(f"{name:10}" + "".join(f"{m['tok_s']:>14.1f}" for m in runs[key])
+              + f"{median:>10.1f}")
+    overhead = statistics.median(pairs)
+    print(f"metrics overhead {overhead:.1%} of throughput (median of the pairs "
+          f"{', '.join(f'{p:.1%}' for p in pairs)}; target <= 5%); time inside the metrics "
+          f"code {share:.2%} of the on runs' wall time")
+    return {"metrics_requests": args.requests, "metrics_tokens_per_request": args.tokens,
+            "metrics_on_tok_s": round(on, 2), "metrics_off_tok_s": round(off, 2),
+            "metrics_scrapes": scrapes, "metrics_scrape_ms": args.scrape_ms,
+            "metrics_pair_overheads": [round(p, 4) for p in pairs],
+            "metrics_cpu_share": round(share, 5), "metrics_overhead": round(overhead, 4)}
+
+
+def _timed(fn, total: list[float]):
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - started
+    return timed
 
 
 if __name__ == "__main__":

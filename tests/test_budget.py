@@ -72,3 +72,17 @@ def test_every_strategy_spends_at_most_its_budget_and_more_budget_never_less(nam
         assert result.trace["budget"]["spent"] == result.usage.charged_tokens <= budget
         spent.append(result.usage.charged_tokens)
     assert spent[1] >= spent[0], spent
+
+
+def test_the_cli_takes_a_budget_and_reports_what_it_fitted_and_spent(capsys):
+    import json
+
+    from ponder.cli import main
+
+    assert main(["run", "What is 2 + 3?", "--strategy", "sc", "--budget", "300",
+                 "--max-tokens", "32", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    prompt = out["usage"]["prompt_tokens"]
+    assert out["budget"]["fitted"] == {"n": (300 - prompt) // 32, "max_tokens": 32}
+    assert len(out["candidates"]) == out["budget"]["fitted"]["n"]
+    assert out["budget"]["spent"] <= 300

@@ -277,7 +277,7 @@ def test_every_request_needs_the_key(server):
     for key in (None, "wrong-key", KEY + "x"):
         with pytest.raises(openai.AuthenticationError):
             server.client(key).chat.completions.create(model=MODEL, messages=ASK, max_tokens=4)
-        for path in ("/health", "/v1/models"):
+        for path in ("/metrics", "/v1/models"):  # /health and /ready are open probes
             r = server.http(key).get(path)
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     r = server.http(None).post("/v1/chat/completions", headers={"Authorization": f"Basic {KEY}"},

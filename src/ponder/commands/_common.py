@@ -17,7 +17,7 @@ from ponder.models import DTYPE_NAMES
 # Flags that set run options of the same name (--top-p sets top_p); unset ones are None.
 FLAG_OPTIONS = ("task", "limit", "levels", "subjects", "shuffle_seed", "prompt", "scorer",
                 "label", "n", "temperature", "top_p", "top_k", "min_p", "max_tokens", "seed",
-                "iterations", "model", "dtype", "engine")
+                "iterations", "budget", "model", "dtype", "engine")
 # The sampling flags that do not apply to a greedy strategy's runs.
 SAMPLING_FLAGS = ("n", "temperature", "top_p", "top_k", "min_p")
 # EngineConfig fields whose flag stores under another name.
@@ -121,6 +121,10 @@ def add_strategy_args(p: argparse.ArgumentParser, multi: bool = False) -> None:
     s.add_argument("--min-p", type=float, help="min-p filter (0 = off)")
     s.add_argument("--max-tokens", type=int, help="new tokens per sample (default 512)")
     s.add_argument("--seed", type=int, help="run seed" + (" (default 0)" if multi else ""))
+    s.add_argument("--budget", type=int, metavar="TOKENS",
+                   help="compute budget per problem, in tokens (prompts + generated + scorer): "
+                        "the strategy's knobs (n, particles, steps...) are set to fit it, "
+                        "flags given here being their caps")
 
 
 def flag_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
             "votes": result.trace.get("votes"),
             "candidates": [{"answer": c.answer, "score": c.score, "tokens": c.tokens,
                             "text": c.text, **dict(c.meta)} for c in result.candidates],
-            "usage": result.usage.to_dict()}, default=str))
+            "usage": result.usage.to_dict(), "budget": result.trace.get("budget")},
+            default=str))
         return 0
     _print_result(result, args.verbose)
     return 0

@@ -38,6 +38,9 @@ def register(sub) -> None:
     net.add_argument("--api-key", default=os.environ.get("PONDER_API_KEY"),
                      help="require 'Authorization: Bearer KEY' on every request "
                           "(default: $PONDER_API_KEY, else no key)")
+    net.add_argument("--metrics-public", action="store_true",
+                     help="serve GET /metrics (Prometheus) without the API key; /health and "
+                          "/ready never need it")
     net.add_argument("--served-model-name", default=None,
                      help="the model name clients use (default: the --model name)")
     net.add_argument("--log-level", default="info",
@@ -112,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     engine = build_engine(engine_config_from_args(args))
     scorers = {name: make_scorer(spec, engine) for name, spec in specs.items()}
     app = create_app(engine, served_name=args.served_model_name, api_key=args.api_key,
+                     metrics_public=args.metrics_public,
                      limits=limits, gather_ms=args.gather_ms,
                      max_batch_requests=args.max_batch_requests, scorers=scorers)
     name = app.state.served[0]

@@ -121,7 +121,8 @@ def make_spec(raw: Mapping[str, Any]) -> RunSpec:
         make_strategy,
     )
 
-    strategy_keys = {*SAMPLING_OPTIONS, *(k for e in STRATEGIES.values() for k in e.extra_options)}
+    strategy_keys = {*SAMPLING_OPTIONS, "budget",
+                     *(k for e in STRATEGIES.values() for k in e.extra_options)}
     unknown = sorted(set(raw) - set(RUN_KEYS) - strategy_keys)
     if unknown:
         raise ValueError(f"unknown run option(s) {unknown}; known: "
@@ -181,7 +182,9 @@ def default_label(spec: RunSpec, is_cot: bool = False) -> str:
     if is_cot and spec.prompt == "cot":
         return "cot"
     n = spec.samples_per_problem
-    name = spec.strategy + (f"@{n}" if n > 1 else "")
+    budget = spec.options.get("budget")
+    # With a budget, n is fitted per problem: the budget names the run.
+    name = spec.strategy + (f" budget={budget}" if budget else f"@{n}" if n > 1 else "")
     if spec.scorer:
         name += f" ({spec.scorer})"
     return f"{name} [{spec.prompt}]"

@@ -3,6 +3,7 @@ uvicorn. All state lives on the app (app.state) and in closures; nothing is glob
 process can serve several apps (the server benchmark does).
 
     POST /v1/chat/completions   POST /v1/completions   GET /v1/models   GET /health
+    GET /ready   GET /metrics (server.health: probes and Prometheus metrics)
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from starlette.exceptions import HTTPException
 
 from ponder.server.batcher import EngineWorker
 from ponder.server.errors import ApiError, bad_request, deadline_error, error_body
+from ponder.server.health import observe
 from ponder.server.jobs import Job
 from ponder.server.limits import Counters, Gate, Limits, read_body
 from ponder.server.logprobs import Detailed
+from ponder.server.metrics import tag_request
 from ponder.server.responses import (
     FINISH,
     Envelope,
@@ -58,6 +61,7 @@ def allowed_scorers(operator: dict[str, Any]) -> frozenset[str]:
 def create_app(engine, *, served_name: str | None = None, api_key: str | None = None,
                limits: Limits | None = None, gather_ms: float = 20.0,
                max_batch_requests: int = 256, progress_seconds: float = 0.25,
+               metrics: bool = True, metrics_public: bool = False,
                scorers: dict[str, Any] | None = None) -> FastAPI:
     """An app serving `engine` (used from one worker thread only).
 
@@ -66,6 +70,8 @@ def create_app(engine, *, served_name: str | None = None, api_key: str | None = 
     api_key: when set, every request needs `Authorization: Bearer <api_key>`.
     gather_ms: how long the worker waits after a request for others to batch with it.
     max_batch_requests: most requests per engine round (1 serves them one at a time).
+    metrics: serve Prometheus metrics on GET /metrics (False: nothing is observed).
+    metrics_public: /metrics answers without the API key.
     scorers: reward models the operator allows, by the name requests use (`ponder.scorer`),
         e.g. {"prm": make_scorer("qwen-prm:/models/prm")}. Requests may also pick the
         scorers that load nothing (mean_logprob, sum_logprob, heuristic, judge,
@@ -93,12 +99,14 @@ def create_app(engine, *, served_name: str | None = None, api_key: str | None = 
     app.state.worker, app.state.limits, app.state.counters = worker, limits, counters
     app.state.served = served
     app.add_middleware(Gate, api_key=api_key, limits=limits, counters=counters)
+    observe(app, worker, counters, api_key=api_key, metrics=metrics, public=metrics_public)
     _add_error_handlers(app)
 
     async def body_of(request: Request) -> dict[str, Any]:
         return parse_json(await read_body(request.stream(), limits.max_body_bytes))
 
-    def checked(plan: Plan) -> Plan:
+    def checked(plan: Plan, request: Request) -> Plan:
+        tag_request(request, plan)
         if plan.scorer is not None and plan.scorer not in allowed:
             raise bad_request(f"scorer {plan.scorer!r} is not available on this server; "
                               f"available: {', '.join(sorted(allowed))} (an operator adds "
@@ -108,12 +116,12 @@ def create_app(engine, *, served_name: str | None = None, api_key: str | None = 
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        plan = checked(parse_chat(await body_of(request), served, limits))
+        plan = checked(parse_chat(await body_of(request), served, limits), request)
         return await execute(plan, worker, request, limits.max_request_seconds)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        plan = checked(parse_completion(await body_of(request), served, limits))
+        plan = checked(parse_completion(await body_of(request), served, limits), request)
         return await execute(plan, worker, request, limits.max_request_seconds)
 
     @app.get("/v1/models")

@@ -79,6 +79,8 @@ class EngineWorker:
         self.cancelled = 0  # requests whose client left before they were done
         self.expired = 0  # requests stopped or refused at their deadline
         self.recent_sizes: deque[int] = deque(maxlen=16)  # requests in each recent round
+        self.joined = 0  # plain requests that joined a running decode loop
+        self.metrics = None  # server.metrics.Metrics: counts tokens and rounds when set
         # Jobs wait here; the engine thread takes plain ones from the front while it decodes
         # (deque appends and pops are atomic, so no lock is needed).
         self._waiting: deque[Job] = deque()
@@ -137,6 +139,7 @@ class EngineWorker:
             try:
                 for batch in _rounds(jobs):
                     run = self._run_plain if batch[0].plain else self._run_strategy
+                    joined = self.joined
                     try:
                         await self._loop.run_in_executor(self._executor, run, batch)
                     except Exception as exc:  # run() reports its own errors; this is a backstop
@@ -145,6 +148,8 @@ class EngineWorker:
                             self.emit(job, "error", exc)
                     self.batches += 1
                     self.recent_sizes.append(len(batch))
+                    if self.metrics is not None:
+                        self.metrics.batch(len(batch) + self.joined - joined)
             finally:
                 self.busy = False
 
@@ -170,11 +175,14 @@ class EngineWorker:
             job = self._waiting.popleft()
             if self._wanted(job):
                 out.append(job)
+        self.joined += len(out)
         return out
 
     # ---- worker-thread side -------------------------------------------------------------
 
     def emit(self, job: Job, kind: str, data: Any = None) -> None:
+        if kind == "done" and self.metrics is not None:
+            self.metrics.done(job, data)
         self._loop.call_soon_threadsafe(job.events.put_nowait, (job.tag, kind, data))
 
     def check(self, job: Job, cost_of: Callable[[int], Cost], what: str,
