@@ -36,12 +36,18 @@ from ponder.server.responses import (
     jsonable,
     plain_choices,
     plain_ponder,
+    response_ponder,
     sse,
-    strategy_ponder,
     usage_json,
 )
 from ponder.server.routing import model_forms, prefix_patterns, resolve_strategy, split_model
-from ponder.server.schemas import Plan, parse_chat, parse_completion, parse_json
+from ponder.server.schemas import (
+    Plan,
+    parse_chat,
+    parse_completion,
+    parse_json,
+    with_budget_header,
+)
 from ponder.types import Usage
 
 log = logging.getLogger("ponder.server")
@@ -103,7 +109,8 @@ def create_app(engine, *, served_name: str | None = None, api_key: str | None = 
     _add_error_handlers(app)
 
     async def body_of(request: Request) -> dict[str, Any]:
-        return parse_json(await read_body(request.stream(), limits.max_body_bytes))
+        body = parse_json(await read_body(request.stream(), limits.max_body_bytes))
+        return with_budget_header(body, request.headers.get("x-ponder-budget"))
 
     def checked(plan: Plan, request: Request) -> Plan:
         tag_request(request, plan)
@@ -315,8 +322,7 @@ def _complete(plan: Plan, env: Envelope, done: list[Any]) -> dict:
     [result] = done
     text, finish = chosen(result, plan.params.max_tokens)
     return env.body([env.choice(0, text, finish)], usage=usage_json(result.usage),
-                    ponder=strategy_ponder(plan.strategy_name, result, True)
-                    if plan.return_candidates else None)
+                    ponder=response_ponder(plan.strategy_name, result, plan.return_candidates))
 
 
 async def _closing(stream, pending: Pending):
@@ -383,7 +389,7 @@ async def _stream_strategy(plan: Plan, env: Envelope, pending: Pending):
     yield sse(env.body([env.delta(0, finish=finish)], chunk=True,
                        ponder={"progress": {"stage": "done", "answer": result.answer}}))
     usage = usage_json(result.usage) if plan.include_usage else None
-    ponder = strategy_ponder(plan.strategy_name, result, True) if plan.return_candidates else None
+    ponder = response_ponder(plan.strategy_name, result, plan.return_candidates)
     if usage or ponder:
         yield sse(env.body([], chunk=True, usage=usage, ponder=ponder))
     yield sse("[DONE]")

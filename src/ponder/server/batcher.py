@@ -29,7 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ponder.server.errors import ApiError, Stopped, deadline_error
+from ponder.server.errors import ApiError, LimitError, Stopped, deadline_error
 from ponder.server.jobs import Job
 from ponder.server.limits import over_budget, over_context
 from ponder.server.logprobs import detailed
@@ -196,7 +196,11 @@ class EngineWorker:
             self.emit(job, "error", ApiError(400, f"cannot build the prompt: {exc}",
                                              param=field, code="invalid_prompt"))
             return None
-        cost = cost_of(len(ids))
+        try:
+            cost = cost_of(len(ids))
+        except ValueError as exc:  # a budget below the cheapest run with this prompt
+            self.emit(job, "error", LimitError(str(exc), param="ponder.budget"))
+            return None
         context = self.engine.max_positions
         if cost.longest > context or len(ids) >= context:
             self.emit(job, "error", over_context(len(ids), cost.longest, context, field))

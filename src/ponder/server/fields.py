@@ -172,7 +172,7 @@ def read_ponder(value: Any) -> dict[str, Any]:
                                   where, "invalid_type")
         elif key == "return_candidates":
             v = read_bool(value, key, False, where)
-        elif key == "n":
+        elif key in ("n", "budget"):
             v = read_int(value, key, None, low=1, where=where)
         elif isinstance(v, bool) or not isinstance(v, int | float | str) or (
                 isinstance(v, float) and not math.isfinite(v)):

@@ -106,9 +106,22 @@ def chosen(result: Result, max_tokens: int | None = None) -> tuple[str, str]:
     return pick.text, FINISH.get(str(reason), "stop")
 
 
+def response_ponder(name: str, result: Result, return_candidates: bool) -> dict[str, Any] | None:
+    """The response's `ponder` field: everything with return_candidates; else, for a request
+    with a budget, what it fitted and spent; else none."""
+    if return_candidates:
+        return strategy_ponder(name, result, True)
+    if "budget" in (result.trace or {}):
+        return {"strategy": name, "budget": result.trace["budget"],
+                "compute": compute_json(result.usage)}
+    return None
+
+
 def strategy_ponder(name: str, result: Result, return_candidates: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"strategy": name, "answer": result.answer, "chosen": result.chosen,
                            "compute": compute_json(result.usage)}
+    if "budget" in (result.trace or {}):  # what the request's budget fitted, and spent
+        out["budget"] = result.trace["budget"]
     if return_candidates:
         out["candidates"] = [{"text": c.text, "answer": c.answer, "score": c.score,
                               "tokens": c.tokens, **dict(c.meta)} for c in result.candidates]

@@ -29,6 +29,7 @@ from ponder.server.fields import (
 from ponder.server.limits import Limits, over_budget
 from ponder.server.routing import SINGLE_SAMPLE, Route, route
 from ponder.strategies import registry
+from ponder.strategies.budget import Budgeted, BudgetError
 from ponder.strategies.cost import cost_options
 from ponder.types import Prompt, SamplingParams
 
@@ -87,6 +88,28 @@ class Plan:
     @property
     def plain(self) -> bool:
         return self.strategy is None
+
+
+def with_budget_header(body: dict[str, Any], header: str | None) -> dict[str, Any]:
+    """The X-Ponder-Budget header as ponder.budget (the smaller one when both are given)."""
+    if header is None:
+        return body
+    try:
+        budget = int(header.strip())
+    except ValueError:
+        budget = 0
+    if budget < 1:
+        raise bad_request(f"the X-Ponder-Budget header must be a positive integer (tokens), "
+                          f"got {header[:40]!r}", "X-Ponder-Budget", "invalid_value")
+    ponder = body.get("ponder")
+    if ponder is None:
+        return {**body, "ponder": {"budget": budget}}
+    if isinstance(ponder, dict):
+        own = ponder.get("budget")
+        if isinstance(own, int) and not isinstance(own, bool) and own < budget:
+            budget = own
+        return {**body, "ponder": {**ponder, "budget": budget}}
+    return body  # not an object: read_ponder says so
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -200,6 +223,11 @@ def _plan(endpoint, body, prompts, question, tokens_field, served, limits: Limit
                           "invalid_type")
     ponder = read_ponder(body.get("ponder"))
     return_candidates = ponder.pop("return_candidates", False)
+    asked = ponder.pop("budget", None)
+    # A request's own budget (ponder.budget, or the X-Ponder-Budget header) within the
+    # server's per-request limit.
+    budget = limits.max_request_tokens if asked is None else min(asked,
+                                                                  limits.max_request_tokens)
     if max_tokens > limits.max_tokens:
         raise LimitError(f"{tokens_field}={max_tokens} is over this server's limit of "
                          f"{limits.max_tokens} new tokens per sample (max_tokens, --max-tokens)",
@@ -218,12 +246,11 @@ def _plan(endpoint, body, prompts, question, tokens_field, served, limits: Limit
             params = replace(params, logprobs=output.logprobs)
         samples = params.n * len(prompts)
         _check_n(samples, limits, "n")
-        if samples * max_tokens > limits.max_request_tokens:
-            raise over_budget("this request", samples * max_tokens, 0,
-                              limits.max_request_tokens, {"n": n, "max_tokens": max_tokens})
+        if samples * max_tokens > budget:
+            raise over_budget("this request", samples * max_tokens, 0, budget,
+                              {"n": n, "max_tokens": max_tokens})
         return Plan(endpoint, model, prompts, question, params, None, where.strategy, None,
-                    stream, include_usage, return_candidates, limits.max_request_tokens,
-                    output)
+                    stream, include_usage, return_candidates, budget, output)
     if output.wanted or any(isinstance(p, tuple) for p in prompts):  # tuple: token ids
         field = ("echo" if output.echo else "logprobs") if output.wanted else "prompt"
         raise bad_request("log-probabilities, echo and token-id prompts are for plain sampling: "
@@ -242,16 +269,26 @@ def _plan(endpoint, body, prompts, question, tokens_field, served, limits: Limit
     strategy = _build(where, given, max_tokens)
     params = getattr(strategy, "params", None) or SamplingParams(max_tokens=max_tokens)
     _check_n(_samples(strategy), limits, "ponder.n")
+    if asked is not None:  # the budget sets the strategy's knobs (strategies/budget.py)
+        strategy = Budgeted(strategy, budget, _given(where), ceiling=limits.max_n)
     # The prompt is not tokenized yet: its worst case with a one-token prompt refuses what
     # can never fit before the request queues (the worker checks again with the real one).
-    cost = strategy.worst_case(1)
-    if cost.tokens > limits.max_request_tokens:
-        raise over_budget(f"strategy {strategy.name!r}", cost.tokens, 1,
-                          limits.max_request_tokens,
+    try:
+        cost = strategy.worst_case(1)
+    except BudgetError as exc:
+        raise LimitError(str(exc), param="ponder.budget") from None
+    if cost.tokens > budget:
+        raise over_budget(f"strategy {strategy.name!r}", cost.tokens, 1, budget,
                           cost_options(strategy, cost, tuple(where.options)))
     return Plan(endpoint, model, prompts, question, params, strategy, where.strategy,
-                where.scorer, stream, include_usage, return_candidates, limits.max_request_tokens,
+                where.scorer, stream, include_usage, return_candidates, budget,
                 options=tuple(where.options))
+
+
+def _given(where: Route) -> tuple[str, ...]:
+    """The options a budget must not raise: the ones the request set (a prefix such as
+    'sc8:' sets n), and n of one-sample strategies."""
+    return (*where.options, *(("n",) if where.strategy in registry.ONE_SAMPLE else ()))
 
 
 def _samples(strategy) -> int:

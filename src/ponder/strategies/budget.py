@@ -133,13 +133,14 @@ class Budgeted:
     strategy: Any
     budget: int
     given: tuple[str, ...] = ()
+    ceiling: int = CEILING
 
     @property
     def name(self) -> str:
         return self.strategy.name
 
     def worst_case(self, prompt_tokens: int):
-        fitted, _ = fit(self.strategy, self.budget, prompt_tokens, self.given)
+        fitted, _ = fit(self.strategy, self.budget, prompt_tokens, self.given, self.ceiling)
         return fitted.worst_case(prompt_tokens)
 
     def run(self, problems: Sequence, engine, scorer=None, extract=extract_answer,
@@ -149,7 +150,7 @@ class Budgeted:
         fitted: dict[Any, tuple[Any, dict]] = {}
         for i, p in enumerate(problems):
             strategy, knobs = fit(self.strategy, self.budget, len(engine.tokenize(render(p))),
-                                  self.given)
+                                  self.given, self.ceiling)
             groups.setdefault(repr(strategy), []).append(i)
             fitted[repr(strategy)] = (strategy, knobs)
         out: list = [None] * len(problems)
