@@ -163,3 +163,49 @@ def test_power_sampling_runs_on_vllm(vllm_engine):
     (result,) = power.run([problem], vllm_engine, None)
     assert result.usage.generated_tokens > 0
     assert result.usage.forward_tokens > result.usage.generated_tokens
+
+
+# The PRM's scores through vLLM's kernels (fp32 on CPU here) against the same weights in
+# transformers: the largest difference seen here was 4e-8; allowed 1e-4 in probability.
+VLLM_PRM_TOLERANCE = 1e-4
+
+
+def test_a_prm_served_by_vllm_gives_the_in_process_step_scores(engine, tmp_path):
+    """vLLM's OpenAI server (its pooling API) serving a tiny random Qwen2 PRM built here, read
+    by the http-prm scorer: the in-process qwen-prm scores of the same weights, step by step,
+    and the same token counts."""
+    import json
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from openai_servers import Served, free_port
+    from test_scorer_http import RESPONSES, build_qwen_prm, items
+
+    from ponder.engines.vllm import _env_defaults
+    from ponder.scorers.registry import make_scorer
+
+    folder, tag = build_qwen_prm(tmp_path / "prm", engine.tokenizer)
+    port = free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder,
+           "--served-model-name", "tiny-prm", "--host", "127.0.0.1", "--port", str(port),
+           "--dtype", "float32", "--enforce-eager", "--seed", "0", "--max-model-len", "2048",
+           "--pooler-config", json.dumps({"step_tag_id": tag})]
+    env = {k: v for k, v in _env_defaults().items() if k not in os.environ}
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # a server keeps its engine process
+    server = Served(cmd, port, "/v1/models", "vllm-prm", env=env, timeout=300)
+    remote = make_scorer(f"http-prm:{server.url}", model="tiny-prm", concurrency=8)
+    try:
+        batch = items(*RESPONSES * 2)
+        ours = remote.score(batch)
+    finally:
+        remote.close()
+        server.stop()
+    theirs = make_scorer(f"qwen-prm:{folder}", device="cpu").score(batch)
+    gap = max(abs(x - y) for a, b in zip(ours, theirs, strict=True)
+              for x, y in zip(a.step_scores, b.step_scores, strict=False))
+    print(f"vLLM vs in-process PRM step scores: largest difference {gap:.2e}")
+    for a, b in zip(ours, theirs, strict=True):
+        assert len(a.step_scores) == len(b.step_scores)
+        assert a.step_scores == pytest.approx(b.step_scores, abs=VLLM_PRM_TOLERANCE)
+        assert a.usage.scorer_tokens == b.usage.scorer_tokens
+    assert sum(len(r.step_scores) for r in ours) == 2 * (1 + 3 + 4 + 0)

@@ -71,6 +71,10 @@ def register(sub) -> None:
                           "Without NAME, requests name it by SPEC. mean_logprob, "
                           "sum_logprob, heuristic, judge and judge_answer are always "
                           "available; no other model or file is ever loaded for a request")
+    sco.add_argument("--reward-model", default=None, metavar="STYLE:PATH",
+                     help="also serve this scorer (any of the registry: qwen-prm:PATH, "
+                          "orm:PATH, verifier:NAME, judge...) at POST /pooling, vLLM's pooling "
+                          "API, for clients' --scorer http-prm:URL / http-orm:URL")
     bat = p.add_argument_group("batching")
     bat.add_argument("--gather-ms", type=float, default=20.0,
                      help="wait this long after a request for others to share its engine "
@@ -103,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
                     max_concurrent=args.max_concurrent, max_body_bytes=args.max_body_bytes,
                     max_request_seconds=args.max_request_seconds)
     specs = operator_scorers(args.scorer)
+    reward_spec = args.reward_model.strip() if args.reward_model else None
+    if reward_spec:
+        from ponder.scorers.registry import make_scorer
+
+        make_scorer(reward_spec)  # a wrong style or name fails here, before the model loads
     if not args.api_key and not _loopback(args.host):
         print(f"ponder serve: warning: {args.host} is reachable from other machines and no "
               "--api-key is set", file=sys.stderr)
@@ -114,10 +123,12 @@ def run(args: argparse.Namespace) -> int:
 
     engine = build_engine(engine_config_from_args(args))
     scorers = {name: make_scorer(spec, engine) for name, spec in specs.items()}
+    reward = (reward_spec, make_scorer(reward_spec, engine)) if reward_spec else None
     app = create_app(engine, served_name=args.served_model_name, api_key=args.api_key,
                      metrics_public=args.metrics_public,
                      limits=limits, gather_ms=args.gather_ms,
-                     max_batch_requests=args.max_batch_requests, scorers=scorers)
+                     max_batch_requests=args.max_batch_requests, scorers=scorers,
+                     reward_model=reward)
     name = app.state.served[0]
     print(f"ponder serve: {name} on http://{args.host}:{args.port}/v1 "
           f"(auth {'on' if args.api_key else 'off'}; try model 'sc8:{name}')", file=sys.stderr)

@@ -7,6 +7,7 @@
     make_scorer("orm:/models/my-reward-model")            # any sequence-classification ORM
     make_scorer("mean_logprob", engine)                   # and the model-free likelihood scorers
     make_scorer("verifier:smollm2-135m-arith-orm", engine)  # trained by ponder train-verifier
+    make_scorer("http-prm:http://127.0.0.1:8000")      # a PRM served by vLLM or ponder serve
 
 A reward model is a style plus a path ("STYLE:PATH"; "prm:PATH" means qwen-prm). Models load
 on first use, so building a scorer to validate its name is free. Options (separator,
@@ -38,7 +39,8 @@ ALIASES = {"likelihood": "mean_logprob", "mean-logprob": "mean_logprob",
 
 def scorer_names() -> list[str]:
     """Every name make_scorer takes, reward models as STYLE:PATH."""
-    return [*BUILTIN, *(f"{s}:PATH" for s in REWARD_STYLES), "verifier:PATH"]
+    return [*BUILTIN, *(f"{s}:PATH" for s in REWARD_STYLES), "verifier:PATH", "http-prm:URL",
+            "http-orm:URL"]
 
 
 def make_scorer(name: str, engine: Any = None, **options: Any):
@@ -56,6 +58,10 @@ def make_scorer(name: str, engine: Any = None, **options: Any):
     if key in ("judge", "judge_answer"):
         return JudgeScorer(engine, target="step" if key == "judge" else "answer", **options)
     style, sep, path = key.partition(":")
+    if sep and path and style.lower() in ("http-prm", "http-orm"):
+        from ponder.scorers.http import HTTPRewardModel
+
+        return HTTPRewardModel(path, style.lower()[5:], **options)  # served over HTTP
     if sep and path and (style.lower() == "verifier" or is_verifier_folder(path)):
         from ponder.scorers.trained import TrainedVerifier
 
@@ -65,4 +71,5 @@ def make_scorer(name: str, engine: Any = None, **options: Any):
         return HFRewardModel(path, canonical_style(style), **options)
     raise ValueError(
         f"unknown scorer {name!r}; use one of {', '.join(BUILTIN)}, or a reward model as "
-        f"STYLE:PATH with STYLE one of {', '.join(REWARD_STYLES)} (e.g. qwen-prm:/models/prm)")
+        f"STYLE:PATH with STYLE one of {', '.join(REWARD_STYLES)} (e.g. qwen-prm:/models/prm), or a served one "
+        f"as http-prm:URL or http-orm:URL")

@@ -68,7 +68,8 @@ def create_app(engine, *, served_name: str | None = None, api_key: str | None = 
                limits: Limits | None = None, gather_ms: float = 20.0,
                max_batch_requests: int = 256, progress_seconds: float = 0.25,
                metrics: bool = True, metrics_public: bool = False,
-               scorers: dict[str, Any] | None = None) -> FastAPI:
+               scorers: dict[str, Any] | None = None,
+               reward_model: tuple[str, Any] | None = None) -> FastAPI:
     """An app serving `engine` (used from one worker thread only).
 
     served_name: the model name clients use (default: the engine's model name, without
@@ -82,6 +83,7 @@ def create_app(engine, *, served_name: str | None = None, api_key: str | None = 
         e.g. {"prm": make_scorer("qwen-prm:/models/prm")}. Requests may also pick the
         scorers that load nothing (mean_logprob, sum_logprob, heuristic, judge,
         judge_answer), never a path or a hub id of their own.
+    reward_model: (name, scorer) to serve at POST /pooling (server/rewards.py).
     """
     limits = limits or Limits()
     model_name = str(engine.model_name)
@@ -162,6 +164,10 @@ def create_app(engine, *, served_name: str | None = None, api_key: str | None = 
              "deadline_exceeded": worker.expired, "decode_steps": worker.decode_steps},
             status_code=200 if ok else 503)
 
+    if reward_model is not None:
+        from ponder.server.rewards import add_reward_routes
+
+        add_reward_routes(app, reward_model[1], reward_model[0], worker, limits)
     return app
 
 
