@@ -200,15 +200,19 @@ def test_concurrent_requests_share_scorer_calls(prm_server):
     assert rows and all(r == rows[0] for r in rows)  # same chat, same scores, any batch
 
 
-def test_a_step_search_runs_on_the_served_prm(engine, prm_server):
+@pytest.mark.parametrize("strategy, options", [
+    ("beam_search", {"n": 2, "m": 1}),
+    ("particle_filter", {"n": 2}),
+])
+def test_a_step_search_runs_on_the_served_prm(engine, prm_server, strategy, options):
     from ponder.strategies.registry import make_strategy
     from ponder.tasks import load_task
 
     remote = make_scorer(f"http-prm:{prm_server.url}", api_key=KEY, max_retries=10,
                          backoff=0.05, aggregation="last")
-    beam = make_strategy("beam_search", n=2, m=1, max_steps=2, max_tokens=16, seed=0)
+    search = make_strategy(strategy, max_steps=2, max_tokens=16, seed=0, **options)
     try:
-        [result] = beam.run(load_task("arith:1", limit=1), engine, remote)
+        [result] = search.run(load_task("arith:1", limit=1), engine, remote)
     finally:
         remote.close()
     scored = [n for n in result.trace["nodes"] if n.get("score") is not None]
