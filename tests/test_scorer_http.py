@@ -190,7 +190,7 @@ def test_the_route_needs_the_key_and_bounds_what_one_request_may_send(prm_server
     assert prm_server.http().get("/health").status_code == 200
 
 
-def test_concurrent_requests_share_scorer_calls(prm_server):
+def test_concurrent_requests_get_the_same_scores_whatever_their_batch(prm_server):
     http = prm_server.http()
     body = chat("We add.<extra_0>2 + 3 = 5.<extra_0>The answer is 5.<extra_0>")
     with concurrent.futures.ThreadPoolExecutor(2) as pool:  # the server's limit is 2
