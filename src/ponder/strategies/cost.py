@@ -32,7 +32,7 @@ def sampling_cost(prompt_tokens: int, n: int, max_tokens: int, scored: bool = Fa
     reads every sample, each sample read again with its prompt and the scorer's template)."""
     longest = prompt_tokens + max_tokens
     tokens = (rounds * prompt_tokens + n * max_tokens
-              + (n * (longest + TEMPLATE_TOKENS) if scored else 0))
+              + (n * (longest + SCORER_TEMPLATE_TOKENS) if scored else 0))
     return Cost(tokens, longest)
 
 
@@ -58,7 +58,10 @@ def blocks(total: int, block: int) -> int:
     return -(-total // max(1, block))
 
 
-# Room for the words a strategy's or a scorer's own templates add around a prompt (critique
-# and revise instructions, a forced </think>, "Wait", the judge's question, a PRM's step
-# tags): generous, since a bound must not be short.
+# Room for the words a strategy's own templates add around a prompt (critique and revise
+# instructions, a forced </think>, "Wait"): generous, since a bound must not be short.
 TEMPLATE_TOKENS = 256
+# What a scorer adds to the text it rates: the judge's question (~125 tokens with the bundled
+# model's tokenizer; it reads the bare question, never more than the policy's prompt), a
+# PRM's system prompt and step tags.
+SCORER_TEMPLATE_TOKENS = 160

@@ -16,7 +16,7 @@ from typing import Any
 from ponder.engines.base import require
 from ponder.scorers.base import aggregate
 from ponder.strategies.base import check_problems
-from ponder.strategies.cost import TEMPLATE_TOKENS, Cost
+from ponder.strategies.cost import SCORER_TEMPLATE_TOKENS, Cost
 from ponder.tasks.extract import extract_boxed
 from ponder.types import Problem, Prompt, SamplingParams, SequenceState, Usage
 
@@ -61,7 +61,7 @@ class SearchConfig:
         """`calls` step requests, each charged at most the longest path as its state, a
         step's tokens generated, and the scorer reading the longest path and its template."""
         longest = prompt_tokens + self.max_steps * self.step_max_tokens
-        return Cost(calls * (2 * longest + self.step_max_tokens + TEMPLATE_TOKENS), longest,
+        return Cost(calls * (2 * longest + self.step_max_tokens + SCORER_TEMPLATE_TOKENS), longest,
                     ("n", "max_steps", "max_tokens"))
 
 
