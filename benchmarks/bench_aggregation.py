@@ -1,0 +1,139 @@
+"""The 2025-26 selection and aggregation methods against self-consistency, and answer probing
+against full chain of thought, on the bundled model, side by side in one process.
+
+Tasks (the same problems for every method): arith level 1 with the few-shot prompt
+(--arith problems) and GSM8K (--gsm8k problems, the boxed prompt). Methods, n=8 samples at
+temperature 0.7 where they sample:
+  sc@8             self-consistency (majority vote)
+  self_certainty   best-of-8 by self-certainty (Kang et al., 2025)
+  genselect@8      the model picks among the 8 candidates (--passes selection passes)
+  rsa              recursive self-aggregation, N=8, K=3, T=2
+  tot              Tree of Thoughts, BFS with breadth 3, the model valuing its own steps
+  cot / probe      one greedy chain of thought, in full and with answer probing
+                   (probe_exit: probe every --probe-every tokens, stop when 3 agree)
+For each: accuracy with a 95% bootstrap CI, and generated and total tokens per problem
+(total = forward tokens through the policy + scorer tokens). Every engine call goes through a
+counter, and each method's summed Result.usage is checked against what the engine counted.
+The LAST line is one JSON object with the figures.
+
+    python benchmarks/bench_aggregation.py [--arith 32] [--gsm8k 16] [--passes 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from ponder.engines.hf import HFEngine
+from ponder.eval.metrics import accuracy
+from ponder.strategies.registry import make_strategy
+from ponder.tasks.datasets import load_task
+from ponder.tasks.grade import is_equiv
+from ponder.tasks.prompts import build_prompt
+from ponder.types import Usage
+
+
+class Counting:
+    """The engine, with every Usage it hands out summed: what the methods really spent."""
+
+    def __init__(self, engine):
+        self._engine, self.spent = engine, Usage()
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def generate(self, requests, *args, **kwargs):
+        out = self._engine.generate(requests, *args, **kwargs)
+        for g in out:
+            self.spent = self.spent + g.usage
+        return out
+
+    def score(self, requests):
+        out = self._engine.score(requests)
+        for s in out:
+            self.spent = self.spent + s.usage
+        return out
+
+
+def methods(args, max_tokens: int) -> dict:
+    sampled = {"n": 8, "temperature": 0.7, "max_tokens": max_tokens, "seed": 0}
+    return {
+        "sc@8": make_strategy("self_consistency", **sampled),
+        "self_certainty": make_strategy("self_certainty", **sampled),
+        "genselect@8": make_strategy("genselect", **sampled, passes=args.passes,
+                                     select_tokens=args.select_tokens),
+        "rsa": make_strategy("rsa", **sampled, k=3, steps=2),
+        "tot": make_strategy("tot", n=3, breadth=3, max_tokens=args.step_tokens,
+                             temperature=0.7, max_steps=max(1, max_tokens // args.step_tokens),
+                             seed=0),
+        "cot": make_strategy("greedy", max_tokens=max_tokens),
+        "probe": make_strategy("probe_exit", n=1, temperature=0.0, max_tokens=max_tokens,
+                               probe_every=args.probe_every),
+    }
+
+
+def run_task(engine, task: str, problems, style: str, max_tokens: int, args) -> dict:
+    def render(p):
+        return build_prompt(p, style, chat=True)
+
+    out = {}
+    for name, strategy in methods(args, max_tokens).items():
+        counter = Counting(engine)
+        started = time.perf_counter()
+        results = strategy.run(problems, counter, render=render)
+        seconds = time.perf_counter() - started
+        used = Usage.sum(r.usage for r in results)
+        correct = [is_equiv(r.answer, p.answer) for r, p in zip(results, problems, strict=True)]
+        ci = accuracy(correct)
+        count = len(problems)
+        engine_total = counter.spent.forward_tokens + counter.spent.scorer_tokens
+        out[name] = {
+            "acc": round(ci.mean, 4), "ci": [round(ci.low, 4), round(ci.high, 4)],
+            "generated_tokens": round(used.generated_tokens / count, 1),
+            "tokens": round((used.forward_tokens + used.scorer_tokens) / count, 1),
+            "usage_matches_engine": (used.generated_tokens == counter.spent.generated_tokens
+                                     and used.forward_tokens + used.scorer_tokens
+                                     == engine_total),
+            "seconds": round(seconds, 1)}
+        print(f"{task:6} {name:15} acc {ci.mean:.3f} [{ci.low:.2f}, {ci.high:.2f}]  generated "
+              f"{out[name]['generated_tokens']:8.1f}  total {out[name]['tokens']:8.1f} "
+              f"tokens/problem  usage=engine {out[name]['usage_matches_engine']}  "
+              f"{seconds:6.1f} s", flush=True)
+    cot, probe = out["cot"]["generated_tokens"], out["probe"]["generated_tokens"]
+    out["probe_token_saving"] = round(1 - probe / max(cot, 1e-9), 4)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arith", type=int, default=32)
+    parser.add_argument("--gsm8k", type=int, default=16)
+    parser.add_argument("--passes", type=int, default=2, help="GenSelect selection passes")
+    parser.add_argument("--select-tokens", type=int, default=64)
+    parser.add_argument("--step-tokens", type=int, default=32, help="ToT's step cap")
+    parser.add_argument("--probe-every", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    engine = HFEngine("smollm2-135m", threads=args.threads)
+    tasks = {}
+    if args.arith:
+        tasks["arith"] = run_task(engine, "arith", load_task("arith:1", limit=args.arith,
+                                                             shuffle_seed=0),
+                                  "fewshot", 64, args)
+    if args.gsm8k:
+        tasks["gsm8k"] = run_task(engine, "gsm8k", load_task("gsm8k", limit=args.gsm8k,
+                                                             shuffle_seed=0),
+                                  "boxed", 256, args)
+    figures = {task: {name: {"acc": v["acc"], "tokens": v["tokens"],
+                             "generated_tokens": v["generated_tokens"]}
+                      for name, v in res.items() if isinstance(v, dict)}
+               for task, res in tasks.items()}
+    savings = [res["probe_token_saving"] for res in tasks.values()]
+    figures["probe_token_saving"] = round(sum(savings) / len(savings), 4)
+    figures["detail"] = tasks
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
