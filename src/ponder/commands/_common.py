@@ -108,7 +108,10 @@ def add_strategy_args(p: argparse.ArgumentParser, multi: bool = False) -> None:
                    "cot for the cot strategy)")
     g.add_argument("--raw", action="store_true", default=None,
                    help="raw 'Q: ... A:' text instead of the chat template")
-    g.add_argument("--scorer", help="mean_logprob, sum_logprob or heuristic (best_of_n needs one)")
+    g.add_argument("--scorer", help="what rates samples or steps (best_of_n and search need "
+                   "one): mean_logprob, sum_logprob, self_certainty, heuristic, judge, "
+                   "judge_answer, verifier:NAME_OR_FOLDER, STYLE:PATH (qwen-prm, "
+                   "math-shepherd, orm), http-prm:URL, http-orm:URL")
     g.add_argument("--iterations", type=int, help="self_refine rounds (default 2)")
     g.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
                    help="any other strategy option, e.g. -o alpha=4 (repeatable)")
