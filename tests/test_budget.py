@@ -37,7 +37,8 @@ def test_the_scaling_knob_takes_the_largest_value_that_fits():
     # Below one sample of max_tokens, max_tokens comes down.
     short, knobs = fit(sc, 120, 50)
     assert knobs == {"n": 1, "max_tokens": 70}
-    pf, knobs = fit(make_strategy("particle_filter", max_tokens=16, max_steps=4), 8000, 50)
+    pf, knobs = fit(make_strategy("particle_filter", max_tokens=16, max_steps=4), 8000, 50,
+                    takes=STRATEGIES["particle_filter"].takes)  # n is its particles
     assert pf.particles == knobs["n"] == 4 and pf.worst_case(50).tokens <= 8000
 
 

@@ -29,7 +29,7 @@ from ponder.server.fields import (
 from ponder.server.limits import Limits, over_budget
 from ponder.server.routing import SINGLE_SAMPLE, Route, route
 from ponder.strategies import registry
-from ponder.strategies.budget import Budgeted, BudgetError
+from ponder.strategies.budget import BudgetError
 from ponder.strategies.cost import cost_options
 from ponder.types import Prompt, SamplingParams
 
@@ -270,7 +270,8 @@ def _plan(endpoint, body, prompts, question, tokens_field, served, limits: Limit
     params = getattr(strategy, "params", None) or SamplingParams(max_tokens=max_tokens)
     _check_n(_samples(strategy), limits, "ponder.n")
     if asked is not None:  # the budget sets the strategy's knobs (strategies/budget.py)
-        strategy = Budgeted(strategy, budget, _given(where), ceiling=limits.max_n)
+        strategy = registry.held_to_budget(where.strategy, strategy, budget,
+                                           tuple(where.options), ceiling=limits.max_n)
     # The prompt is not tokenized yet: its worst case with a one-token prompt refuses what
     # can never fit before the request queues (the worker checks again with the real one).
     try:
@@ -284,11 +285,6 @@ def _plan(endpoint, body, prompts, question, tokens_field, served, limits: Limit
                 where.scorer, stream, include_usage, return_candidates, budget,
                 options=tuple(where.options))
 
-
-def _given(where: Route) -> tuple[str, ...]:
-    """The options a budget must not raise: the ones the request set (a prefix such as
-    'sc8:' sets n), and n of one-sample strategies."""
-    return (*where.options, *(("n",) if where.strategy in registry.ONE_SAMPLE else ()))
 
 
 def _samples(strategy) -> int:

@@ -18,7 +18,7 @@ well below its budget; the Result's trace["budget"] says what was fitted and spe
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,16 +34,15 @@ class BudgetError(ValueError):
     """The budget is below the cheapest run of the strategy."""
 
 
-def option_field(strategy, option: str) -> tuple[str, str] | None:
+def option_field(strategy, option: str,
+                 takes: Mapping[str, str] | None = None) -> tuple[str, str] | None:
     """Where request option `option` lives on `strategy`: ("params", name) for its
-    SamplingParams, ("self", name) for a config field, None if nowhere."""
-    from ponder.strategies.registry import STRATEGIES
-
+    SamplingParams, ("self", name) for a config field, None if nowhere. `takes`: the
+    registry's renames (e.g. n -> particles)."""
     params = getattr(strategy, "params", None)
     if params is not None and hasattr(params, option):
         return ("params", option)
-    entry = STRATEGIES.get(strategy.name)
-    name = entry.takes.get(option, option) if entry is not None else option
+    name = (takes or {}).get(option, option)
     if any(f.name == name for f in dataclasses.fields(strategy)):
         return ("self", name)
     return None
@@ -64,13 +63,14 @@ def with_value(strategy, where: tuple[str, str], value: int):
 
 
 def fit(strategy, budget: int, prompt_tokens: int, given: Sequence[str] = (),
-        ceiling: int = CEILING):
+        ceiling: int = CEILING, takes: Mapping[str, str] | None = None):
     """The strategy with its knobs set so that its worst case fits `budget` tokens (see the
-    module), and the knobs' values. `given`: the options the caller set (caps, not targets)."""
+    module), and the knobs' values. `given`: the options the caller set (caps, not targets);
+    `takes`: the registry's renames of options to config fields."""
     if budget < 1:
         raise BudgetError(f"a budget must be >= 1 token, got {budget}")
     options = strategy.worst_case(prompt_tokens).options
-    knobs = [(o, w) for o in options if (w := option_field(strategy, o)) is not None]
+    knobs = [(o, w) for o in options if (w := option_field(strategy, o, takes)) is not None]
     if not knobs:
         raise BudgetError(f"strategy {strategy.name!r} has no option a budget can set")
     first, where = knobs[0]
@@ -134,13 +134,15 @@ class Budgeted:
     budget: int
     given: tuple[str, ...] = ()
     ceiling: int = CEILING
+    takes: tuple[tuple[str, str], ...] = ()  # the registry's option renames, as pairs
 
     @property
     def name(self) -> str:
         return self.strategy.name
 
     def worst_case(self, prompt_tokens: int):
-        fitted, _ = fit(self.strategy, self.budget, prompt_tokens, self.given, self.ceiling)
+        fitted, _ = fit(self.strategy, self.budget, prompt_tokens, self.given, self.ceiling,
+                        dict(self.takes))
         return fitted.worst_case(prompt_tokens)
 
     def run(self, problems: Sequence, engine, scorer=None, extract=extract_answer,
@@ -150,7 +152,7 @@ class Budgeted:
         fitted: dict[Any, tuple[Any, dict]] = {}
         for i, p in enumerate(problems):
             strategy, knobs = fit(self.strategy, self.budget, len(engine.tokenize(render(p))),
-                                  self.given, self.ceiling)
+                                  self.given, self.ceiling, dict(self.takes))
             groups.setdefault(repr(strategy), []).append(i)
             fitted[repr(strategy)] = (strategy, knobs)
         out: list = [None] * len(problems)

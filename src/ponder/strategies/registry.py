@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ponder.strategies.budget import CEILING, Budgeted
 from ponder.types import SamplingParams
 
 SAMPLING_OPTIONS = ("n", "temperature", "top_p", "top_k", "min_p", "max_tokens", "seed")
@@ -276,12 +277,8 @@ def make_strategy(name: str, budget: int | None = None, **options: Any):
     tokens, Usage.charged_tokens), the strategy is held to it per problem: its knobs are
     fitted to each prompt (strategies/budget.py), options given here being their caps."""
     if budget is not None:
-        from ponder.strategies.budget import Budgeted
-
-        key = canonical_name(name)
         given = tuple(k for k, v in options.items() if v is not None)
-        given += ("n",) if key in ONE_SAMPLE else ()
-        return Budgeted(make_strategy(name, **options), int(budget), given)
+        return held_to_budget(name, make_strategy(name, **options), int(budget), given)
     key = canonical_name(name)
     entry = STRATEGIES[key]
     options = {k: v for k, v in options.items() if v is not None}
@@ -297,6 +294,15 @@ def make_strategy(name: str, budget: int | None = None, **options: Any):
     if entry.adapt is not None:
         values |= entry.adapt({**entry.option_defaults(), **extra})
     return entry.build(SamplingParams(**values), extra)
+
+
+def held_to_budget(name: str, strategy, budget: int, given: tuple[str, ...] = (),
+                   ceiling: int = CEILING) -> Budgeted:
+    """`strategy` (built as `name`) fitted to `budget` tokens per problem; `given`: the
+    options the caller set (caps); one-sample strategies keep n = 1."""
+    key = canonical_name(name)
+    given = (*given, *(("n",) if key in ONE_SAMPLE else ()))
+    return Budgeted(strategy, budget, given, ceiling, tuple(STRATEGIES[key].takes.items()))
 
 
 def needs_scorer(name: str) -> bool:
