@@ -17,6 +17,7 @@ counter, and each method's summed Result.usage is checked against what the engin
 The LAST line is one JSON object with the figures.
 
     python benchmarks/bench_aggregation.py [--arith 32] [--gsm8k 16] [--passes 2]
+        [--methods sc@8,genselect@8,...]
 """
 
 from __future__ import annotations
@@ -78,7 +79,10 @@ def run_task(engine, task: str, problems, style: str, max_tokens: int, args) -> 
         return build_prompt(p, style, chat=True)
 
     out = {}
-    for name, strategy in methods(args, max_tokens).items():
+    chosen = methods(args, max_tokens)
+    for name, strategy in chosen.items():
+        if args.methods and name not in args.methods.split(","):
+            continue
         counter = Counting(engine)
         started = time.perf_counter()
         results = strategy.run(problems, counter, render=render)
@@ -100,8 +104,9 @@ def run_task(engine, task: str, problems, style: str, max_tokens: int, args) -> 
               f"{out[name]['generated_tokens']:8.1f}  total {out[name]['tokens']:8.1f} "
               f"tokens/problem  usage=engine {out[name]['usage_matches_engine']}  "
               f"{seconds:6.1f} s", flush=True)
-    cot, probe = out["cot"]["generated_tokens"], out["probe"]["generated_tokens"]
-    out["probe_token_saving"] = round(1 - probe / max(cot, 1e-9), 4)
+    if "cot" in out and "probe" in out:
+        cot, probe = out["cot"]["generated_tokens"], out["probe"]["generated_tokens"]
+        out["probe_token_saving"] = round(1 - probe / max(cot, 1e-9), 4)
     return out
 
 
@@ -113,6 +118,8 @@ def main() -> None:
     parser.add_argument("--select-tokens", type=int, default=64)
     parser.add_argument("--step-tokens", type=int, default=32, help="ToT's step cap")
     parser.add_argument("--probe-every", type=int, default=16)
+    parser.add_argument("--methods", default=None,
+                        help="a comma list of the methods to run (default: all)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     engine = HFEngine("smollm2-135m", threads=args.threads)
@@ -129,8 +136,8 @@ def main() -> None:
                              "generated_tokens": v["generated_tokens"]}
                       for name, v in res.items() if isinstance(v, dict)}
                for task, res in tasks.items()}
-    savings = [res["probe_token_saving"] for res in tasks.values()]
-    figures["probe_token_saving"] = round(sum(savings) / len(savings), 4)
+    savings = [res["probe_token_saving"] for res in tasks.values() if "probe_token_saving" in res]
+    figures["probe_token_saving"] = round(sum(savings) / len(savings), 4) if savings else None
     figures["detail"] = tasks
     print(json.dumps(figures))
 
