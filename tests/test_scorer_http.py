@@ -5,7 +5,8 @@ checks its key and its input and keeps serving. (vLLM's server: tests/test_engin
 
 The PRM is a tiny randomly initialised Qwen2 in the released Qwen2.5-Math-PRM's layout
 (a Qwen2 body, an MLP head `score.0`/`score.2`, architecture Qwen2ForProcessRewardModel),
-built here with a fixed seed; `build_qwen_prm` is shared with the vLLM test."""
+built with a fixed seed by `ponder.testing.random_models.build_qwen_prm` (shared with the vLLM
+test, the scorer benchmark and scripts/gpu_check.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ import concurrent.futures
 import json
 
 import pytest
-import torch
 from ponder_server import Server
 
 from ponder.scorers.base import ScoreItem
 from ponder.scorers.registry import make_scorer
+from ponder.testing.random_models import build_qwen_prm  # also used by the vLLM test
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -31,35 +32,6 @@ THREE = "We add the numbers.\n\n2 + 3 = 5.\n\nThe answer is \\boxed{5}."
 RESPONSES = ["2 + 3 = 5, so the answer is \\boxed{5}.", THREE,
              "First, 2 + 3.\n\nThat is 6.\n\nSo \\boxed{6}.\n\nDone.", ""]
 TOLERANCE = 1e-5  # both sides run the same fp32 weights through the same torch code
-
-
-def build_qwen_prm(folder, tokenizer, hidden: int = 64, layers: int = 2, seed: int = 0):
-    """A Qwen2 PRM with random weights saved as the released checkpoint is (so vLLM's
-    Qwen2ForProcessRewardModel and the in-process qwen-prm style both load it), on
-    `tokenizer` plus the step tag <extra_0>; returns (folder, the tag's token id)."""
-    from safetensors.torch import save_file
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2Model
-
-    tokenizer.save_pretrained(folder)
-    tok = AutoTokenizer.from_pretrained(folder)
-    tok.add_special_tokens({"additional_special_tokens": ["<extra_0>"]})
-    tok.save_pretrained(folder)
-    torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=hidden // 32,
-                         num_key_value_heads=1, max_position_embeddings=2048,
-                         tie_word_embeddings=False, torch_dtype="float32")
-    body = Qwen2Model(config).eval()
-    head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
-                               torch.nn.Linear(hidden, 2))
-    tensors = {f"model.{k}": v for k, v in body.state_dict().items()}
-    tensors |= {f"score.{k}": v for k, v in head.state_dict().items()}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
-    config.architectures = ["Qwen2ForProcessRewardModel"]
-    config.auto_map = {"AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel"}
-    config.save_pretrained(folder)
-    return str(folder), AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids("<extra_0>")
 
 
 def items(*responses, question=QUESTION):

@@ -1,0 +1,1 @@
+"""Helpers for tests, benchmarks and checks: random-weight models saved as real checkpoints."""
