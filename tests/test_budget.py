@@ -6,7 +6,7 @@ configs alone."""
 import pytest
 
 from ponder.scorers.judge import JudgeScorer
-from ponder.strategies.budget import BudgetError, Budgeted, fit
+from ponder.strategies.budget import Budgeted, BudgetError, fit
 from ponder.strategies.registry import STRATEGIES, make_strategy, needs_scorer
 from ponder.tasks.datasets import load_task
 
