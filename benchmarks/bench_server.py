@@ -28,6 +28,9 @@ the pairs; the scraping client runs in this process too, so it counts against me
 metrics_cpu_share, the time spent inside the metrics code (rendering /metrics, counting
 tokens and rounds) over the on runs' wall time.
 
+Then budgets (budget_load.py): 32 concurrent self-consistency requests with budgets from 256
+to 4096 tokens; every one must spend at most its budget, and n rise with it.
+
 Prints tables, then one JSON object as the LAST line (throughput_ratio = gathered tokens/s
 over one-at-a-time tokens/s; short_p95_over_idle = the mixed load's p95 short latency over
 the idle latency; metrics_overhead = 1 - metrics-on tokens/s over metrics-off tokens/s,
@@ -36,7 +39,7 @@ median over alternated pairs, as a fraction).
     python benchmarks/bench_server.py [--requests 32] [--tokens 64] [--threads N]
                                       [--long 4] [--long-tokens 512] [--short 32]
                                       [--short-tokens 16] [--mixed-only] [--metrics-only]
-                                      [--scrape-ms 250] [--metrics-repeats 5]
+                                      [--scrape-ms 250] [--metrics-repeats 5] [--budget-only]
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import time
 import httpx
 import torch
 import uvicorn
+from budget_load import run_budget
 from prometheus_client.parser import text_string_to_metric_families
 
 from ponder.engines.hf import HFEngine
@@ -185,12 +189,17 @@ def main() -> None:
     parser.add_argument("--scrape-ms", type=float, default=250.0,
                         help="how often /metrics is scraped during the metrics run")
     parser.add_argument("--metrics-repeats", type=int, default=5)
+    parser.add_argument("--budget-only", action="store_true",
+                        help="run only the budgeted run (budgets 256..4096 tokens)")
     args = parser.parse_args()
     engine = HFEngine("smollm2-135m", dtype="float32", device="cpu")
     if args.threads:  # after loading: the engine sets its own count
         torch.set_num_threads(args.threads)
     if args.metrics_only:
         print(json.dumps(run_metrics(engine, args) | {"threads": torch.get_num_threads()}))
+        return
+    if args.budget_only:
+        print(json.dumps(run_budget(engine, Running) | {"threads": torch.get_num_threads()}))
         return
     figures = {} if args.mixed_only else throughput(engine, args)
     load = run_mixed(engine, args)
@@ -213,6 +222,7 @@ def main() -> None:
                 "short_alone_p95_over_idle": round(alone / base, 2),
                 "short_p95_over_alone": round(figures["short_p95_s"] / alone, 2)}
     figures |= run_metrics(engine, args)
+    figures |= run_budget(engine, Running)
     figures["threads"] = torch.get_num_threads()
     print(json.dumps(figures))
 
