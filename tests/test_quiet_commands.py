@@ -34,3 +34,19 @@ def test_engine_generates_continues_and_scores_without_warnings():
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert not any(word in done.stderr.lower() for word in NOISE), done.stderr
+
+
+def test_a_model_folder_loads_without_claiming_a_conversion(tmp_path, engine):
+    """Only a GGUF source is converted to a safetensors cache; a plain HF folder is read as
+    it is, and loading it says nothing."""
+    from ponder.testing.random_models import QwenShape, build_qwen_policy
+
+    folder = build_qwen_policy(tmp_path / "tiny", engine.tokenizer,
+                               QwenShape(hidden=32, layers=1, heads=2, kv_heads=1,
+                                         intermediate=64))
+    script = ("from ponder.engines.hf import HFEngine\n"
+              "from ponder.types import GenerateRequest, SamplingParams\n"
+              f"HFEngine({folder!r}).generate([GenerateRequest('Hi', SamplingParams("
+              "max_tokens=2))])\n")
+    err = stderr_of([sys.executable, "-c", script])
+    assert "convert" not in err.lower() and not any(w in err.lower() for w in NOISE), err

@@ -140,8 +140,9 @@ def load_model_and_tokenizer(source: ModelSource, dtype, device: str):
         hf_logging.disable_progress_bar()  # a sub-second load needs no progress bar
     else:
         path, gguf = source.path, source.gguf_file
-        print(f"ponder: converting {source.name} to a safetensors cache (once, ~20 s)",
-              file=sys.stderr)
+        if gguf and source.cache_dir is not None:  # only a GGUF source is converted
+            print(f"ponder: converting {source.name} to a safetensors cache (once, ~20 s)",
+                  file=sys.stderr)
     kwargs = {"gguf_file": gguf} if gguf else {}
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
