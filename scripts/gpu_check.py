@@ -29,8 +29,6 @@ import argparse
 import gc
 import importlib.util
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +36,7 @@ import time
 from pathlib import Path
 
 from ponder.testing.random_models import QWEN25_1_5B, QWEN25_MATH_PRM_7B, QwenShape
+from ponder.testing.served import ServeProcess
 
 # The tiny policy's vocabulary exceeds the bundled tokenizer's 49152 as Qwen2.5's does its
 # tokenizer's, so both configs sample ids no tokenizer has (they decode to nothing).
@@ -122,54 +121,15 @@ def run_vllm(python: str, policy: str, args, config) -> dict:
 
 # ---- the reward model server --------------------------------------------------------------
 
-class RewardServer:
+class RewardServer(ServeProcess):
     """`ponder serve --reward-model qwen-prm:FOLDER` on a free loopback port. Its own engine
     (which the check does not use) is the bundled model on the CPU."""
 
     def __init__(self, prm: str, workdir: Path, threads: int | None, timeout: float = 300):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = open(workdir / "server.log", "w+")  # noqa: SIM115
-        cmd = [sys.executable, "-m", "ponder.cli", "serve", "--host", "127.0.0.1", "--port",
-               str(port), "--log-level", "warning", "--device", "cpu", "--max-concurrent",
-               "256", "--reward-model", f"qwen-prm:{prm}"]
-        if threads:
-            cmd += ["--threads", str(threads)]
-        env = {k: v for k, v in os.environ.items() if k != "PONDER_API_KEY"}
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self._wait(timeout)
-
-    def _wait(self, timeout: float) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ponder serve exited with {self.proc.returncode}:\n"
-                                   f"{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"ponder serve did not come up in {timeout:.0f} s:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()[-3000:]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        flags = ["--host", "127.0.0.1", "--device", "cpu", "--max-concurrent", "256",
+                 "--reward-model", f"qwen-prm:{prm}"]
+        super().__init__(workdir, flags + (["--threads", str(threads)] if threads else []),
+                         timeout=timeout)
 
 
 # ---- the check ----------------------------------------------------------------------------
