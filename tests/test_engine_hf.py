@@ -52,6 +52,26 @@ def test_greedy_batched_equals_greedy_alone(engine):
         assert all(lp == 0.0 for lp in t.completions[0].sampling_logprobs)
 
 
+def test_prompts_that_start_alike_share_one_prefill_of_their_common_start(engine):
+    """Chat prompts share the template's system prompt; fed once, it gives the same samples
+    as feeding each prompt whole, and the model's work is counted once, on the first."""
+    chats = [Q1, Q2, [{"role": "user", "content": "What is 7 + 8?"}]]
+    reqs = [GenerateRequest(p, SamplingParams(n=2, temperature=0.8, max_tokens=12, seed=3))
+            for p in (chats[0], RAW, chats[1], chats[2])]
+    together = engine.generate(reqs)
+    alone = [engine.generate([r])[0] for r in reqs]
+    for t, a in zip(together, alone, strict=True):
+        assert ids(t) == ids(a)
+        for ct, ca in zip(t.completions, a.completions, strict=True):
+            assert ct.logprobs == pytest.approx(ca.logprobs, abs=1e-4)
+    tokens = [engine.tokenize(p) for p in chats]
+    start = next(i for i in range(len(tokens[0])) if len({tuple(t[:i + 1]) for t in tokens}) > 1)
+    assert start >= 16  # the system prompt and the user turn's opening
+    saved = [a.usage.forward_tokens - t.usage.forward_tokens
+             for t, a in zip(together, alone, strict=True)]
+    assert saved == [0, 0, start, start]  # the first chat pays for the start, RAW shares nothing
+
+
 def test_score_alone_equals_score_in_a_mixed_batch(engine):
     reqs = [ScoreRequest(Q1, " 12 + 35 = 47."), ScoreRequest(RAW, " Paris, a city on the Seine."),
             ScoreRequest(Q2, "Blue.")]

@@ -210,6 +210,11 @@ class HFEngine:
         return out
 
 
+# Prompt tokens that sharing a common start must save before it gets its own forward call
+# (the call's fixed cost is about that of feeding a few dozen tokens on a CPU).
+MIN_SHARED_SAVING = 32
+
+
 @dataclass(eq=False)
 class _Job(JobRecord):
     cache: tuple | None = None  # a continued state's KV cache
@@ -259,11 +264,18 @@ class _Run:
         return self.rows
 
     def _prefill(self, jobs: list[_Job]):
-        """Feed each job's uncached prefix once; repeat the rows n times for the samples."""
-        batch = kvlib.from_row_caches(
-            [(j.cache if j.cached else (), j.cached) for j in jobs], self.device
-        )
-        fresh = [j.ids[j.cached:] for j in jobs]
+        """Feed each job's uncached prefix once; repeat the rows n times for the samples.
+
+        Prompts admitted together that start alike (a chat template's system prompt, few-shot
+        exemplars) have that common start fed once and shared (see _shared_start)."""
+        caches = [(j.cache, j.cached) if j.cached else ((), 0) for j in jobs]
+        spent = [0] * len(jobs)  # forward tokens of a shared start, charged to its first job
+        for rows, (layers, length) in self._shared_starts(jobs):
+            for row in rows:
+                caches[row] = (layers, length)
+            spent[rows[0]] = length
+        batch = kvlib.from_row_caches(caches, self.device)
+        fresh = [j.ids[n:] for j, (_, n) in zip(jobs, caches, strict=True)]
         width = max(len(f) for f in fresh)
         input_ids = torch.zeros(len(jobs), width, dtype=torch.long, device=self.device)
         input_mask = torch.zeros_like(input_ids)
@@ -273,10 +285,41 @@ class _Run:
         logits, batch = kvlib.forward(self.engine.model, batch, input_ids, input_mask)
         rows = []
         for row, job in enumerate(jobs):
-            job.prefill_tokens = len(fresh[row])
+            job.prefill_tokens = spent[row] + len(fresh[row])
             rows += [row] * job.params.n
         index = torch.tensor(rows, device=self.device)
         return logits[:, -1].index_select(0, index), batch.select(index)
+
+    def _shared_starts(self, jobs: list[_Job]) -> list[tuple[list[int], tuple]]:
+        """Uncached prompts that start alike, grouped, each group's common start fed through the
+        model once: [(the group's rows, (the start's per-layer cache, its length))]. A group
+        is kept only when sharing saves enough to repay its own forward call. Each prompt keeps
+        at least its last token to feed, for its own next-token logits."""
+        rows = sorted((row for row, j in enumerate(jobs) if not j.cached),
+                      key=lambda row: jobs[row].ids)
+        groups, shared = [], []
+        for row in rows:  # neighbours in sorted order share the longest starts
+            ids = jobs[row].ids
+            if groups:
+                first = jobs[groups[-1][0]].ids
+                common = next((i for i in range(min(shared[-1], len(ids) - 1))
+                               if ids[i] != first[i]), min(shared[-1], len(ids) - 1))
+                # Join only if the group's saving does not shrink.
+                if common and common * len(groups[-1]) >= shared[-1] * (len(groups[-1]) - 1):
+                    groups[-1].append(row)
+                    shared[-1] = common
+                    continue
+            groups.append([row])
+            shared.append(len(ids) - 1)
+        out = []
+        for group, length in zip(groups, shared, strict=True):
+            if len(group) < 2 or (len(group) - 1) * length < MIN_SHARED_SAVING:
+                continue
+            ids = torch.tensor([jobs[group[0]].ids[:length]], device=self.device)
+            _, batch = kvlib.forward(self.engine.model, kvlib.KVBatch.empty(1, self.device),
+                                     ids, torch.ones_like(ids))
+            out.append((sorted(group), batch.row_cache(0)))
+        return out
 
     def release(self, finished, keep: list[int]) -> None:
         for row, sample in finished:
