@@ -96,6 +96,29 @@ def test_a_recorded_seed_reproduces_its_sample_alone(vllm_engine):
     assert not {c.token_ids for c in gen.completions} & {c.token_ids for c in nxt.completions}
 
 
+def test_seeded_prompts_beyond_one_steps_token_budget_all_complete(vllm_engine):
+    """More prompt tokens than one engine step takes: on a CPU a prefill split across steps
+    made vLLM rewind the seeded generators and stop ("CPU Generator does not use offset"); the
+    engine keeps prompts whole, so every request completes, each as its seed says."""
+    budget = vllm_engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    story = "Once upon a time a fox counted the stars over the hill. " * 40
+
+    def prompt(i):  # distinct from the first token on, so no prompt reads another's cache
+        return [{"role": "user", "content": f"Story {i}. {story} What is 12 + 35?"}]
+
+    prompt_len = len(vllm_engine.tokenize(prompt(0)))
+    count = 2 * budget // prompt_len + 2
+    reqs = [GenerateRequest(prompt=prompt(i), params=SamplingParams(
+        n=2, temperature=0.8, max_tokens=8, seed=100 + i, ignore_eos=True)) for i in range(count)]
+    gens = vllm_engine.generate(reqs)
+    assert count * prompt_len > 2 * budget
+    assert all(len(c.token_ids) == 8 for g in gens for c in g.completions)
+    last = gens[-1].completions[0]
+    (alone,) = one(vllm_engine, prompt(count - 1), n=1, temperature=0.8, max_tokens=8,
+                   seed=last.seed, ignore_eos=True).completions
+    assert alone.token_ids == last.token_ids
+
+
 def test_continuing_a_state_reads_the_prefix_from_the_cache(vllm_engine):
     head = one(vllm_engine, temperature=0.0, max_tokens=60, ignore_eos=True).completions[0]
     state = head.state

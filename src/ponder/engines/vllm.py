@@ -138,6 +138,11 @@ class VLLMEngine:
             options["max_model_len"] = max_model_len
         if block_size is not None:
             options["block_size"] = block_size
+        if on_cpu:
+            # A prefill split across steps makes vLLM rewind the request's seeded generator,
+            # which CPU generators cannot do ("CPU Generator does not use offset"); unsplit,
+            # a prompt that does not fit a step's token budget waits for the next step.
+            options["enable_chunked_prefill"] = False
         options.update(llm_kwargs)
         if options["logprobs_mode"] != "processed_logprobs":
             raise ValueError("VLLMEngine needs logprobs_mode='processed_logprobs' (see the "
