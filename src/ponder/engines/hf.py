@@ -267,7 +267,7 @@ class _Run:
         """Feed each job's uncached prefix once; repeat the rows n times for the samples.
 
         Prompts admitted together that start alike (a chat template's system prompt, few-shot
-        exemplars) have that common start fed once and shared (see _shared_start)."""
+        exemplars) have that common start fed once and shared (see _shared_starts)."""
         caches = [(j.cache, j.cached) if j.cached else ((), 0) for j in jobs]
         spent = [0] * len(jobs)  # forward tokens of a shared start, charged to its first job
         for rows, (layers, length) in self._shared_starts(jobs):
