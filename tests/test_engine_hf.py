@@ -2,10 +2,12 @@
 
 import subprocess
 import sys
+from unittest.mock import patch
 
 import pytest
 import torch
 
+from ponder.engines import kv as kvlib
 from ponder.sampling import process_logits
 from ponder.types import GenerateRequest, SamplingParams, ScoreRequest, SequenceState, Usage
 
@@ -54,7 +56,7 @@ def test_greedy_batched_equals_greedy_alone(engine):
 
 def test_prompts_that_start_alike_share_one_prefill_of_their_common_start(engine):
     """Chat prompts share the template's system prompt; fed once, it gives the same samples
-    as feeding each prompt whole, and the model's work is counted once, on the first."""
+    as feeding each prompt whole, and each request's Usage is what it is alone."""
     chats = [Q1, Q2, [{"role": "user", "content": "What is 7 + 8?"}]]
     reqs = [GenerateRequest(p, SamplingParams(n=2, temperature=0.8, max_tokens=12, seed=3))
             for p in (chats[0], RAW, chats[1], chats[2])]
@@ -64,12 +66,21 @@ def test_prompts_that_start_alike_share_one_prefill_of_their_common_start(engine
         assert ids(t) == ids(a)
         for ct, ca in zip(t.completions, a.completions, strict=True):
             assert ct.logprobs == pytest.approx(ca.logprobs, abs=1e-4)
+        assert t.usage.forward_tokens == a.usage.forward_tokens
     tokens = [engine.tokenize(p) for p in chats]
     start = next(i for i in range(len(tokens[0])) if len({tuple(t[:i + 1]) for t in tokens}) > 1)
     assert start >= 16  # the system prompt and the user turn's opening
-    saved = [a.usage.forward_tokens - t.usage.forward_tokens
-             for t, a in zip(together, alone, strict=True)]
-    assert saved == [0, 0, start, start]  # the first chat pays for the start, RAW shares nothing
+    # The start went through the model once for the three chats: one forward call of its
+    # own (batch 1, `start` positions), then every prompt's rest.
+    fed = []
+    forward = kvlib.forward
+    with patch.object(kvlib, "forward", lambda model, batch, ids, mask, *a, **k: (
+            fed.append((batch.size, int(mask.sum()))) or forward(model, batch, ids, mask, *a, **k))):
+        engine.generate([GenerateRequest(p, SamplingParams(temperature=0, max_tokens=1))
+                         for p in (chats[0], RAW, chats[1], chats[2])])
+    raw = len(engine.tokenize(RAW))
+    assert fed[0] == (1, start)
+    assert fed[1] == (4, raw + sum(len(t) - start for t in tokens))
 
 
 def test_score_alone_equals_score_in_a_mixed_batch(engine):

@@ -267,13 +267,14 @@ class _Run:
         """Feed each job's uncached prefix once; repeat the rows n times for the samples.
 
         Prompts admitted together that start alike (a chat template's system prompt, few-shot
-        exemplars) have that common start fed once and shared (see _shared_starts)."""
+        exemplars) have that common start fed once and shared (see _shared_starts). Each
+        request is still charged its whole uncached prompt: what shared its batch is an
+        accident of scheduling, and a request's Usage must not depend on it (an eval resumed
+        in other batches stores the same figures)."""
         caches = [(j.cache, j.cached) if j.cached else ((), 0) for j in jobs]
-        spent = [0] * len(jobs)  # forward tokens of a shared start, charged to its first job
         for rows, (layers, length) in self._shared_starts(jobs):
             for row in rows:
                 caches[row] = (layers, length)
-            spent[rows[0]] = length
         batch = kvlib.from_row_caches(caches, self.device)
         fresh = [j.ids[n:] for j, (_, n) in zip(jobs, caches, strict=True)]
         width = max(len(f) for f in fresh)
@@ -285,7 +286,7 @@ class _Run:
         logits, batch = kvlib.forward(self.engine.model, batch, input_ids, input_mask)
         rows = []
         for row, job in enumerate(jobs):
-            job.prefill_tokens = spent[row] + len(fresh[row])
+            job.prefill_tokens = len(job.ids) - job.cached
             rows += [row] * job.params.n
         index = torch.tensor(rows, device=self.device)
         return logits[:, -1].index_select(0, index), batch.select(index)
