@@ -20,6 +20,18 @@ def ids(generation):
     return [c.token_ids for c in generation.completions]
 
 
+def generated_together_and_alone(engine, reqs):
+    """The requests' generations in one batch and one at a time, checked to be the same
+    samples (tokens, and log-probabilities within fp32 noise)."""
+    together = engine.generate(reqs)
+    alone = [engine.generate([r])[0] for r in reqs]
+    for t, a in zip(together, alone, strict=True):
+        assert ids(t) == ids(a)
+        for ct, ca in zip(t.completions, a.completions, strict=True):
+            assert ct.logprobs == pytest.approx(ca.logprobs, abs=1e-4)
+    return together, alone
+
+
 def test_batched_sampling_equals_per_request_sampling(engine):
     reqs = [
         GenerateRequest(Q1, SamplingParams(n=3, temperature=0.9, max_tokens=24, seed=5)),
@@ -27,12 +39,7 @@ def test_batched_sampling_equals_per_request_sampling(engine):
         GenerateRequest(RAW, SamplingParams(n=2, temperature=1.0, top_p=0.9, min_p=0.05,
                                             max_tokens=12, seed=11)),
     ]
-    together = engine.generate(reqs)
-    alone = [engine.generate([r])[0] for r in reqs]
-    for t, a in zip(together, alone, strict=True):
-        assert ids(t) == ids(a)
-        for ct, ca in zip(t.completions, a.completions, strict=True):
-            assert ct.logprobs == pytest.approx(ca.logprobs, abs=1e-4)
+    together = generated_together_and_alone(engine, reqs)[0]
     # Different samples of one request differ (the seeds are per sample).
     assert len(set(ids(together[0]))) > 1
 
@@ -60,12 +67,7 @@ def test_prompts_that_start_alike_share_one_prefill_of_their_common_start(engine
     chats = [Q1, Q2, [{"role": "user", "content": "What is 7 + 8?"}]]
     reqs = [GenerateRequest(p, SamplingParams(n=2, temperature=0.8, max_tokens=12, seed=3))
             for p in (chats[0], RAW, chats[1], chats[2])]
-    together = engine.generate(reqs)
-    alone = [engine.generate([r])[0] for r in reqs]
-    for t, a in zip(together, alone, strict=True):
-        assert ids(t) == ids(a)
-        for ct, ca in zip(t.completions, a.completions, strict=True):
-            assert ct.logprobs == pytest.approx(ca.logprobs, abs=1e-4)
+    for t, a in zip(*generated_together_and_alone(engine, reqs), strict=True):
         assert t.usage.forward_tokens == a.usage.forward_tokens
     tokens = [engine.tokenize(p) for p in chats]
     start = next(i for i in range(len(tokens[0])) if len({tuple(t[:i + 1]) for t in tokens}) > 1)
