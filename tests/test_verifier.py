@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ponder.engines.table import TableEngine
-from ponder.scorers.backbone import Backbone
+from ponder.scorers.backbone import STATS, Backbone
 from ponder.scorers.base import ScoreItem
 from ponder.scorers.probe import Probe
 from ponder.scorers.registry import make_scorer
@@ -124,6 +124,29 @@ def test_a_saved_verifier_loads_through_make_scorer_and_scores_the_same(engine, 
     steps = make_scorer(f"verifier:{tmp_path / 'p'}", engine).score(items)
     assert [len(r.step_scores) for r in steps] == [1, 1, 2]
     assert steps[2].score == min(steps[2].step_scores)
+
+
+def test_an_answer_reading_verifier_reads_the_final_answer_not_the_ramble_after_it(engine):
+    end = Backbone(engine.model, engine.tokenizer, "smollm2-135m")
+    answer = Backbone(engine.model, engine.tokenizer, "smollm2-135m", reads="answer")
+    hidden = end.width - len(STATS)
+    prompt = question(2, 8)
+    rambling, clean, none = answer.features([(prompt, "2 + 8 = 10. Also 7 is odd."),
+                                             (prompt, "2 + 8 = 10"), (prompt, "I do not know")])
+    # The answer ("7", the last number) is read where it stands: the model is causal, so its
+    # state there is the state at the end of the text cut after it.
+    at_seven = end.features([(prompt, "2 + 8 = 10. Also 7")])[0]
+    assert rambling.shape == (1, answer.width)
+    assert torch.allclose(rambling[0, :hidden], at_seven[0, :hidden], atol=1e-4)
+    # ... while the uncertainty statistics cover the whole response, as read at its end.
+    whole = end.features([(prompt, "2 + 8 = 10. Also 7 is odd.")])[0]
+    assert torch.allclose(rambling[0, hidden:hidden + len(STATS)], whole[0, hidden:], atol=1e-4)
+    answer_logprob, after, missing = rambling[0, -3:].tolist()
+    assert answer_logprob < 0 and after == pytest.approx(math.log1p(3)) and missing == 0
+    # An answer at the very end is read at the end; no answer: read at the end and flagged.
+    assert torch.allclose(clean[0, :hidden], end.features([(prompt, "2 + 8 = 10")])[0][0, :hidden],
+                          atol=1e-4)
+    assert clean[0, -2:].tolist() == [0.0, 0.0] and none[0, -3:].tolist() == [0.0, 0.0, 1.0]
 
 
 def test_a_verifier_for_other_weights_is_refused(engine, tmp_path):

@@ -69,6 +69,10 @@ def register(sub) -> None:
     model = p.add_argument_group("verifier")
     model.add_argument("--kind", choices=["outcome", "process"], default=None,
                        help="outcome (ORM, default) or process (PRM, Math-Shepherd labels)")
+    model.add_argument("--reads", choices=["answer", "end"], default=None,
+                       help="outcome: read the hidden states at the final answer's last token "
+                            "(default; a sample that rambles past its answer is judged by the "
+                            "answer) or at the response's last token")
     model.add_argument("--rollouts", type=int, default=None,
                        help="process labels: completions per step prefix (default 4)")
     model.add_argument("--val-fraction", type=float, default=None,
@@ -90,7 +94,7 @@ def config_from_args(args: argparse.Namespace):
 
     values = dict(RECIPES[args.recipe]) if args.recipe else {}
     for flag in ("task", "limit", "samples", "prompt", "temperature", "max_tokens", "seed",
-                 "kind", "rollouts", "val_fraction", "model", "eval_task"):
+                 "kind", "reads", "rollouts", "val_fraction", "model", "eval_task"):
         given = getattr(args, flag)
         if given is not None:
             values[flag] = given

@@ -2,30 +2,54 @@
 
 A trained verifier is a small head on a frozen backbone (by default the policy itself). The
 backbone reads the prompt the policy saw and its response, exactly as the policy read them,
-and the head reads the hidden states of a few layers at one position: the response's last
-token (an outcome verifier) or the last token of each step (a process verifier). Middle
-layers are kept beside the last because what a model "noticed" is often clearer there than
-after the final layers have turned it into next-token predictions.
+and the head reads the hidden states of a few layers at one position: the last token of each
+step (a process verifier), or for an outcome verifier (`reads`) the response's last token
+("end") or the last token of its final answer ("answer", as the task's extractor finds it).
+Middle layers are kept beside the last because what a model "noticed" is often clearer there
+than after the final layers have turned it into next-token predictions.
+
+Why the answer: a small model's wrong samples often hold the right working and then ramble
+on to another number, which the grader takes as the answer. At the answer's token the
+model's state is about that answer; at the last token it is about the ramble. On held-out
+training-split arith problems (16 samples each, 4-fold by problem) reading the answer lifted
+the probe's AUROC from 0.77 to 0.93 and its best-of-16 accuracy from 0.67 to 0.70.
 
 Beside the hidden states, each row carries the backbone's own uncertainty about the response
 up to that position (STATS: the mean, minimum and spread of the tokens' log-probabilities,
 the mean and largest next-token entropy, and the length), read from the same forward pass:
 how sure a model was of what it wrote is among the best-known signals of whether it is right.
+Reading the answer adds ANSWER_STATS: the answer tokens' summed log-probability (how sure it
+was of the answer itself), how many tokens follow the answer, and whether there is none.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
 from ponder.engines.base import tokenize_prompt
 from ponder.scorers.hf_prm import split_steps
+from ponder.tasks.extract import extract_answer
 from ponder.types import Prompt
 
 STATS = ("mean_logprob", "min_logprob", "std_logprob", "mean_entropy", "max_entropy",
          "log_length")
+ANSWER_STATS = ("answer_logprob", "log_tokens_after_answer", "no_answer")
+READS = ("end", "answer")
+
+
+class Encoded(NamedTuple):
+    """A prompt + response as the backbone reads it."""
+
+    ids: list[int]  # prompt then response token ids
+    ends: list[int]  # index of the last token of each step (the last: the response's end)
+    first: int  # where the response's tokens start in ids
+    stop: int  # ... and stop
+    answer: tuple[int, int] | None  # the final answer's first and last token; None: none
 
 
 def default_layers(num_layers: int) -> tuple[int, ...]:
@@ -48,11 +72,15 @@ class Backbone:
     """Hidden states of `model` at the positions a verifier reads.
 
     layers: hidden_states indices to concatenate (default: default_layers).
+    reads: where an outcome row is read, "end" or "answer" (module docstring).
     batch_tokens: most padded tokens per forward pass.
     """
 
     def __init__(self, model, tokenizer, name: str, layers: Sequence[int] | None = None,
-                 batch_tokens: int = 8192):
+                 reads: str = "end", batch_tokens: int = 8192):
+        if reads not in READS:
+            raise ValueError(f"reads must be one of {READS}, got {reads!r}")
+        self.reads = reads
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         count = model.config.num_hidden_layers
         self.layers = tuple(layers) if layers is not None else default_layers(count)
@@ -64,13 +92,13 @@ class Backbone:
 
     @classmethod
     def load(cls, name: str, dtype: str = "float32", device: str | None = None,
-             layers: Sequence[int] | None = None) -> Backbone:
+             layers: Sequence[int] | None = None, reads: str = "end") -> Backbone:
         from ponder.models import dtype_name, load_model_and_tokenizer, resolve
 
         dtype = getattr(torch, dtype_name(dtype))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer = load_model_and_tokenizer(resolve(name), dtype, device)
-        return cls(model, tokenizer, name, layers)
+        return cls(model, tokenizer, name, layers, reads)
 
     @property
     def hash(self) -> str:
@@ -80,17 +108,16 @@ class Backbone:
 
     @property
     def width(self) -> int:
-        return self.model.config.hidden_size * len(self.layers) + len(STATS)
+        extra = len(ANSWER_STATS) if self.reads == "answer" else 0
+        return self.model.config.hidden_size * len(self.layers) + len(STATS) + extra
 
-    def encode(self, prompt: Prompt, response: str) -> tuple[list[int], list[int], int, int]:
-        """The token ids of prompt + response, the index (in them) of the last token of each
-        step of the response (the last is the response's last token), and where the
-        response's tokens start and stop."""
+    def encode(self, prompt: Prompt, response: str) -> Encoded:
+        """The response's tokens after the prompt's, and the positions read in them."""
         head = tokenize_prompt(self.tokenizer, prompt, self.model.config.vocab_size, self.name)
         body = self.tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = list(body["input_ids"]), list(body["offset_mapping"])
         if not ids:  # an empty response: the verdict is read at the prompt's last token
-            return head, [len(head) - 1], len(head), len(head)
+            return Encoded(head, [len(head) - 1], len(head), len(head), None)
         ends, cursor = [], 0
         for step in split_steps(response):
             cursor = response.index(step, cursor) + len(step)
@@ -98,7 +125,8 @@ class Backbone:
             ends.append(len(head) + last)
         ends = ends or [len(head) + len(ids) - 1]
         ends[-1] = len(head) + len(ids) - 1  # trailing text after the last step counts too
-        return head + ids, sorted(set(ends)), len(head), len(head) + len(ids)
+        return Encoded(head + ids, sorted(set(ends)), len(head), len(head) + len(ids),
+                       _answer_token(response, offsets, len(head)))
 
     @torch.no_grad()
     def features(self, items: Sequence[tuple[Prompt, str]], steps: bool = False
@@ -109,8 +137,8 @@ class Backbone:
                                      steps)
 
     @torch.no_grad()
-    def encoded_features(self, encoded: Sequence[tuple[list[int], list[int], int, int]],
-                         steps: bool = False) -> list[torch.Tensor]:
+    def encoded_features(self, encoded: Sequence[Encoded], steps: bool = False
+                         ) -> list[torch.Tensor]:
         """features() of items already encode()d (a caller that needs their lengths too
         encodes once)."""
         out: list[torch.Tensor | None] = [None] * len(encoded)
@@ -128,11 +156,11 @@ class Backbone:
             start = stop
         return out
 
-    def _forward(self, batch: list[tuple[list[int], list[int], int, int]], steps: bool):
-        cut = [max(0, len(ids) - self.max_positions) for ids, *_ in batch]
-        batch = [(ids[c:], [p - c for p in ends if p >= c], max(1, first - c),
-                  max(1, stop - c)) for (ids, ends, first, stop), c in zip(batch, cut,
-                                                                            strict=True)]
+    def _forward(self, batch: list[Encoded], steps: bool):
+        cut = [max(0, len(e.ids) - self.max_positions) for e in batch]
+        batch = [Encoded(e.ids[c:], [p - c for p in e.ends if p >= c], max(1, e.first - c),
+                         max(1, e.stop - c), _shifted(e.answer, c))
+                 for e, c in zip(batch, cut, strict=True)]
         width = max(len(ids) for ids, *_ in batch)
         device = next(self.model.parameters()).device
         input_ids = torch.zeros(len(batch), width, dtype=torch.long, device=device)
@@ -142,14 +170,16 @@ class Backbone:
             mask[row, width - len(ids):] = 1
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         # Logits only where response tokens are predicted (one position before each).
-        span = max(len(ids) - first for ids, _, first, _ in batch) + 1
+        span = max(len(e.ids) - e.first for e in batch) + 1
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                          output_hidden_states=True, use_cache=False, logits_to_keep=span)
         stacked = torch.cat([out.hidden_states[i] for i in self.layers], dim=-1).float()
         rows = []
-        for row, (ids, ends, first, stop) in enumerate(batch):
+        for row, (ids, ends, first, stop, answer) in enumerate(batch):
             shift = width - len(ids)
-            where = ends if steps else ends[-1:]
+            by_answer = self.reads == "answer" and not steps
+            where = ends if steps else [answer[1]] if by_answer and answer is not None \
+                else ends[-1:]
             # Kept logits column j holds position width - span + j, which predicts the token
             # at that position + 1; the response's tokens are ids[first:].
             columns = [shift + t - 1 - (width - span) for t in range(first, stop)]
@@ -157,12 +187,46 @@ class Backbone:
             chosen = logp.gather(1, torch.tensor(ids[first:stop], device=device)[:, None])[:, 0]
             entropy = -(logp.exp() * logp).sum(-1)
             # Each row's statistics cover the response up to its position.
+            # (Read at the answer, they cover the whole response: what follows counts too.)
+            upto = [stop - 1] if by_answer else where
             stats = torch.stack([_stats(chosen[: max(1, min(e, stop - 1) - first + 1)],
                                         entropy[: max(1, min(e, stop - 1) - first + 1)])
-                                 for e in where])
+                                 for e in upto])
+            if by_answer:
+                stats = torch.cat([stats, _answer_stats(chosen, answer, first, stop)[None]],
+                                  dim=-1)
             rows.append(torch.cat([stacked[row, [shift + e for e in where]], stats.to(
                 stacked.device)], dim=-1).cpu())
         return rows
+
+
+def _answer_token(response: str, offsets: list[tuple[int, int]], start: int
+                  ) -> tuple[int, int] | None:
+    """The indices (after `start` prompt tokens) of the first and last token of the
+    response's final answer, as the task's extractor finds it (its last occurrence), or
+    None."""
+    answer = extract_answer(response)
+    at = response.rfind(answer) if answer else -1
+    if at < 0:
+        return None
+    end = at + len(answer)
+    tokens = [i for i, (low, high) in enumerate(offsets) if low < end and high > at]
+    return (start + tokens[0], start + tokens[-1]) if tokens else None
+
+
+def _shifted(answer: tuple[int, int] | None, cut: int) -> tuple[int, int] | None:
+    """An answer span after the first `cut` tokens are dropped (None if it was dropped)."""
+    return None if answer is None or answer[0] < cut else (answer[0] - cut, answer[1] - cut)
+
+
+def _answer_stats(chosen: torch.Tensor, answer: tuple[int, int] | None, first: int,
+                  stop: int) -> torch.Tensor:
+    """ANSWER_STATS; chosen[i] is the log-probability of response token first + i."""
+    if answer is None or not first <= answer[0] <= answer[1] < stop:
+        return torch.tensor([0.0, 0.0, 1.0])
+    low, high = answer[0] - first, answer[1] - first
+    return torch.tensor([float(chosen[low:high + 1].sum()), math.log1p(stop - 1 - answer[1]),
+                         0.0])
 
 
 def _stats(logprobs: torch.Tensor, entropies: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ class Card:
     base_model: str
     base_hash: str
     layers: tuple[int, ...]
+    reads: str = "end"  # where an outcome verifier reads: "end" or "answer" (scorers.backbone)
     task: str = ""
     prompt: str = ""
     labels: str = ""  # how the labels were made (graded samples, Monte Carlo rollouts)
@@ -135,11 +136,12 @@ class TrainedVerifier:
         model = getattr(self.engine, "model", None)
         if model is not None and getattr(self.engine, "tokenizer", None) is not None:
             backbone = Backbone(model, self.engine.tokenizer, self.engine.model_name,
-                                self.card.layers)
+                                self.card.layers, self.card.reads)
             if backbone.hash != self.card.base_hash:
                 backbone = None  # another model: load the card's own
         if backbone is None:
-            backbone = Backbone.load(self.card.base_model, layers=self.card.layers)
+            backbone = Backbone.load(self.card.base_model, layers=self.card.layers,
+                                     reads=self.card.reads)
         if backbone.hash != self.card.base_hash:
             raise ValueError(
                 f"the verifier in {self.folder} was trained on {self.card.base_model!r} with "

@@ -40,6 +40,7 @@ class VerifierConfig:
     temperature: float = 0.8
     max_tokens: int = 96
     kind: str = "outcome"  # or "process"
+    reads: str = "answer"  # outcome: hidden states at the final answer ("answer") or "end"
     rollouts: int = 4  # process labels: completions per step prefix
     seed: int = 0
     val_fraction: float = 0.25
@@ -49,6 +50,8 @@ class VerifierConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("outcome", "process"):
             raise ValueError(f"kind must be outcome or process, got {self.kind!r}")
+        if self.reads not in ("answer", "end"):
+            raise ValueError(f"reads must be answer or end, got {self.reads!r}")
         if self.samples < 1 or self.rollouts < 1:
             raise ValueError("samples and rollouts must be >= 1")
         if not 0 < self.val_fraction < 1:
@@ -161,8 +164,9 @@ def train_verifier(config: VerifierConfig, engine, data: str | Path, out: str | 
         examples = [e for s, rows in runs_rows for e in outcome_examples(s, rows)]
     timings["label_seconds"] = time.perf_counter() - started - timings["data_seconds"]
     train, val = split_by_problem(examples, config.val_fraction, config.seed)
-    backbone = Backbone(engine.model, engine.tokenizer, config.model)
     steps = config.kind == "process"
+    backbone = Backbone(engine.model, engine.tokenizer, config.model,
+                        reads="end" if steps else config.reads)
     mark = time.perf_counter()
     x_train, y_train = featurize(backbone, train, steps)
     x_val, y_val = featurize(backbone, val, steps)
@@ -174,7 +178,7 @@ def train_verifier(config: VerifierConfig, engine, data: str | Path, out: str | 
     timings["total_seconds"] = time.perf_counter() - started
     card = Card(
         kind=config.kind, base_model=config.model, base_hash=backbone.hash,
-        layers=backbone.layers, task=config.task, prompt=config.prompt,
+        layers=backbone.layers, reads=backbone.reads, task=config.task, prompt=config.prompt,
         labels=("graded samples (correct = 1)" if config.kind == "outcome" else
                 f"Monte Carlo: {config.rollouts} rollouts per step prefix, soft label"),
         data={"problems": len({e.problem_id for e in examples}), "samples": len(examples),
