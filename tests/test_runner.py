@@ -158,3 +158,21 @@ def test_the_engine_is_part_of_the_run_id_and_native_ids_are_unchanged():
     assert RunSpec.from_dict(vllm.to_dict()).run_id == vllm.run_id
     with pytest.raises(ValueError, match="unknown engine 'tgi'"):
         make_spec({"task": "arith:1", "engine": "tgi"})
+
+
+def test_a_retrained_verifier_of_the_same_name_makes_another_run(tmp_path):
+    import shutil
+
+    from ponder.scorers.trained import shipped
+
+    folder = tmp_path / "orm"
+    shutil.copytree(shipped("smollm2-135m-arith-orm"), folder)
+    raw = {"task": "arith:1", "strategy": "best_of_n", "n": 2, "scorer": f"verifier:{folder}"}
+    first = make_spec(raw).run_id
+    assert make_spec(raw).config()["scorer_weights"] and make_spec(raw).run_id == first
+    head = folder / "head.safetensors"
+    head.write_bytes(head.read_bytes()[:-4] + b"\x00\x00\x80\x3f")  # one weight changed
+    assert make_spec(raw).run_id != first
+    # Scorers that are not trained verifiers keep the ids they had.
+    plain = make_spec({**raw, "scorer": "mean_logprob"})
+    assert "scorer_weights" not in plain.config()

@@ -3,8 +3,9 @@
     spec = make_spec({"task": "arith:1", "strategy": "self_consistency", "n": 8, "limit": 50})
 
 A RunSpec is everything that defines a run. Its `config()` (task and filters, strategy and
-its resolved options, prompt style, model, dtype, scorer, seed) hashes to the run id; the
-limit and the label do not, so raising --limit extends a run instead of starting over.
+its resolved options, prompt style, model, dtype, scorer, seed; for a trained verifier, a
+digest of its files) hashes to the run id; the limit and the label do not, so raising
+--limit extends a run instead of starting over.
 
 A recipe (YAML) is a mapping of run options, optionally with `runs:`, a list of mappings,
 each a run; `make_spec` validates each into a RunSpec. `ponder.eval.runner` runs them.
@@ -59,6 +60,12 @@ class RunSpec:
                   "model": self.model, "dtype": self.dtype, "scorer": self.scorer}
         if self.engine != "hf":
             config["engine"] = self.engine
+        if self.scorer:
+            from ponder.scorers.trained import verifier_fingerprint
+
+            weights = verifier_fingerprint(self.scorer)
+            if weights is not None:  # a retrained verifier of the same name scores anew
+                config["scorer_weights"] = weights
         return config
 
     @property

@@ -17,6 +17,8 @@ base model named in the card. Either way the weights' hash must match the card's
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -84,6 +86,28 @@ def shipped_names() -> list[str]:
     root = resources.files("ponder").joinpath("verifiers")
     return sorted(p.name for p in root.iterdir() if is_verifier_folder(str(p))) \
         if root.is_dir() else []
+
+
+def verifier_fingerprint(scorer: str) -> str | None:
+    """A digest of the files of the verifier a scorer name points to (None if it names no
+    verifier folder): a run scored by a retrained verifier is another run."""
+    style, sep, path = scorer.partition(":")
+    if not sep or not path:
+        return None
+    folder = Path(path) if Path(path).exists() else shipped(path)
+    if folder is None or not is_verifier_folder(folder):
+        return None
+    stamps = tuple((f.stat().st_mtime_ns, f.stat().st_size)
+                   for f in (folder / "card.json", folder / "head.safetensors"))
+    return _digest(str(folder.resolve()), stamps)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(folder: str, stamps: tuple) -> str:  # stamps: re-read when a file changes
+    digest = hashlib.sha256()
+    for name in ("card.json", "head.safetensors"):
+        digest.update((Path(folder) / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def load_card(folder: str | Path) -> Card:
