@@ -6,6 +6,8 @@ For each level (1, and 2 beside it): per problem, one greedy answer and a pool o
 (temperature 0.8, the prompt the verifier was trained on). Every selector reads the same
 pool, its first N samples for N = 1, 2, 4, 8, 16:
   greedy                       the greedy answer (N-independent)
+  greedy few-shot              the greedy answer to the few-shot prompt: what a better prompt
+                               buys instead of compute (N-independent; not a selector)
   maj@N                        majority vote
   bon@N mean log-prob          the sample with the highest mean token log-probability
   bon@N confidence             ... the highest mean negative entropy
@@ -46,15 +48,16 @@ NS = (1, 2, 4, 8, 16)
 
 
 def pool(engine, problems, prompt: str, n: int, max_tokens: int, seed: int):
-    """Greedy answers and n samples per problem, in two batched calls."""
+    """Greedy answers (to the prompt and to the few-shot prompt) and n samples per problem,
+    in three batched calls."""
     rendered = [build_prompt(p, prompt, chat=True) for p in problems]
-    greedy = engine.generate([GenerateRequest(r, SamplingParams(temperature=0.0,
-                                                                max_tokens=max_tokens))
-                              for r in rendered])
+    greedy, fewshot = (engine.generate([GenerateRequest(r, SamplingParams(
+        temperature=0.0, max_tokens=max_tokens)) for r in prompts])
+        for prompts in (rendered, [build_prompt(p, "fewshot", chat=True) for p in problems]))
     sampled = engine.generate([GenerateRequest(r, SamplingParams(
         n=n, temperature=0.8, max_tokens=max_tokens, seed=seed + i))
         for i, r in enumerate(rendered)])
-    return rendered, greedy, sampled
+    return rendered, greedy, fewshot, sampled
 
 
 def select(values, keys) -> int:
@@ -64,13 +67,14 @@ def select(values, keys) -> int:
 def evaluate_level(engine, orm, level: int, args) -> dict:
     problems = load_task(f"arith:{level}", limit=args.problems)
     started = time.perf_counter()
-    rendered, greedy, sampled = pool(engine, problems, args.prompt, max(NS), args.max_tokens,
+    rendered, greedy, fewshot, sampled = pool(engine, problems, args.prompt, max(NS), args.max_tokens,
                                      args.seed)
     pool_seconds = time.perf_counter() - started
     correct = collections.Counter()
     labels, orm_scores = [], []
     policy_tokens = 0
-    for problem, prompt, g, s in zip(problems, rendered, greedy, sampled, strict=True):
+    for problem, prompt, g, f, s in zip(problems, rendered, greedy, fewshot, sampled,
+                                        strict=True):
         completions = s.completions
         answers = [extract_answer(c.text) for c in completions]
         ok = [is_equiv(a, problem.answer) for a in answers]
@@ -80,6 +84,8 @@ def evaluate_level(engine, orm, level: int, args) -> dict:
         orm_scores += scores
         policy_tokens += s.usage.generated_tokens
         correct["greedy"] += is_equiv(extract_answer(g.completions[0].text), problem.answer)
+        correct["greedy fewshot"] += is_equiv(extract_answer(f.completions[0].text),
+                                              problem.answer)
         for n in NS:
             a, k, sc = answers[:n], ok[:n], scores[:n]
             votes = collections.Counter(x for x in a if x is not None)
@@ -110,6 +116,7 @@ def table(level: int, figures: dict) -> str:
             f"{figures['orm_auroc']:.3f}",
             f"{'selector':22}" + "".join(f"{'N=' + str(n):>8}" for n in NS)]
     rows.append(f"{'greedy':22}" + f"{acc['greedy']:>8.3f}" * len(NS))
+    rows.append(f"{'greedy few-shot':22}" + f"{acc['greedy fewshot']:>8.3f}" * len(NS))
     for name in ("maj", "bon mean_logprob", "bon confidence", "bon orm", "wbon orm", "pass"):
         base, _, kind = name.partition(" ")
         keys = [f"{base}@{n}" + (f" {kind}" if kind else "") for n in NS]
@@ -134,12 +141,14 @@ def main() -> None:
     if args.orm is None:
         folder = Path(tempfile.mkdtemp(prefix="ponder-orm-"))
         config = VerifierConfig(**RECIPES["smollm2-arith-orm"])
-        card, _fit, timings = train_verifier(config, engine, folder / "data.db", folder / "orm",
-                                             progress=True)
+        card, _fit, timings = train_verifier(
+            config, engine, folder / "data.db", folder / "orm", progress=True,
+            command="ponder train-verifier --recipe smollm2-arith-orm")
         figures["train_seconds"] = round(timings["total_seconds"], 1)
         figures["train_timings"] = {k: round(v, 1) for k, v in timings.items()}
         figures["orm_val_auroc"] = card.metrics["val_auroc"]
         args.orm = str(folder / "orm")
+        print(f"trained ORM: {args.orm}", flush=True)
     orm = TrainedVerifier(args.orm, engine)
     figures.setdefault("train_seconds", orm.card.metrics.get("train_seconds"))
     figures.setdefault("orm_val_auroc", orm.card.metrics.get("val_auroc"))
@@ -150,7 +159,8 @@ def main() -> None:
     one = per_level[min(per_level)]["acc"]
     figures |= {
         "orm_auroc": per_level[min(per_level)]["orm_auroc"],
-        "greedy_acc": one["greedy"], "maj16_acc": one["maj@16"],
+        "greedy_acc": one["greedy"], "greedy_fewshot_acc": one["greedy fewshot"],
+        "maj16_acc": one["maj@16"],
         "bon16_orm_acc": one["bon@16 orm"], "wbon16_orm_acc": one["wbon@16 orm"],
         "bon16_mean_logprob_acc": one["bon@16 mean_logprob"],
         "bon16_confidence_acc": one["bon@16 confidence"], "pass16": one["pass@16"],
