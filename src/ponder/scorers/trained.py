@@ -82,6 +82,12 @@ def shipped(name: str) -> Path | None:
     return Path(str(folder)) if is_verifier_folder(str(folder)) else None
 
 
+def verifier_folder(path: str | Path) -> Path | None:
+    """The folder a verifier path names: the path itself if it exists, else the shipped
+    verifier of that name, else None."""
+    return Path(path) if Path(path).exists() else shipped(str(path))
+
+
 def shipped_names() -> list[str]:
     root = resources.files("ponder").joinpath("verifiers")
     return sorted(p.name for p in root.iterdir() if is_verifier_folder(str(p))) \
@@ -91,10 +97,10 @@ def shipped_names() -> list[str]:
 def verifier_fingerprint(scorer: str) -> str | None:
     """A digest of the files of the verifier a scorer name points to (None if it names no
     verifier folder): a run scored by a retrained verifier is another run."""
-    style, sep, path = scorer.partition(":")
+    _style, sep, path = scorer.partition(":")
     if not sep or not path:
         return None
-    folder = Path(path) if Path(path).exists() else shipped(path)
+    folder = verifier_folder(path)
     if folder is None or not is_verifier_folder(folder):
         return None
     stamps = tuple((f.stat().st_mtime_ns, f.stat().st_size)
@@ -133,7 +139,7 @@ class TrainedVerifier:
     """
 
     def __init__(self, path: str | Path, engine=None, aggregation: str = "min"):
-        folder = shipped(str(path)) if not Path(path).exists() else Path(path)
+        folder = verifier_folder(path)
         if folder is None:
             raise ValueError(f"no verifier at {path!r}: give a folder made by `ponder "
                              f"train-verifier`, or one shipped with ponder "
