@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ponder.models import DEFAULT_MODEL
+from ponder.scorers.backbone import READS
 from ponder.train.contamination import check_disjoint, check_training_task
 from ponder.train.examples import Example
 
@@ -50,8 +51,8 @@ class VerifierConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("outcome", "process"):
             raise ValueError(f"kind must be outcome or process, got {self.kind!r}")
-        if self.reads not in ("answer", "end"):
-            raise ValueError(f"reads must be answer or end, got {self.reads!r}")
+        if self.reads not in READS:
+            raise ValueError(f"reads must be one of {READS}, got {self.reads!r}")
         if self.samples < 1 or self.rollouts < 1:
             raise ValueError("samples and rollouts must be >= 1")
         if not 0 < self.val_fraction < 1:
