@@ -5,23 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
+from ponder.testing.served import ServerProcess, free_port  # noqa: F401 (re-exported)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Served:
+class Served(ServerProcess):
     """A server subprocess; `url` is its base URL (…/v1). Stop it with stop()."""
 
     def __init__(self, cmd: list[str], port: int, ready_path: str, name: str,
@@ -29,43 +20,11 @@ class Served:
         self.port = port
         self.url = f"http://127.0.0.1:{port}/v1"
         log_dir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
-        self.log_path = log_dir / "server.log"
-        self.log = open(self.log_path, "w+")  # noqa: SIM115 (closed in stop)
         # One thread and passive OpenMP waiting: the test machine's cores are shared.
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PONDER_THREADS": "1", **(env or {})}
         env.pop("PONDER_API_KEY", None)
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self._wait(f"http://127.0.0.1:{port}{ready_path}", timeout)
-
-    def _wait(self, ready: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(ready, timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"server did not come up in {timeout:g} s:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if not self.log.closed:
-            self.log.close()
+        super().__init__(cmd, log_dir / "server.log", f"http://127.0.0.1:{port}{ready_path}",
+                         env, timeout, name)
 
 
 def ponder_serve(*flags: str) -> Served:
