@@ -13,11 +13,14 @@ pool, its first N samples for N = 1, 2, 4, 8, 16:
   bon@N confidence             ... the highest mean negative entropy
   bon@N ORM                    ... the highest trained-ORM score
   weighted bon@N ORM           the answer with the largest summed ORM score
+  bon@N PRM                    ... the highest process-verifier score (its steps' minimum)
   pass@N                       any sample correct (the ceiling)
-ORM AUROC is measured on the held-out pool's samples. The ORM is trained first, timed (the
-shipped recipe unless --orm names a folder; then its card's training time is reported).
-Not measured yet: a process verifier (`prm_auroc` is null) and PRM beam search at matched
-policy tokens; `ponder train-verifier --kind process` trains one, but not at this scale yet.
+ORM and PRM AUROC are measured on the held-out pool's samples. The ORM is trained first,
+timed (the shipped recipe unless --orm names a folder; then its card's training time is
+reported); then the PRM (Math-Shepherd labels: --rollouts completions from every step prefix,
+on --prm-limit training problems x 4 samples; --prm-limit 0 skips it), timed too.
+Not measured here: PRM beam search at matched policy tokens (bench_smc runs verifier-guided
+search).
 The LAST line is one JSON object with the figures.
 
     python benchmarks/bench_verifier.py [--problems 64] [--levels 1,2] [--orm FOLDER]
@@ -64,14 +67,14 @@ def select(values, keys) -> int:
     return max(range(len(values)), key=lambda i: keys[i])
 
 
-def evaluate_level(engine, orm, level: int, args) -> dict:
+def evaluate_level(engine, orm, prm, level: int, args) -> dict:
     problems = load_task(f"arith:{level}", limit=args.problems)
     started = time.perf_counter()
     rendered, greedy, fewshot, sampled = pool(engine, problems, args.prompt, max(NS), args.max_tokens,
                                      args.seed)
     pool_seconds = time.perf_counter() - started
     correct = collections.Counter()
-    labels, orm_scores = [], []
+    labels, orm_scores, prm_scores = [], [], []
     policy_tokens = 0
     for problem, prompt, g, f, s in zip(problems, rendered, greedy, fewshot, sampled,
                                         strict=True):
@@ -80,8 +83,11 @@ def evaluate_level(engine, orm, level: int, args) -> dict:
         ok = [is_equiv(a, problem.answer) for a in answers]
         scores = [r.score for r in orm.score([ScoreItem(problem.question, prompt, c.text)
                                               for c in completions])]
+        process = [r.score for r in prm.score([ScoreItem(problem.question, prompt, c.text)
+                                               for c in completions])] if prm else None
         labels += ok
         orm_scores += scores
+        prm_scores += process or []
         policy_tokens += s.usage.generated_tokens
         correct["greedy"] += is_equiv(extract_answer(g.completions[0].text), problem.answer)
         correct["greedy fewshot"] += is_equiv(extract_answer(f.completions[0].text),
@@ -97,6 +103,8 @@ def evaluate_level(engine, orm, level: int, args) -> dict:
             correct[f"bon@{n} mean_logprob"] += k[select(a, mean_lp)]
             correct[f"bon@{n} confidence"] += k[select(a, conf)]
             correct[f"bon@{n} orm"] += k[select(a, sc)]
+            if process:
+                correct[f"bon@{n} prm"] += k[select(a, process[:n])]
             summed = collections.defaultdict(float)
             for x, v in zip(a, sc, strict=True):
                 if x is not None:
@@ -107,19 +115,25 @@ def evaluate_level(engine, orm, level: int, args) -> dict:
     return {"problems": count, "pool_seconds": round(pool_seconds, 1),
             "policy_tokens_per_problem_at_16": round(policy_tokens / count, 1),
             "acc": {k: round(v / count, 4) for k, v in correct.items()},
-            "orm_auroc": round(auroc([int(x) for x in labels], orm_scores), 4)}
+            "orm_auroc": round(auroc([int(x) for x in labels], orm_scores), 4),
+            "prm_auroc": round(auroc([int(x) for x in labels], prm_scores), 4) if prm else None}
 
 
 def table(level: int, figures: dict) -> str:
     acc = figures["acc"]
+    prm = f", PRM AUROC {figures['prm_auroc']:.3f}" if figures["prm_auroc"] is not None else ""
     rows = [f"arith:{level}, {figures['problems']} held-out problems; ORM AUROC "
-            f"{figures['orm_auroc']:.3f}",
+            f"{figures['orm_auroc']:.3f}{prm}",
             f"{'selector':22}" + "".join(f"{'N=' + str(n):>8}" for n in NS)]
     rows.append(f"{'greedy':22}" + f"{acc['greedy']:>8.3f}" * len(NS))
     rows.append(f"{'greedy few-shot':22}" + f"{acc['greedy fewshot']:>8.3f}" * len(NS))
-    for name in ("maj", "bon mean_logprob", "bon confidence", "bon orm", "wbon orm", "pass"):
+    names = ("maj", "bon mean_logprob", "bon confidence", "bon orm", "wbon orm", "bon prm",
+             "pass")
+    for name in names:
         base, _, kind = name.partition(" ")
         keys = [f"{base}@{n}" + (f" {kind}" if kind else "") for n in NS]
+        if keys[0] not in acc:  # no PRM this run
+            continue
         rows.append(f"{name:22}" + "".join(f"{acc[k]:>8.3f}" for k in keys))
     return "\n".join(rows)
 
@@ -134,6 +148,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int,
                         default=RECIPES["smollm2-arith-orm"]["max_tokens"])
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--prm", default=None, help="a trained process verifier folder "
+                                                     "(default: train one here, timed)")
+    parser.add_argument("--prm-limit", type=int, default=60,
+                        help="training problems for the process verifier (0: no PRM)")
+    parser.add_argument("--rollouts", type=int, default=4,
+                        help="the PRM's Monte Carlo completions per step prefix")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     engine = HFEngine("smollm2-135m", threads=args.threads)
@@ -149,12 +169,24 @@ def main() -> None:
         figures["orm_val_auroc"] = card.metrics["val_auroc"]
         args.orm = str(folder / "orm")
         print(f"trained ORM: {args.orm}", flush=True)
+    if args.prm is None and args.prm_limit:
+        folder = Path(tempfile.mkdtemp(prefix="ponder-prm-"))
+        config = VerifierConfig(**{**RECIPES["smollm2-arith-orm"], "kind": "process",
+                                   "limit": args.prm_limit, "samples": 4,
+                                   "rollouts": args.rollouts})
+        card, _fit, timings = train_verifier(config, engine, folder / "data.db",
+                                             folder / "prm", progress=True)
+        figures["prm_train_seconds"] = round(timings["total_seconds"], 1)
+        figures["prm_val_auroc"] = card.metrics["val_auroc"]
+        args.prm = str(folder / "prm")
+        print(f"trained PRM: {args.prm}", flush=True)
     orm = TrainedVerifier(args.orm, engine)
+    prm = TrainedVerifier(args.prm, engine) if args.prm else None
     figures.setdefault("train_seconds", orm.card.metrics.get("train_seconds"))
     figures.setdefault("orm_val_auroc", orm.card.metrics.get("val_auroc"))
     per_level = {}
     for level in (int(x) for x in args.levels.split(",")):
-        per_level[level] = evaluate_level(engine, orm, level, args)
+        per_level[level] = evaluate_level(engine, orm, prm, level, args)
         print(table(level, per_level[level]), flush=True)
     one = per_level[min(per_level)]["acc"]
     figures |= {
@@ -164,7 +196,8 @@ def main() -> None:
         "bon16_orm_acc": one["bon@16 orm"], "wbon16_orm_acc": one["wbon@16 orm"],
         "bon16_mean_logprob_acc": one["bon@16 mean_logprob"],
         "bon16_confidence_acc": one["bon@16 confidence"], "pass16": one["pass@16"],
-        "prm_auroc": None,  # no process verifier measured yet (module docstring)
+        "prm_auroc": per_level[min(per_level)]["prm_auroc"],
+        "bon16_prm_acc": one.get("bon@16 prm"),
         "levels": per_level,
     }
     print(json.dumps(figures))
