@@ -10,10 +10,14 @@ temperature 0.7 where they sample:
   rsa              recursive self-aggregation, N=8, K=3, T=2
   tot              Tree of Thoughts, BFS with breadth 3, the model valuing its own steps
   cot / probe      one greedy chain of thought, in full and with answer probing
-                   (probe_exit: probe every --probe-every tokens, stop when 3 agree)
+                   (probe_exit: probe every --probe-every tokens, stop when the last
+                   --probe-agree probes agree)
 For each: accuracy with a 95% bootstrap CI, and generated and total tokens per problem
 (total = forward tokens through the policy + scorer tokens). Every engine call goes through a
 counter, and each method's summed Result.usage is checked against what the engine counted.
+probe_token_saving is probing's saving in every token past the prompt (trace, probe text fed
+and probe answers), against full CoT: 1 - (probe total - prompt) / (CoT total - prompt);
+probe_generated_token_saving counts generated tokens only (probe text fed is not in it).
 The LAST line is one JSON object with the figures.
 
     python benchmarks/bench_aggregation.py [--arith 32] [--gsm8k 16] [--passes 2]
@@ -70,7 +74,7 @@ def methods(args, max_tokens: int) -> dict:
                              seed=0),
         "cot": make_strategy("greedy", max_tokens=max_tokens),
         "probe": make_strategy("probe_exit", n=1, temperature=0.0, max_tokens=max_tokens,
-                               probe_every=args.probe_every),
+                               probe_every=args.probe_every, agree=args.probe_agree),
     }
 
 
@@ -96,6 +100,7 @@ def run_task(engine, task: str, problems, style: str, max_tokens: int, args) -> 
             "acc": round(ci.mean, 4), "ci": [round(ci.low, 4), round(ci.high, 4)],
             "generated_tokens": round(used.generated_tokens / count, 1),
             "tokens": round((used.forward_tokens + used.scorer_tokens) / count, 1),
+            "prompt_tokens": round(used.prompt_tokens / count, 1),
             "usage_matches_engine": (used.generated_tokens == counter.spent.generated_tokens
                                      and used.forward_tokens + used.scorer_tokens
                                      == engine_total),
@@ -105,8 +110,16 @@ def run_task(engine, task: str, problems, style: str, max_tokens: int, args) -> 
               f"tokens/problem  usage=engine {out[name]['usage_matches_engine']}  "
               f"{seconds:6.1f} s", flush=True)
     if "cot" in out and "probe" in out:
-        cot, probe = out["cot"]["generated_tokens"], out["probe"]["generated_tokens"]
-        out["probe_token_saving"] = round(1 - probe / max(cot, 1e-9), 4)
+        cot, probe = out["cot"], out["probe"]
+        # greedy CoT makes one request per problem, so its prompt_tokens is the prompt's length
+        prompt = cot["prompt_tokens"]
+        out["probe_token_saving"] = round(
+            1 - (probe["tokens"] - prompt) / max(cot["tokens"] - prompt, 1e-9), 4)
+        out["probe_generated_token_saving"] = round(
+            1 - probe["generated_tokens"] / max(cot["generated_tokens"], 1e-9), 4)
+        print(f"{task:6} probing saves {out['probe_token_saving']:.1%} of CoT's tokens past "
+              f"the prompt ({out['probe_generated_token_saving']:.1%} of its generated tokens)",
+              flush=True)
     return out
 
 
@@ -118,6 +131,8 @@ def main() -> None:
     parser.add_argument("--select-tokens", type=int, default=64)
     parser.add_argument("--step-tokens", type=int, default=32, help="ToT's step cap")
     parser.add_argument("--probe-every", type=int, default=16)
+    parser.add_argument("--probe-agree", type=int, default=2,
+                        help="probe_exit's agree: stop a trace once its last W probes agree")
     parser.add_argument("--methods", default=None,
                         help="a comma list of the methods to run (default: all)")
     parser.add_argument("--threads", type=int, default=None)
@@ -136,8 +151,9 @@ def main() -> None:
                              "generated_tokens": v["generated_tokens"]}
                       for name, v in res.items() if isinstance(v, dict)}
                for task, res in tasks.items()}
-    savings = [res["probe_token_saving"] for res in tasks.values() if "probe_token_saving" in res]
-    figures["probe_token_saving"] = round(sum(savings) / len(savings), 4) if savings else None
+    for key in ("probe_token_saving", "probe_generated_token_saving"):
+        savings = [res[key] for res in tasks.values() if key in res]
+        figures[key] = round(sum(savings) / len(savings), 4) if savings else None
     figures["detail"] = tasks
     print(json.dumps(figures))
 
