@@ -81,10 +81,9 @@ def evaluate_level(engine, orm, prm, level: int, args) -> dict:
         completions = s.completions
         answers = [extract_answer(c.text) for c in completions]
         ok = [is_equiv(a, problem.answer) for a in answers]
-        scores = [r.score for r in orm.score([ScoreItem(problem.question, prompt, c.text)
-                                              for c in completions])]
-        process = [r.score for r in prm.score([ScoreItem(problem.question, prompt, c.text)
-                                               for c in completions])] if prm else None
+        items = [ScoreItem(problem.question, prompt, c.text) for c in completions]
+        scores = [r.score for r in orm.score(items)]
+        process = [r.score for r in prm.score(items)] if prm else None
         labels += ok
         orm_scores += scores
         prm_scores += process or []
