@@ -130,15 +130,28 @@ def test_accuracy_vs_tokens_joins_only_runs_that_differ_in_compute(tmp_path):
     assert all(not t.get_text() for t in ax.xaxis.get_minorticklabels())
 
 
-def test_k_curves_plot_maj_and_pass_per_sampled_run(tmp_path):
+def test_k_curves_plot_selection_and_pass_per_sampled_run(tmp_path):
     fig = k_curves(runs(tmp_path))
     left, right = fig.axes
-    assert left.get_title() == "maj@k" and right.get_title() == "pass@k"
+    assert left.get_title() == "maj@k, rm@k, weighted@k" and right.get_title() == "pass@k"
+    scored = {line.get_label(): line.get_linestyle() for line in left.get_lines()}
+    assert scored["sc@4"] == "-" and scored["sc@4, rm@k"] == "--" \
+        and scored["sc@4, weighted@k"] == "--", scored
     assert left.get_xlabel() == "k (samples)"
     names = {line.get_label() for line in right.get_lines()}
     assert "sc@4" in names and "greedy" not in names
     sc4 = next(line for line in right.get_lines() if line.get_label() == "sc@4")
     assert list(sc4.get_xdata()) == [1, 2, 4]
+
+
+def test_k_curves_draw_runs_that_share_their_samples_as_one_line(tmp_path):
+    with Store(tmp_path / "two.db") as store:
+        for strategy, label in (("self_consistency", "sc@4"), ("best_of_n", "bon@4")):
+            add_run(store, strategy, {"n": 4}, label, 160, 0.5, seed=7)
+    with Store(tmp_path / "two.db", read_only=True) as store:
+        left, right = k_curves(collect(store)).axes
+    assert [line.get_label() for line in right.get_lines()] == ["sc@4 = bon@4"]
+    assert "sc@4 = bon@4, weighted@k" in {line.get_label() for line in left.get_lines()}
 
 
 def test_power_histograms_and_sweeps(tmp_path):

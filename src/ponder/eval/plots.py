@@ -150,23 +150,35 @@ def accuracy_vs_tokens(runs: Sequence[RunData]):
 
 
 def k_curves(runs: Sequence[RunData]):
-    """maj@k (left) and pass@k (right) vs k, one line per run with k > 1."""
+    """Left: one answer selected from k samples (maj@k, and a scorer's rm@k and weighted@k,
+    dashed, where the run stored scores); right: pass@k; one line per run with k > 1.
+    Runs that share their samples (best-of-n and self-consistency at one seed) draw one line
+    with their labels joined, so no line hides another."""
     runs = [r for r in runs if len(r.summary.ks) > 1]
     if not runs:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, metric in zip(axes, ("maj", "pass"), strict=True):
+    panels = (("maj", "rm", "weighted"), ("pass",))
+    for ax, metrics in zip(axes, panels, strict=True):
+        lines: dict[tuple, list[str]] = {}
         for r in runs:
             s = r.summary
-            ks = [k for k in s.ks if f"{metric}@{k}" in s.metrics]
-            ax.plot(ks, [s.metrics[f"{metric}@{k}"] for k in ks], marker="o", label=s.label)
+            for metric in metrics:
+                ks = tuple(k for k in s.ks if f"{metric}@{k}" in s.metrics)
+                if ks:
+                    curve = (metric, ks, tuple(s.metrics[f"{metric}@{k}"] for k in ks))
+                    lines.setdefault(curve, []).append(s.label)
+        for (metric, ks, values), labels in lines.items():
+            ax.plot(ks, values, marker="o", linestyle="-" if metric in ("maj", "pass") else "--",
+                    label=f"{' = '.join(labels)}" + ("" if metric in ("maj", "pass")
+                                                      else f", {metric}@k"))
         ax.set_xscale("log", base=2)
         ax.set_xlabel("k (samples)")
-        ax.set_title(f"{metric}@k")
+        ax.set_title(", ".join(f"{m}@k" for m in metrics if any(c[0] == m for c in lines)))
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     axes[0].set_ylabel("accuracy")
-    axes[1].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
