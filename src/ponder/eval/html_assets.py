@@ -55,7 +55,10 @@ JS = r"""
     ["seconds_per_problem", "s/prob"], ["options", "options"], ["run_id", "run"]];
   function cell(r, key) {
     if (key === "ci") return r.accuracy_ci95;
-    if (key === "options") return JSON.stringify(r.options);
+    // key=value, comma and space: the cell wraps instead of widening the table past the page
+    if (key === "options") return Object.keys(r.options).map(function (k) {
+      return k + "=" + JSON.stringify(r.options[k]);
+    }).join(", ");
     return r[key];
   }
   var sortKey = null, sortDir = 1;
