@@ -170,9 +170,9 @@ def k_curves(runs: Sequence[RunData]):
                     curve = (metric, ks, tuple(s.metrics[f"{metric}@{k}"] for k in ks))
                     lines.setdefault(curve, []).append(s.label)
         for (metric, ks, values), labels in lines.items():
-            ax.plot(ks, values, marker="o", linestyle="-" if metric in ("maj", "pass") else "--",
-                    label=f"{' = '.join(labels)}" + ("" if metric in ("maj", "pass")
-                                                      else f", {metric}@k"))
+            by_scorer = metric in ("rm", "weighted")
+            ax.plot(ks, values, marker="o", linestyle="--" if by_scorer else "-",
+                    label=" = ".join(labels) + (f", {metric}@k" if by_scorer else ""))
         ax.set_xscale("log", base=2)
         ax.set_xlabel("k (samples)")
         ax.set_title(", ".join(f"{m}@k" for m in metrics if any(c[0] == m for c in lines)))
