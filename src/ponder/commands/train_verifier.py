@@ -14,6 +14,9 @@ EPILOG = """examples:
   ponder train-verifier --recipe smollm2-arith-orm           the verifier shipped with ponder,
                                                              made again
   ponder train-verifier --kind process --rollouts 4 --out verifiers/arith-prm
+  ponder train-verifier --head lora --out verifiers/arith-orm-lora
+                                                             LoRA on the top layers: stronger,
+                                                             slower to train
   ponder train-verifier --from runs.db --out verifiers/mine  reuse samples an eval paid for
   ponder train-verifier --task my_train.jsonl --eval-task my_test.jsonl --out verifiers/mine
 
@@ -25,11 +28,17 @@ stopped. Training problems must not be evaluation problems (arith:N, MATH-500, G
 ...): train on arith-train:N, or on a file checked against --eval-task.
 """
 
-# Presets for the bundled model; each is the exact configuration of a shipped verifier.
+# Presets for the bundled model; each is the exact configuration of a verifier (shipped, or
+# measured in docs/verifiers.md).
 RECIPES = {
     "smollm2-arith-orm": {"task": "arith-train:1", "model": DEFAULT_MODEL, "prompt": "plain",
                           "limit": 200, "samples": 8, "temperature": 0.8, "max_tokens": 64,
                           "kind": "outcome", "seed": 0},
+    "smollm2-arith-orm-lora": {"task": "arith-train:1", "model": DEFAULT_MODEL,
+                               "prompt": "plain", "limit": 200, "samples": 8,
+                               "temperature": 0.8, "max_tokens": 64, "kind": "outcome",
+                               "seed": 0, "head": "lora", "lora_layers": 6, "lora_rank": 8,
+                               "epochs": 4},
 }
 
 
@@ -75,6 +84,15 @@ def register(sub) -> None:
                             "answer) or at the response's last token")
     model.add_argument("--rollouts", type=int, default=None,
                        help="process labels: completions per step prefix (default 4)")
+    model.add_argument("--head", choices=["probe", "lora"], default=None,
+                       help="probe: logistic regression on frozen hidden states (default; "
+                            "seconds to fit); lora: LoRA on the policy's top layers with a "
+                            "head (stronger, minutes per epoch on a CPU)")
+    model.add_argument("--lora-layers", type=int, default=None,
+                       help="lora: top layers adapted (default 6)")
+    model.add_argument("--lora-rank", type=int, default=None, help="lora: rank (default 8)")
+    model.add_argument("--epochs", type=int, default=None,
+                       help="lora: most epochs; the best on validation is kept (default 4)")
     model.add_argument("--val-fraction", type=float, default=None,
                        help="problems held out for validation (default 0.25)")
     model.add_argument("--out", default=None,
@@ -94,7 +112,8 @@ def config_from_args(args: argparse.Namespace):
 
     values = dict(RECIPES[args.recipe]) if args.recipe else {}
     for flag in ("task", "limit", "samples", "prompt", "temperature", "max_tokens", "seed",
-                 "kind", "reads", "rollouts", "val_fraction", "model", "eval_task"):
+                 "kind", "reads", "rollouts", "val_fraction", "model", "eval_task", "head",
+                 "lora_layers", "lora_rank", "epochs"):
         given = getattr(args, flag)
         if given is not None:
             values[flag] = given
@@ -127,8 +146,10 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"data: {d['problems']} problems, {d['samples']} samples, {d['positives']} of "
               f"{d['positions']} labels positive; validated on {d['val_problems']} held-out "
               "problems")
+        fitted = f"l2 {m['l2']}" if card.head == "probe" else \
+            f"LoRA rank {card.lora['rank']} on the top {card.lora['layers']} layers"
         print(f"validation: AUROC {m['val_auroc']:.3f}, ECE {m['val_ece']:.3f}, accuracy "
-              f"{m['val_accuracy']:.3f} (l2 {m['l2']}, {m['epochs']} epochs)")
+              f"{m['val_accuracy']:.3f} ({fitted}, {m['epochs']} epochs)")
         print("seconds: " + ", ".join(f"{k.removesuffix('_seconds')} {v:.1f}"
                                       for k, v in timings.items()))
         print(f"use it: --scorer verifier:{out}")

@@ -175,11 +175,10 @@ class Backbone:
                          output_hidden_states=True, use_cache=False, logits_to_keep=span)
         stacked = torch.cat([out.hidden_states[i] for i in self.layers], dim=-1).float()
         rows = []
-        for row, (ids, ends, first, stop, answer) in enumerate(batch):
+        for row, (ids, _ends, first, stop, answer) in enumerate(batch):
             shift = width - len(ids)
             by_answer = self.reads == "answer" and not steps
-            where = ends if steps else [answer[1]] if by_answer and answer is not None \
-                else ends[-1:]
+            where = verdict_positions(batch[row], self.reads, steps)
             # Kept logits column j holds position width - span + j, which predicts the token
             # at that position + 1; the response's tokens are ids[first:].
             columns = [shift + t - 1 - (width - span) for t in range(first, stop)]
@@ -198,6 +197,16 @@ class Backbone:
             rows.append(torch.cat([stacked[row, [shift + e for e in where]], stats.to(
                 stacked.device)], dim=-1).cpu())
         return rows
+
+
+def verdict_positions(encoded: Encoded, reads: str, steps: bool) -> list[int]:
+    """Where a verdict is read: every step's end (a process verifier), else the final
+    answer's last token (reads="answer", when there is one) or the response's last token."""
+    if steps:
+        return list(encoded.ends)
+    if reads == "answer" and encoded.answer is not None:
+        return [encoded.answer[1]]
+    return encoded.ends[-1:]
 
 
 def _answer_token(response: str, offsets: list[tuple[int, int]], start: int

@@ -1,5 +1,5 @@
-"""Verifiers trained by `ponder train-verifier`: a probe head on a frozen backbone, in a
-folder any scorer spec can name.
+"""Verifiers trained by `ponder train-verifier`: a probe head on a frozen backbone, or LoRA
+on its top layers with a head (scorers.adapted), in a folder any scorer spec can name.
 
     make_scorer("verifier:/path/to/folder", engine)      # outcome or process, as trained
     make_scorer("orm:/path/to/folder")                    # the same, by the orm style
@@ -7,7 +7,7 @@ folder any scorer spec can name.
 
 The folder holds `card.json` (what it is, the backbone and its weights' hash, the task and
 data it was trained on, validation metrics, the command that made it) and
-`head.safetensors` (the probe). An outcome verifier scores a response at its last token; a
+`head.safetensors` (the probe, or the adapters and head). An outcome verifier scores a response at its last token; a
 process verifier scores every step's last token (step_scores) and aggregates them.
 
 The backbone is the policy itself by default: given the engine whose model it was trained
@@ -41,6 +41,8 @@ class Card:
     base_model: str
     base_hash: str
     layers: tuple[int, ...]
+    head: str = "probe"  # or "lora" (scorers.adapted)
+    lora: dict[str, int] = field(default_factory=dict)  # LoRA: {"layers": top, "rank": r}
     reads: str = "end"  # where an outcome verifier reads: "end" or "answer" (scorers.backbone)
     task: str = ""
     prompt: str = ""
@@ -148,14 +150,14 @@ class TrainedVerifier:
         self.folder, self.card = folder, load_card(folder)
         self.engine, self.aggregation = engine, aggregation
         self.name = f"verifier:{path}"
-        self._backbone = self._probe = None
+        self._backbone = self._head = None
 
     @property
     def kind(self) -> str:
         return self.card.kind
 
     def load(self) -> TrainedVerifier:
-        if self._probe is not None:
+        if self._head is not None:
             return self
         from safetensors.torch import load_file
 
@@ -178,21 +180,35 @@ class TrainedVerifier:
                 f"weights hash {self.card.base_hash}, but that model now has hash "
                 f"{backbone.hash}: retrain the verifier for this model")
         self._backbone = backbone
-        self._probe = Probe.from_tensors(load_file(str(self.folder / "head.safetensors")))
+        tensors = load_file(str(self.folder / "head.safetensors"))
+        if self.card.head == "lora":
+            from ponder.scorers.adapted import AdaptedTop
+
+            self._head = AdaptedTop(backbone.model, self.card.lora["layers"],
+                                    self.card.lora["rank"]).load_tensors(tensors).eval()
+        else:
+            self._head = Probe.from_tensors(tensors)
         return self
 
     def score(self, items: Sequence[ScoreItem]) -> list[Rating]:
+        from ponder.scorers.backbone import verdict_positions
+
         self.load()
         started = time.perf_counter()
         process = self.card.kind == "process"
         encoded = [self._backbone.encode(it.prompt, it.response) for it in items]
-        feats = self._backbone.encoded_features(encoded, steps=process)
+        if self.card.head == "lora":
+            probs_each = [self._head.probs(e.ids, verdict_positions(e, self.card.reads, process))
+                          for e in encoded]
+        else:
+            probs_each = [self._head.probs(rows) for rows in
+                          self._backbone.encoded_features(encoded, steps=process)]
         lengths = [len(ids) for ids, *_ in encoded]
         wall = time.perf_counter() - started
         total = sum(lengths) or 1
         ratings = []
-        for rows, length in zip(feats, lengths, strict=True):
-            probs = tuple(self._probe.probs(rows).tolist())
+        for each, length in zip(probs_each, lengths, strict=True):
+            probs = tuple(each.tolist())
             usage = Usage(scorer_tokens=length, calls=1, wall_seconds=wall * length / total)
             if process:
                 ratings.append(Rating(aggregate(probs, self.aggregation), probs, usage))

@@ -123,7 +123,7 @@ def _fit(x_train, y_train, x_val, y_val, mean, std, l2, max_epochs, patience, lr
     w, b, kept_epoch = best_state
     probe = Probe(mean, std, w, b)
     with torch.no_grad():
-        scale, shift = _platt(probe.logits(x_val), y_val)
+        scale, shift = platt(probe.logits(x_val), y_val)
     # sigmoid(scale * (z + bias) + shift) = sigmoid((z + bias + shift / scale) / (1 / scale))
     probe = Probe(mean, std, w, b + shift / scale, 1.0 / scale)
     with torch.no_grad():
@@ -134,7 +134,7 @@ def _fit(x_train, y_train, x_val, y_val, mean, std, l2, max_epochs, patience, lr
                sum((p > 0.5) == bool(y) for p, y in zip(probs, hard, strict=True)) / len(hard))
 
 
-def _platt(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+def platt(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """(a, b) minimizing the log loss of sigmoid(a * logit + b) on the validation split,
     with a kept positive (so the order of the scores never changes)."""
     log_a = torch.zeros(1, requires_grad=True)
@@ -149,4 +149,4 @@ def _platt(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
         return loss
 
     optimizer.step(closure)
-    return float(log_a.exp()), float(b)
+    return float(log_a.detach().exp()), float(b.detach())

@@ -8,8 +8,10 @@ Wang et al., 2024 for process labels).
 2. Labels: outcome (each sample correct or not) or process (each step prefix labelled by
    the fraction of `rollouts` completions from it that reach the gold answer: soft; any:
    hard), rolled out by the policy from the prefix (prefilled once, then sampled k times).
-3. Model: a probe on the backbone's hidden states (scorers.backbone, scorers.probe; fitted by train.probe), validated
-   on problems it never trained on (a split by problem, not by sample).
+3. Model: a probe on the backbone's hidden states (scorers.backbone, scorers.probe; fitted
+   by train.probe), or LoRA on its top layers with a head (head="lora": scorers.adapted,
+   train.lora), validated on problems it never trained on (a split by problem, not by
+   sample).
 4. Output: a folder the scorer registry loads (scorers.trained), with a card.
 """
 
@@ -28,6 +30,8 @@ from ponder.scorers.backbone import READS
 from ponder.train.contamination import check_disjoint, check_training_task
 from ponder.train.examples import Example
 
+HEADS = ("probe", "lora")
+
 
 @dataclass(frozen=True)
 class VerifierConfig:
@@ -43,6 +47,10 @@ class VerifierConfig:
     kind: str = "outcome"  # or "process"
     reads: str = "answer"  # outcome: hidden states at the final answer ("answer") or "end"
     rollouts: int = 4  # process labels: completions per step prefix
+    head: str = "probe"  # or "lora": adapt the backbone's top layers (scorers.adapted)
+    lora_layers: int = 6  # LoRA: top layers adapted
+    lora_rank: int = 8
+    epochs: int = 4  # LoRA: most epochs (the best validation epoch is kept)
     seed: int = 0
     val_fraction: float = 0.25
     eval_task: str | None = None  # a user file's questions must not be in this task
@@ -53,8 +61,11 @@ class VerifierConfig:
             raise ValueError(f"kind must be outcome or process, got {self.kind!r}")
         if self.reads not in READS:
             raise ValueError(f"reads must be one of {READS}, got {self.reads!r}")
-        if self.samples < 1 or self.rollouts < 1:
-            raise ValueError("samples and rollouts must be >= 1")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        for option in ("samples", "rollouts", "lora_layers", "lora_rank", "epochs"):
+            if getattr(self, option) < 1:
+                raise ValueError(f"{option} must be >= 1, got {getattr(self, option)}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -169,30 +180,63 @@ def train_verifier(config: VerifierConfig, engine, data: str | Path, out: str | 
     backbone = Backbone(engine.model, engine.tokenizer, config.model,
                         reads="end" if steps else config.reads)
     mark = time.perf_counter()
-    x_train, y_train = featurize(backbone, train, steps)
-    x_val, y_val = featurize(backbone, val, steps)
-    timings["feature_seconds"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    fit = train_probe(x_train, y_train, x_val, y_val, seed=config.seed)
+    if config.head == "lora":
+        head, fit, labels = _fit_lora(backbone, train, val, steps, config, progress)
+        metrics, lora = {}, {"layers": config.lora_layers, "rank": config.lora_rank}
+    else:
+        x_train, y_train = featurize(backbone, train, steps)
+        x_val, y_val = featurize(backbone, val, steps)
+        timings["feature_seconds"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        fit = train_probe(x_train, y_train, x_val, y_val, seed=config.seed)
+        head, labels = fit.probe, torch.cat([y_train, y_val])
+        metrics, lora = {"l2": fit.l2}, {}
     timings["fit_seconds"] = time.perf_counter() - mark
-    positives = int((torch.cat([y_train, y_val]) > 0.5).sum())
+    positives = int((labels > 0.5).sum())
     timings["total_seconds"] = time.perf_counter() - started
     card = Card(
-        kind=config.kind, base_model=config.model, base_hash=backbone.hash,
+        kind=config.kind, head=config.head, lora=lora, base_model=config.model, base_hash=backbone.hash,
         layers=backbone.layers, reads=backbone.reads, task=config.task, prompt=config.prompt,
         labels=("graded samples (correct = 1)" if config.kind == "outcome" else
                 f"Monte Carlo: {config.rollouts} rollouts per step prefix, soft label"),
         data={"problems": len({e.problem_id for e in examples}), "samples": len(examples),
-              "positions": len(y_train) + len(y_val), "positives": positives,
+              "positions": len(labels), "positives": positives,
               "val_problems": len({e.problem_id for e in val}),
               "samples_per_problem": config.samples, "temperature": config.temperature,
               "max_tokens": config.max_tokens, "seed": config.seed},
         metrics={"val_auroc": round(fit.val_auroc, 4), "val_ece": round(fit.val_ece, 4),
-                 "val_accuracy": round(fit.val_accuracy, 4), "l2": fit.l2,
-                 "epochs": fit.epochs, "temperature": round(fit.probe.temperature, 4),
+                 "val_accuracy": round(fit.val_accuracy, 4), **metrics,
+                 "epochs": fit.epochs, "temperature": round(head.temperature, 4),
                  "train_seconds": round(timings["total_seconds"], 1),
                  "seconds_by_stage": {k.removesuffix("_seconds"): round(v, 1)
                                       for k, v in timings.items() if k != "total_seconds"}},
         command=command)
-    save_verifier(out, card, fit.probe)
+    save_verifier(out, card, head)
     return card, fit, timings
+
+
+def lora_items(backbone, examples: list[Example], steps: bool) -> list:
+    """The LoRA trainer's items: token ids, the positions read, a label each (as featurize
+    aligns them: the last labels with the last positions)."""
+    from ponder.scorers.backbone import verdict_positions
+    from ponder.train.lora import Item
+
+    items = []
+    for e in examples:
+        encoded = backbone.encode(e.prompt, e.response)
+        positions = verdict_positions(encoded, backbone.reads, steps)
+        labels = list(e.labels[-len(positions):] if steps else e.labels[-1:])
+        items.append(Item(encoded.ids, positions[-len(labels):], labels))
+    return items
+
+
+def _fit_lora(backbone, train, val, steps: bool, config: VerifierConfig, progress: bool):
+    from ponder.scorers.adapted import AdaptedTop
+    from ponder.train.lora import train_lora
+
+    adapted = AdaptedTop(backbone.model, config.lora_layers, config.lora_rank)
+    train_items, val_items = lora_items(backbone, train, steps), lora_items(backbone, val, steps)
+    fit = train_lora(adapted, train_items, val_items, epochs=config.epochs, seed=config.seed,
+                     progress=progress)
+    labels = torch.tensor([y for item in [*train_items, *val_items] for y in item.labels])
+    return adapted, fit, labels
