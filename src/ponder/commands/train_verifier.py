@@ -15,8 +15,8 @@ EPILOG = """examples:
                                                              made again
   ponder train-verifier --kind process --rollouts 4 --out verifiers/arith-prm
   ponder train-verifier --head lora --out verifiers/arith-orm-lora
-                                                             LoRA on the top layers: stronger,
-                                                             slower to train
+                                                             LoRA on the top layers instead of
+                                                             a probe (slower to train)
   ponder train-verifier --from runs.db --out verifiers/mine  reuse samples an eval paid for
   ponder train-verifier --task my_train.jsonl --eval-task my_test.jsonl --out verifiers/mine
 
@@ -87,7 +87,8 @@ def register(sub) -> None:
     model.add_argument("--head", choices=["probe", "lora"], default=None,
                        help="probe: logistic regression on frozen hidden states (default; "
                             "seconds to fit); lora: LoRA on the policy's top layers with a "
-                            "head (stronger, minutes per epoch on a CPU)")
+                            "head (minutes per epoch on a CPU; on the bundled model no better "
+                            "than the probe, see docs/verifiers.md)")
     model.add_argument("--lora-layers", type=int, default=None,
                        help="lora: top layers adapted (default 6)")
     model.add_argument("--lora-rank", type=int, default=None, help="lora: rank (default 8)")
