@@ -28,8 +28,10 @@ class LowRank(torch.nn.Module):
     def __init__(self, base: torch.nn.Linear, rank: int, scale: float):
         super().__init__()
         self.base, self.scale = base, scale
-        self.a = torch.nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
-        self.b = torch.nn.Parameter(torch.zeros(base.out_features, rank))
+        like = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.a = torch.nn.Parameter(torch.randn(rank, base.in_features, **like)
+                                    / math.sqrt(base.in_features))
+        self.b = torch.nn.Parameter(torch.zeros(base.out_features, rank, **like))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + (x @ self.a.T @ self.b.T) * self.scale
@@ -66,7 +68,9 @@ class AdaptedTop(torch.nn.Module):
                 for name, child in list(parent.named_children()):
                     if isinstance(child, torch.nn.Linear):
                         setattr(parent, name, LowRank(child, rank, alpha / rank))
-        self.head = torch.nn.Linear(model.config.hidden_size, 1)
+        weight = model.model.norm.weight
+        self.head = torch.nn.Linear(model.config.hidden_size, 1, device=weight.device,
+                                    dtype=weight.dtype)
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
         self.temperature, self.bias_shift = 1.0, 0.0
@@ -90,7 +94,7 @@ class AdaptedTop(torch.nn.Module):
     def logits(self, lower: torch.Tensor, positions: list[int]) -> torch.Tensor:
         """Uncalibrated logits at `positions` of one sequence, from its lower states."""
         x = _run(self.upper, self.policy.model.rotary_emb, lower[None].to(self.head.weight.dtype))
-        return self.head(self.norm(x[0, positions]))[:, 0]
+        return self.head(self.norm(x[0, positions]))[:, 0].float()
 
     @torch.no_grad()
     def probs(self, ids: list[int], positions: list[int]) -> torch.Tensor:

@@ -63,12 +63,12 @@ def train_lora(adapted, train: Sequence[Item], val: Sequence[Item], epochs: int 
         for start in tqdm(range(0, len(order), batch), desc=f"LoRA epoch {epoch + 1}",
                           disable=not progress, leave=False):
             optimizer.zero_grad()
-            loss = torch.zeros(())
+            loss = 0.0
             for i in order[start:start + batch]:
                 item = train[i]
-                target = torch.tensor(item.labels)
-                w = torch.tensor([weight[y > 0.5] for y in item.labels])
                 z = adapted.logits(train_states[i], item.positions)
+                target = torch.tensor(item.labels, device=z.device)
+                w = torch.tensor([weight[y > 0.5] for y in item.labels], device=z.device)
                 loss = loss + (loss_fn(z, target, reduction="none") * w).mean()
             (loss / len(order[start:start + batch])).backward()
             optimizer.step()
@@ -98,4 +98,4 @@ def train_lora(adapted, train: Sequence[Item], val: Sequence[Item], epochs: int 
 @torch.no_grad()
 def _val_logits(adapted, val: Sequence[Item], states) -> torch.Tensor:
     return torch.cat([adapted.logits(s, item.positions) for item, s in zip(val, states,
-                                                                            strict=True)]).float()
+                                                                            strict=True)]).cpu()
