@@ -22,7 +22,7 @@ per task; the top-level probe_token_saving pools every problem's tokens over the
 The LAST line is one JSON object with the figures.
 
     python benchmarks/bench_aggregation.py [--arith 32] [--gsm8k 16] [--passes 2]
-        [--methods sc@8,genselect@8,...]
+        [--methods sc@8,genselect@8,...] [--offset 32]
 """
 
 from __future__ import annotations
@@ -125,6 +125,10 @@ def run_task(engine, task: str, problems, style: str, max_tokens: int, args) -> 
     return out
 
 
+def _problems(task: str, count: int, args):
+    return load_task(task, limit=args.offset + count, shuffle_seed=0)[args.offset:]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arith", type=int, default=32)
@@ -137,17 +141,18 @@ def main() -> None:
                         help="probe_exit's agree: stop a trace once its last W probes agree")
     parser.add_argument("--methods", default=None,
                         help="a comma list of the methods to run (default: all)")
+    parser.add_argument("--offset", type=int, default=0,
+                        help="skip this many problems of each task's shuffled order: problems "
+                             "that no setting was chosen on")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     engine = HFEngine("smollm2-135m", threads=args.threads)
     tasks = {}
     if args.arith:
-        tasks["arith"] = run_task(engine, "arith", load_task("arith:1", limit=args.arith,
-                                                             shuffle_seed=0),
+        tasks["arith"] = run_task(engine, "arith", _problems("arith:1", args.arith, args),
                                   "fewshot", 64, args)
     if args.gsm8k:
-        tasks["gsm8k"] = run_task(engine, "gsm8k", load_task("gsm8k", limit=args.gsm8k,
-                                                             shuffle_seed=0),
+        tasks["gsm8k"] = run_task(engine, "gsm8k", _problems("gsm8k", args.gsm8k, args),
                                   "boxed", 256, args)
     figures = {task: {name: {"acc": v["acc"], "tokens": v["tokens"],
                              "generated_tokens": v["generated_tokens"]}

@@ -10,7 +10,7 @@ from ponder.engines.base import Capabilities
 from ponder.engines.core.collect import JobRecord, SampleRecord, collect_generations
 from ponder.strategies.probe_exit import ProbeExit, _closed_boxed
 from ponder.strategies.registry import make_strategy
-from ponder.types import GenerateRequest, Generation, Problem, SamplingParams
+from ponder.types import GenerateRequest, Generation, Problem, SamplingParams, StepView
 
 EOS = 256
 STEP = "#"  # one reasoning token of a scripted trace
@@ -23,16 +23,18 @@ class ScriptedEngine:
     writes the letter "a" + j (naming the trace), then `length` reasoning tokens "#", then
     EOS. A sequence holding "\\boxed{" is a probe: the model writes answers(trace, m) + "}"
     then EOS, where m counts the trace's reasoning tokens before the probe; an answer of
-    None writes an unclosed "??". Every request's text is kept in `seen`."""
+    None writes an unclosed "??". With `chatter`, a probe writes that many "." after its
+    box before EOS. With `early_stop`, a request's should_stop hook is called after every
+    token, as the native engine does. Every request's text is kept in `seen`."""
 
     name = "scripted"
     model_name = "scripted"
     max_batch_size = 8
     max_positions = 1 << 20
-    capabilities = Capabilities(states=True)
-
-    def __init__(self, answers: Callable[[int, int], str | None], length: int = 200):
-        self.answers, self.length = answers, length
+    def __init__(self, answers: Callable[[int, int], str | None], length: int = 200,
+                 chatter: int = 0, early_stop: bool = False):
+        self.answers, self.length, self.chatter = answers, length, chatter
+        self.capabilities = Capabilities(states=True, early_stop=early_stop)
         self.seen: list[str] = []
 
     def tokenize(self, prompt) -> list[int]:
@@ -57,7 +59,7 @@ class ScriptedEngine:
         if "\\boxed{" in trace:
             body, written = trace.split("\\boxed{", 1)
             answer = self.answers(ord(body[0]) - ord("a"), body.count(STEP))
-            target = "??" if answer is None else answer + "}"
+            target = "??" if answer is None else answer + "}" + "." * self.chatter
             return ord(target[len(written)]) if len(written) < len(target) else EOS
         return ord(STEP) if trace.count(STEP) < self.length else EOS
 
@@ -77,6 +79,11 @@ class ScriptedEngine:
                     if tokens[-1] == EOS:
                         reason = "eos"
                         break
+                    stop = request.should_stop
+                    if stop is not None and stop(j, StepView(tokens[-1], 0.0, 0.0, None,
+                                                             len(tokens))):
+                        reason = "stopped"
+                        break
                 SampleRecord(job, j, None, self.detokenize(tokens), tokens, [0.0] * len(tokens),
                              [0.0] * len(tokens), forward_tokens=len(tokens),
                              finish_reason=reason)
@@ -94,8 +101,8 @@ def thinking(problem: Problem) -> str:
     return f"Q: {problem.question} <think>"
 
 
-def run(answers, n=2, every=10, agree=3, max_tokens=400, render=plain, length=200):
-    engine = ScriptedEngine(answers, length)
+def run(answers, n=2, every=10, agree=3, max_tokens=400, render=plain, length=200, **engine):
+    engine = ScriptedEngine(answers, length, **engine)
     strategy = ProbeExit(params=SamplingParams(n=n, temperature=0.7, max_tokens=max_tokens),
                          probe_every=every, agree=agree)
     return strategy, engine, strategy.run([PROBLEM], engine, render=render)[0]
@@ -143,6 +150,21 @@ def test_probes_continue_the_trace_and_close_an_open_think_first():
     # The next block continues the trace itself, not the probe.
     blocks = [s for s in engine.seen if "\\boxed{" not in s]
     assert [s.count(STEP) for s in blocks] == [0, 9, 19]
+
+
+def test_a_probe_ends_at_the_token_that_closes_its_box_where_the_engine_can_stop_it():
+    # The model writes "12}" and then chatter; probe_tokens (12) caps what is paid for.
+    _, _, read_all = run(lambda trace, m: "12", n=1, chatter=20)
+    _, _, cut = run(lambda trace, m: "12", n=1, chatter=20, early_stop=True)
+    assert read_all.answer == cut.answer == "12"
+    assert read_all.trace["probes"] == cut.trace["probes"] == 3
+    assert read_all.trace["probe_tokens"] == 3 * 12  # the cap, chatter included
+    assert cut.trace["probe_tokens"] == 3 * 3  # "1", "2", "}"
+    assert cut.usage.generated_tokens == cut.trace["trace_tokens"] + 9
+    # A nested brace does not end the probe; the box's own closing brace does.
+    _, _, nested = run(lambda trace, m: "\\frac{1}{2}", n=1, chatter=20, early_stop=True)
+    assert nested.answer == "\\frac{1}{2}"
+    assert nested.trace["probe_tokens"] == 3 * len("\\frac{1}{2}}")
 
 
 def test_max_tokens_caps_every_trace_and_the_worst_case_bounds_the_run():

@@ -4,7 +4,8 @@ with Certaindex"): stop a reasoning trace once its answer has settled.
 Each of params.n traces grows in blocks of `probe_every` tokens, continuing its own KV state.
 After each block every live trace is probed: its state is continued with a short greedy
 request, `probe` appended (a thinking model still inside <think> gets `think_close` first),
-that reads the answer it would give now from up to `probe_tokens` tokens. The probe's
+that reads the answer it would give now from up to `probe_tokens` tokens (on engines with
+per-token stop hooks, early_stop, the probe ends at the token that closes its box). The probe's
 tokens are discarded; the trace goes on from where it was. A trace stops once its last
 `agree` probes gave the same answer (none of them empty or unclosed); the answer is that
 probed one. Traces that end by themselves answer as usual. The final answer is the majority
@@ -43,7 +44,9 @@ class ProbeExit:
     probe_every: int = 32  # k: tokens generated between probes
     agree: int = 3  # w: stop once this many probes in a row agree
     probe_tokens: int = 12  # the longest probed answer read
-    probe: str = internal("\n\n... I now know the final answer. The final answer is \\boxed{")
+    # Fed at every probe, so kept short: the longer "... I now know the final answer. The
+    # final answer is" cost 8 more tokens a probe for no gain measured on the bundled model.
+    probe: str = internal("\n\nThe final answer is \\boxed{")
     think_open: str = internal("<think>")
     think_close: str = internal("\n</think>\n\n")
     name: str = "probe_exit"
@@ -76,6 +79,7 @@ class ProbeExit:
         if len(probe_ids) + len(close_ids) > TEMPLATE_TOKENS:
             raise ValueError(f"the probe is {len(probe_ids) + len(close_ids)} tokens, over "
                              f"the {TEMPLATE_TOKENS} its budget allows")
+        early_stop = engine.capabilities.early_stop
         books = [_Book() for _ in problems]
         traces = self._first_block(problems, engine, render, books)
         prompt_texts = {b: engine.detokenize(t.state.token_ids[: t.prompt_len])
@@ -89,7 +93,8 @@ class ProbeExit:
                                                  self.think_close.strip()) else []
                 requests.append(GenerateRequest(
                     state=t.state.extend([*closing, *probe_ids]),
-                    params=SamplingParams(temperature=0.0, max_tokens=self.probe_tokens)))
+                    params=SamplingParams(temperature=0.0, max_tokens=self.probe_tokens),
+                    should_stop=_until_box_closes(engine) if early_stop else None))
             for t, gen in zip(live, engine.generate(requests), strict=True):
                 books[t.book].usage += gen.usage
                 books[t.book].probe_tokens += gen.usage.generated_tokens
@@ -175,17 +180,35 @@ class _Book:
     probe_tokens: int = 0
 
 
-def _closed_boxed(text: str) -> str | None:
-    """What the probe wrote inside the \\boxed{ it opened, if it closed it; else None."""
+def _box_end(text: str) -> int | None:
+    """The index of the brace that closes the \\boxed{ the probe opened; None if unclosed."""
     depth = 0
     for i, ch in enumerate(text):
         if ch == "{":
             depth += 1
         elif ch == "}":
             if depth == 0:
-                return text[:i].strip() or None
+                return i
             depth -= 1
     return None
+
+
+def _closed_boxed(text: str) -> str | None:
+    """What the probe wrote inside the \\boxed{ it opened, if it closed it; else None."""
+    end = _box_end(text)
+    return None if end is None else text[:end].strip() or None
+
+
+def _until_box_closes(engine):
+    """A should_stop hook for one probe: end it at the token that closes its box. The answer
+    is read by then; the probe_tokens cap would pay for tokens that are thrown away."""
+    ids: list[int] = []
+
+    def closed(_sample: int, step) -> bool:
+        ids.append(step.token_id)
+        return _box_end(engine.detokenize(ids)) is not None
+
+    return closed
 
 
 def _thinking(text: str, opened: str, closed: str) -> bool:
