@@ -22,8 +22,10 @@ from ponder.scorers.trained import Card, TrainedVerifier, save_verifier
 from ponder.tasks import arith
 from ponder.tasks.datasets import Problem, load_task
 from ponder.train.contamination import check_disjoint, check_training_task, normalise_question
+from ponder.train.examples import Example
 from ponder.train.probe import auroc, expected_calibration_error, train_probe
 from ponder.train.process_labels import mc_labels
+from ponder.train.trainer import content_of, split_by_problem
 from ponder.types import SamplingParams
 
 # ---- Monte Carlo process labels converge to the exact value ----------------------------------
@@ -180,6 +182,41 @@ def test_arith_splits_share_no_operands():
         assert train and evaluation and not train & evaluation
     assert all(arith.split_of({"a": a, "b": b}) == arith.split_of({"x": b, "y": a})
                for a in range(1, 10) for b in range(1, 10))
+
+
+def test_validation_holds_out_content_not_just_problem_ids():
+    problems = load_task("arith-train:1", limit=200)
+    examples = [Example(p.id, p.question, f"#### {p.answer}", (float(i % 2),))
+                for p in problems for i in range(2)]
+    content = {p.id: content_of(p) for p in problems}
+    train, val = split_by_problem(examples, 0.25, seed=0, content=content)
+    sums = {p.id: tuple(sorted(_numbers(p.question))) for p in problems}
+    train_sums = {sums[e.problem_id] for e in train}
+    val_sums = {sums[e.problem_id] for e in val}
+    assert train_sums and val_sums and not train_sums & val_sums
+    # Whole problems, about a quarter of them, every example in exactly one split.
+    assert len(train) + len(val) == len(examples)
+    assert 40 <= len({e.problem_id for e in val}) <= 75
+    # By id alone (no content), the same problems' sums leak across the split.
+    train, val = split_by_problem(examples, 0.25, seed=0)
+    assert {sums[e.problem_id] for e in train} & {sums[e.problem_id] for e in val}
+    # Elsewhere the content is the normalised question: copies of a question stay together.
+    copies = [Problem("a", "What is 2+2?", "4"), Problem("b", "what is  2+2", "4"),
+              Problem("c", "Name a prime.", "2")]
+    assert content_of(copies[0]) == content_of(copies[1]) != content_of(copies[2])
+    examples = [Example(p.id, p.question, "x", (1.0,)) for p in copies]
+    for seed in range(5):
+        train, val = split_by_problem(examples, 0.5, seed, {p.id: content_of(p) for p in copies})
+        held = {e.problem_id for e in val}
+        assert train and held in ({"a", "b"}, {"c"})
+
+
+def test_the_split_draws_again_until_both_sides_hold_both_classes():
+    # Two correct problems among ten: validation needs one of them, training the other.
+    examples = [Example(f"p{i}", "q", "r", (float(i < 2),)) for i in range(10)]
+    for seed in range(8):
+        train, val = split_by_problem(examples, 0.3, seed)
+        assert {e.labels[0] for e in train} == {e.labels[0] for e in val} == {0.0, 1.0}
 
 
 def _numbers(text: str) -> list[int]:

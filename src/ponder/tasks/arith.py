@@ -134,13 +134,18 @@ class ArithItem:
     question: str
     answer: int
     solution: str
+    content: str  # the operands as a multiset: problems that share it ask the same sum
+
+
+def content_of(values: Values) -> str:
+    """The multiset of a problem's operands: "3 + 5", "5 + 3" and a story about 3 and 5
+    things all share it."""
+    return ",".join(str(v) for v in sorted(values.values()))
 
 
 def split_of(values: Values) -> str:
-    """The split a problem with these operands belongs to: by the multiset of its operands,
-    so "3 + 5", "5 + 3" and a story about 3 and 5 things are all in the same one."""
-    key = ",".join(str(v) for v in sorted(values.values()))
-    return SPLITS[hashlib.sha256(key.encode()).digest()[0] % 2]
+    """The split a problem with these operands belongs to, by their multiset."""
+    return SPLITS[hashlib.sha256(content_of(values).encode()).digest()[0] % 2]
 
 
 def make_item(level: int, index: int, seed: int = 0, split: str = "eval") -> ArithItem:
@@ -169,7 +174,8 @@ def make_item(level: int, index: int, seed: int = 0, split: str = "eval") -> Ari
     answer = int(template.answer(values))
     solution = f"{template.work(values)} The answer is {answer}."
     ident = f"arith{level}-{index:04d}" if split == "eval" else f"arith{level}-{split}-{index:04d}"
-    return ArithItem(ident, level, template.name, question, answer, solution)
+    return ArithItem(ident, level, template.name, question, answer, solution,
+                     content_of(values))
 
 
 def generate(level: int, n: int = PROBLEMS_PER_LEVEL, seed: int = 0,

@@ -263,6 +263,7 @@ def _load_arith(key: str) -> list[Problem]:
                 "template": item.template,
                 "solution": item.solution,
                 "split": split,
+                "content": f"{item.level}:{item.content}",
             },
         )
         for item in items

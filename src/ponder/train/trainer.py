@@ -10,8 +10,8 @@ Wang et al., 2024 for process labels).
    hard), rolled out by the policy from the prefix (prefilled once, then sampled k times).
 3. Model: a probe on the backbone's hidden states (scorers.backbone, scorers.probe; fitted
    by train.probe), or LoRA on its top layers with a head (head="lora": scorers.adapted,
-   train.lora), validated on problems it never trained on (a split by problem, not by
-   sample).
+   train.lora), validated on problems whose content it never trained on (a split by
+   content: arith's operands, else the normalised question; never by sample).
 4. Output: a folder the scorer registry loads (scorers.trained), with a card.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import torch
 
 from ponder.models import DEFAULT_MODEL
 from ponder.scorers.backbone import READS
-from ponder.train.contamination import check_disjoint, check_training_task
+from ponder.train.contamination import check_disjoint, check_training_task, normalise_question
 from ponder.train.examples import Example
 
 HEADS = ("probe", "lora")
@@ -120,13 +120,45 @@ def outcome_examples(spec, rows) -> list[Example]:
             for problem, row in rows for s in row.samples]
 
 
-def split_by_problem(examples: list[Example], val_fraction: float, seed: int):
-    """Validation holds whole problems: the verifier is judged on problems it never saw."""
-    ids = sorted({e.problem_id for e in examples})
-    random.Random(seed).shuffle(ids)
-    held = set(ids[:max(1, round(len(ids) * val_fraction))])
-    return ([e for e in examples if e.problem_id not in held],
-            [e for e in examples if e.problem_id in held])
+def content_of(problem) -> str:
+    """What makes two problems the same for validation: a generated task's own key (arith:
+    the operands), else the normalised question text."""
+    return problem.metadata.get("content") or normalise_question(problem.question)
+
+
+def split_by_problem(examples: list[Example], val_fraction: float, seed: int,
+                     content: Mapping[str, str] | None = None, tries: int = 20):
+    """Validation holds whole groups of problems that share content (`content`: problem id ->
+    content_of(problem); default, each problem its own group), so the verifier is chosen on
+    content it never saw, as it is judged: one-digit arith has ~22 operand pairs in its
+    training split, and a split by id alone validates on sums learned in training.
+    Groups are drawn at random (`seed`); on small data, up to `tries` draws are made to find
+    one where both splits hold correct and incorrect labels."""
+    content = content or {}
+    groups: dict[str, list[str]] = {}
+    for pid in sorted({e.problem_id for e in examples}):
+        groups.setdefault(content.get(pid, pid), []).append(pid)
+    want = max(1, round(sum(map(len, groups.values())) * val_fraction))
+    first = None
+    for attempt in range(tries):
+        keys = sorted(groups)
+        random.Random(seed + attempt).shuffle(keys)
+        held: set[str] = set()
+        for key in keys[:-1] if len(keys) > 1 else keys:  # the last group always trains
+            if len(held) >= want:
+                break
+            held.update(groups[key])
+        split = ([e for e in examples if e.problem_id not in held],
+                 [e for e in examples if e.problem_id in held])
+        first = first or split
+        if all(_both_classes(part) for part in split):
+            return split
+    return first
+
+
+def _both_classes(examples: list[Example]) -> bool:
+    labels = [y > 0.5 for e in examples for y in e.labels]
+    return any(labels) and not all(labels)
 
 
 def featurize(backbone, examples: list[Example], steps: bool,
@@ -175,7 +207,8 @@ def train_verifier(config: VerifierConfig, engine, data: str | Path, out: str | 
     else:
         examples = [e for s, rows in runs_rows for e in outcome_examples(s, rows)]
     timings["label_seconds"] = time.perf_counter() - started - timings["data_seconds"]
-    train, val = split_by_problem(examples, config.val_fraction, config.seed)
+    content = {problem.id: content_of(problem) for _, rows in runs_rows for problem, _ in rows}
+    train, val = split_by_problem(examples, config.val_fraction, config.seed, content)
     steps = config.kind == "process"
     backbone = Backbone(engine.model, engine.tokenizer, config.model,
                         reads="end" if steps else config.reads)
@@ -202,6 +235,7 @@ def train_verifier(config: VerifierConfig, engine, data: str | Path, out: str | 
         data={"problems": len({e.problem_id for e in examples}), "samples": len(examples),
               "positions": len(labels), "positives": positives,
               "val_problems": len({e.problem_id for e in val}),
+              "val_split": "by content",
               "samples_per_problem": config.samples, "temperature": config.temperature,
               "max_tokens": config.max_tokens, "seed": config.seed},
         metrics={"val_auroc": round(fit.val_auroc, 4), "val_ece": round(fit.val_ece, 4),
