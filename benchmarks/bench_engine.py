@@ -5,11 +5,13 @@ top_p 0.95. Measured here, in the same run:
 
 - the roofline: the least time a decode step at batch B can take here. It must do the
   model's weight matmuls (every Linear, lm_head included: bare torch matmuls on random
-  inputs at batch B, the mean pass over two seconds of passes) and read every sequence's
+  inputs at batch B, the mean pass over two seconds of passes, with the faster of aten's
+  and oneDNN's matmul) and read every sequence's
   KV cache (its bytes at the run's mean context length, at the weight-read bandwidth
   measured at B=1). Reported as tokens/s = B / that time, beside the weights-only figure, the
   bandwidth, and the matmul throughput implied from B=1 to B=64.
-- ponder's native engine at B = 1, 16, 64;
+- ponder's native engine at B = 1, 16, 64, and at B=16 with transformers' forward in place
+  of its lean one (engines/lean.py), as the engine ran before that existed;
 - `model.generate` at B=16, and the per-sample loop (one sample at a time, a KV cache, one
   token per forward). The loop's tokens/s does not depend on B (each sample runs alone), so
   it is timed on --loop-samples samples;
@@ -29,13 +31,16 @@ import argparse
 import json
 import resource
 import time
+from unittest.mock import patch
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from ponder.engines import kv as kvlib
 from ponder.engines.hf import HFEngine
 from ponder.engines.kv import cache_argument
+from ponder.engines.lean import pick_linear
 from ponder.sampling import process_logits
 from ponder.types import GenerateRequest, SamplingParams
 
@@ -47,10 +52,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def roofline_seconds(model, batch: int, sustain: float = 2.0) -> float:
-    """Mean time of one pass of bare matmuls over every weight matrix of the model, over
-    passes repeated for `sustain` seconds: a sustained rate, as a decode run must sustain it
-    (the best of a few short passes caught this machine's brief fast moments)."""
+def roofline_seconds(model, batch: int, linear=F.linear, sustain: float = 2.0) -> float:
+    """Mean time of one pass of bare matmuls (`linear`) over every weight matrix of the
+    model, over passes repeated for `sustain` seconds: a sustained rate, as a decode run must
+    sustain it (the best of a few short passes caught this machine's brief fast moments)."""
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype, device=w.device)
               for w in weights}
@@ -59,7 +64,7 @@ def roofline_seconds(model, batch: int, sustain: float = 2.0) -> float:
         start = time.perf_counter()
         while (elapsed := time.perf_counter() - start) < sustain or passes < 3:
             for w in weights:
-                F.linear(inputs[w.shape[1]], w)
+                linear(inputs[w.shape[1]], w, None)
             passes += 1
     return elapsed / passes
 
@@ -77,6 +82,12 @@ def run_engine(engine: HFEngine, samples: int, tokens: int) -> int:
                             ignore_eos=True, seed=0)
     [gen] = engine.generate([GenerateRequest(PROMPT, params)])
     return gen.usage.generated_tokens
+
+
+def run_without_lean(engine: HFEngine, samples: int, tokens: int) -> int:
+    """The engine with transformers' forward instead of the lean one (as before it was)."""
+    with patch.object(kvlib, "lean_twin", lambda model: None):
+        return run_engine(engine, samples, tokens)
 
 
 def run_per_sample_loop(engine: HFEngine, samples: int, tokens: int) -> int:
@@ -144,6 +155,7 @@ def main() -> None:
     context = len(engine.tokenize(PROMPT)) + (args.tokens + 1) / 2
 
     runs = [(f"ponder_b{b}", run_engine, engine, b) for b in BATCHES]
+    runs.append(("ponder_b16_transformers_forward", run_without_lean, engine, 16))
     runs += [("hf_generate_b16", run_hf_generate, engine, 16),
              ("per_sample_loop", run_per_sample_loop, engine, args.loop_samples)]
     llama = llamacpp_engine()
@@ -151,13 +163,17 @@ def main() -> None:
         runs.append(("llamacpp_b16", run_engine, llama, 16))
     else:
         print("llama.cpp: not installed here (pip install llama-cpp-python), skipped")
+    # The roofline takes the fastest matmul this torch has, whichever kernel that is: the
+    # lean forward's oneDNN one beat aten's at decode shapes on this machine.
+    kernels = list(dict.fromkeys([F.linear, pick_linear()]))
     # This machine's speed drifts by 10-30% over minutes, so every measurement (the
     # roofline's too) is repeated in interleaved rounds and each keeps its best round.
     linears = {b: float("inf") for b in BATCHES}
     rate = {name: 0.0 for name, *_ in runs}
     for round_ in range(1, args.rounds + 1):
         for b in BATCHES:
-            linears[b] = min(linears[b], roofline_seconds(engine.model, b))
+            for kernel in kernels:
+                linears[b] = min(linears[b], roofline_seconds(engine.model, b, kernel))
         for name, fn, target, batch in runs:
             produced, seconds = timed(fn, target, batch, args.tokens)
             rate[name] = max(rate[name], produced / seconds)
@@ -192,6 +208,9 @@ def main() -> None:
         "llamacpp_tokens_per_s_b16": round(rate["llamacpp_b16"], 1) if llama else None,
         "speedup_vs_per_sample_loop": round(rate["ponder_b16"] / rate["per_sample_loop"], 2),
         "speedup_vs_hf_generate": round(rate["ponder_b16"] / rate["hf_generate_b16"], 2),
+        "transformers_forward_tokens_per_s_b16": round(rate["ponder_b16_transformers_forward"], 1),
+        "lean_over_transformers_forward_b16": round(
+            rate["ponder_b16"] / rate["ponder_b16_transformers_forward"], 2),
         # The most an engine exactly at the B=16 roofline would be over each baseline: where
         # a target is above it, no B=16 engine built on these matmuls can reach the target.
         "roofline_over_per_sample_loop": round(roof[16] / rate["per_sample_loop"], 2),

@@ -24,6 +24,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from ponder.engines.lean import lean_twin
+
 # Per layer: (keys, values), each [batch, kv_heads, length, head_dim].
 LayerKV = tuple[torch.Tensor, torch.Tensor]
 
@@ -159,7 +161,8 @@ def _cache_from(kv: list[LayerKV] | None) -> DynamicCache:
 
 def forward(model, batch: KVBatch, input_ids: torch.Tensor, input_mask: torch.Tensor,
             logits_to_keep: int = 1) -> tuple[torch.Tensor, KVBatch]:
-    """Feed left-padded `input_ids` [batch, n] after the cached tokens.
+    """Feed left-padded `input_ids` [batch, n] after the cached tokens (through the model's
+    lean twin where it has one, see lean.py; else through transformers).
 
     Returns the logits of the last `logits_to_keep` positions [batch, keep, vocab] (float32)
     and the batch with the new tokens' keys and values appended.
@@ -172,14 +175,25 @@ def forward(model, batch: KVBatch, input_ids: torch.Tensor, input_mask: torch.Te
     if kv is not None:
         kv, room = _with_room(batch, new)
         batch.room = 0  # taken by the batch returned below
-    cache = _cache_from(kv)  # the model appends to it in place
+    twin = lean_twin(model)
     with torch.inference_mode():
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                    use_cache=True, logits_to_keep=logits_to_keep,
-                    **{cache_argument(model): cache})
-    kv = [(layer.keys, layer.values) for layer in cache.layers]
+        if twin is not None:
+            cached = kv
+
+            def append(layer: int, keys: torch.Tensor, values: torch.Tensor) -> LayerKV:
+                if cached is None:
+                    return keys.contiguous(), values.contiguous()
+                return _extend(cached[layer][0], keys), _extend(cached[layer][1], values)
+
+            logits, kv = twin(input_ids, positions, mask, append, logits_to_keep)
+        else:
+            cache = _cache_from(kv)  # the model appends to it in place
+            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                           use_cache=True, logits_to_keep=logits_to_keep,
+                           **{cache_argument(model): cache}).logits
+            kv = [(layer.keys, layer.values) for layer in cache.layers]
     next_pos = batch.next_pos + input_mask.sum(dim=1)
-    return out.logits.float(), KVBatch(kv, mask, next_pos, room - new if room else 0)
+    return logits.float(), KVBatch(kv, mask, next_pos, room - new if room else 0)
 
 
 def cache_argument(model) -> str:

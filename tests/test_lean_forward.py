@@ -1,0 +1,146 @@
+"""The lean forward (engines/lean.py) gives transformers' logits within fp32 rounding, on the
+bundled model and on random Qwen2 (q/k/v biases) and Llama-3-RoPE models, for every shape the
+engine feeds: left-padded prefills, a cached prefix with a hole, decode steps, several logits
+kept. Models it does not cover keep transformers' forward, and so does a model whose
+projections are swapped after its twin was made."""
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from ponder.engines import kv as kvlib
+from ponder.engines import lean
+from ponder.types import GenerateRequest, SamplingParams
+
+TINY = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+
+
+def random_model(cls, config):
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    with torch.no_grad():  # biases start at zero: make them count
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+    return model
+
+
+def qwen2():
+    return random_model(Qwen2ForCausalLM, Qwen2Config(**TINY, tie_word_embeddings=False))
+
+
+def llama3():
+    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32}
+    # transformers 5 takes rope_parameters; 4.x took rope_scaling (and rope_theta apart).
+    if "rope_parameters" in LlamaConfig().to_dict():
+        config = LlamaConfig(**TINY, rope_parameters=rope)
+    else:
+        config = LlamaConfig(**TINY, rope_scaling=rope, rope_theta=rope["rope_theta"])
+    return random_model(LlamaForCausalLM, config)
+
+
+def both_ways(model, steps):
+    """Run `steps` (functions batch -> (ids, mask)) through kv.forward with the lean twin and
+    with transformers' forward; the two lists of logits."""
+    out = []
+    for use_lean in (True, False):
+        lean._TWINS.pop(model, None)
+        if not use_lean:
+            lean._TWINS[model] = None  # as for a model the twin does not cover
+        batch, logits = kvlib.KVBatch.empty(steps[0][0].shape[0], "cpu"), []
+        for ids, mask, keep in steps:
+            step_logits, batch = kvlib.forward(model, batch, ids, mask, logits_to_keep=keep)
+            logits.append(step_logits)
+        out.append(logits)
+    lean._TWINS.pop(model, None)
+    return out
+
+
+def a_workload(vocab, batch=3):
+    """A left-padded prefill keeping 4 logits, a second feed whose rows have padding between
+    their cached tokens and their new ones (the hole a joined request leaves), then decode
+    steps."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab, (batch, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    mask[2, :2] = 0
+    steps = [(ids, mask, 4)]
+    more = torch.randint(3, vocab, (batch, 3), generator=g)
+    more_mask = torch.ones_like(more)
+    more_mask[1, :2] = 0
+    steps.append((more, more_mask, 1))
+    for _ in range(4):
+        token = torch.randint(3, vocab, (batch, 1), generator=g)
+        steps.append((token, torch.ones_like(token), 1))
+    return steps
+
+
+@pytest.mark.parametrize("build", [qwen2, llama3])
+def test_lean_forward_equals_transformers_on_random_models(build):
+    model = build()
+    assert lean.why_not_lean(model) is None
+    fast, slow = both_ways(model, a_workload(model.config.vocab_size))
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_lean_forward_equals_transformers_on_the_bundled_model(engine):
+    assert lean.why_not_lean(engine.model) is None
+    fast, slow = both_ways(engine.model, a_workload(engine.model.config.vocab_size))
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=0)  # logits of size ~30 in fp32
+
+
+def test_generation_through_the_lean_forward_samples_what_transformers_does(engine, monkeypatch):
+    requests = [GenerateRequest([{"role": "user", "content": "What is 12 + 35?"}],
+                                SamplingParams(n=3, temperature=0.8, max_tokens=24, seed=4)),
+                GenerateRequest("The capital of France is",
+                                SamplingParams(temperature=0, max_tokens=16))]
+    fast = engine.generate(requests)
+    monkeypatch.setattr(kvlib, "lean_twin", lambda model: None)
+    slow = engine.generate(requests)
+    for f, s in zip(fast, slow, strict=True):
+        for cf, cs in zip(f.completions, s.completions, strict=True):
+            assert cf.token_ids == cs.token_ids
+            assert cf.logprobs == pytest.approx(cs.logprobs, abs=1e-4)
+
+
+def test_models_the_lean_forward_does_not_cover_keep_transformers():
+    sliding = random_model(MistralForCausalLM, MistralConfig(**TINY, sliding_window=16))
+    assert "sliding-window" in lean.why_not_lean(sliding)
+    assert lean.lean_twin(sliding) is None
+    half = qwen2().to(torch.bfloat16)
+    assert "fp32" in lean.why_not_lean(half)
+
+
+class Wrapped(torch.nn.Module):
+    """What peft's LoRA does to a projection: the Linear inside something else."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+
+    def forward(self, x):
+        return self.base(x) + 1.0
+
+
+def test_a_projection_swapped_after_the_twin_was_made_turns_the_twin_off():
+    model = qwen2()
+    steps = a_workload(model.config.vocab_size)[:1]
+    assert lean.lean_twin(model) is not None
+    attention = model.model.layers[1].self_attn
+    attention.v_proj = Wrapped(attention.v_proj)
+    assert lean.lean_twin(model) is None
+    fast, slow = both_ways(model, steps)  # both now go through transformers (and the wrapper)
+    torch.testing.assert_close(fast[0], slow[0], atol=0, rtol=0)
