@@ -144,3 +144,22 @@ def test_a_projection_swapped_after_the_twin_was_made_turns_the_twin_off():
     assert lean.lean_twin(model) is None
     fast, slow = both_ways(model, steps)  # both now go through transformers (and the wrapper)
     torch.testing.assert_close(fast[0], slow[0], atol=0, rtol=0)
+
+
+def test_verifier_features_through_the_lean_forward_equal_transformers(engine, monkeypatch):
+    """The trained verifiers read hidden states (layers 15, 22 and the last, after the final
+    norm) and the response's log-probabilities; the lean forward gives what transformers
+    gives, so a head trained on either scores the same."""
+    from ponder.scorers import backbone as backbone_module
+
+    backbone = backbone_module.Backbone(engine.model, engine.tokenizer, "smollm2-135m",
+                                        layers=[0, 15, 22, 30], reads="answer")
+    items = [([{"role": "user", "content": "What is 3 + 4?"}], "3 + 4 = 7.\nThe answer is 7."),
+             ([{"role": "user", "content": "What is 12 + 5?"}], "12 + 5 is 17"),
+             ("Count to three:", "one, two, three")]
+    fast = backbone.features(items, steps=True)
+    monkeypatch.setattr(backbone_module, "lean_twin", lambda model: None)
+    slow = backbone.features(items, steps=True)
+    for a, b in zip(fast, slow, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-4)

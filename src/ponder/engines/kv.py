@@ -185,7 +185,7 @@ def forward(model, batch: KVBatch, input_ids: torch.Tensor, input_mask: torch.Te
                     return keys.contiguous(), values.contiguous()
                 return _extend(cached[layer][0], keys), _extend(cached[layer][1], values)
 
-            logits, kv = twin(input_ids, positions, mask, append, logits_to_keep)
+            logits, kv, _ = twin(input_ids, positions, mask, append, logits_to_keep)
         else:
             cache = _cache_from(kv)  # the model appends to it in place
             logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,

@@ -22,7 +22,7 @@ whose projections were replaced after the twin was made (peft's LoRA layers, say
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -159,10 +159,13 @@ class LeanForward:
         return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                 append: Append, logits_to_keep: int) -> tuple[torch.Tensor, list[LayerKV]]:
+                 append: Append, logits_to_keep: int, hidden: Sequence[int] = ()
+                 ) -> tuple[torch.Tensor, list[LayerKV], list[torch.Tensor]]:
         """Feed `input_ids` [batch, n] at `positions` after `mask`'s cached columns (`mask`
         covers cached and new columns, 1 = real token). Returns the logits of the last
-        `logits_to_keep` positions and every layer's keys and values."""
+        `logits_to_keep` positions, every layer's keys and values, and the hidden states
+        `hidden` names, as transformers' output_hidden_states numbers them (0: the embeddings,
+        i: after layer i, the last one after the final norm)."""
         batch, n = input_ids.shape
         old = mask.shape[1] - n
         padded = not bool(mask.all())
@@ -178,7 +181,7 @@ class LeanForward:
         cos, sin = self._rope(positions)
         linear, heads, kv_heads, dim = self.linear, self.heads, self.kv_heads, self.head_dim
         x = self.inner.embed_tokens(input_ids)
-        caches = []
+        caches, states = [], {0: x}
         for index, (norm1, q, qb, k, kb, v, vb, o, ob, gate, gb, up, ub, down, db, norm2) in (
                 enumerate(self.params)):
             h = self._norm(x, norm1)
@@ -193,6 +196,13 @@ class LeanForward:
             x = x + linear(attended.transpose(1, 2).reshape(batch, n, heads * dim), o, ob)
             h = self._norm(x, norm2)
             x = x + linear(F.silu(linear(h, gate, gb)) * linear(h, up, ub), down, db)
-        x = self._norm(x[:, -logits_to_keep:], self.inner.norm)
+            if index + 1 in hidden:
+                states[index + 1] = x
+        last = len(self.params)
+        if last in hidden:
+            states[last] = x = self._norm(x, self.inner.norm)
+        else:
+            x = self._norm(x[:, -logits_to_keep:], self.inner.norm)
         head = self.model().lm_head
-        return linear(x, head.weight, head.bias), caches
+        return (linear(x[:, -logits_to_keep:], head.weight, head.bias), caches,
+                [states[i] for i in hidden])

@@ -32,6 +32,7 @@ from typing import NamedTuple
 import torch
 
 from ponder.engines.base import tokenize_prompt
+from ponder.engines.lean import lean_twin
 from ponder.scorers.hf_prm import split_steps
 from ponder.tasks.extract import extract_answer
 from ponder.types import Prompt
@@ -171,9 +172,15 @@ class Backbone:
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         # Logits only where response tokens are predicted (one position before each).
         span = max(len(e.ids) - e.first for e in batch) + 1
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                         output_hidden_states=True, use_cache=False, logits_to_keep=span)
-        stacked = torch.cat([out.hidden_states[i] for i in self.layers], dim=-1).float()
+        twin = lean_twin(self.model)  # the engine's lean forward, where the model has one
+        if twin is not None:
+            logits, _, states = twin(input_ids, position_ids, mask, lambda _, k, v: (k, v),
+                                     span, hidden=self.layers)
+        else:
+            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                             output_hidden_states=True, use_cache=False, logits_to_keep=span)
+            logits, states = out.logits, [out.hidden_states[i] for i in self.layers]
+        stacked = torch.cat(states, dim=-1).float()
         rows = []
         for row, (ids, _ends, first, stop, answer) in enumerate(batch):
             shift = width - len(ids)
@@ -182,7 +189,7 @@ class Backbone:
             # Kept logits column j holds position width - span + j, which predicts the token
             # at that position + 1; the response's tokens are ids[first:].
             columns = [shift + t - 1 - (width - span) for t in range(first, stop)]
-            logp = out.logits[row, columns].float().log_softmax(-1)
+            logp = logits[row, columns].float().log_softmax(-1)
             chosen = logp.gather(1, torch.tensor(ids[first:stop], device=device)[:, None])[:, 0]
             entropy = -(logp.exp() * logp).sum(-1)
             # Each row's statistics cover the response up to its position.
