@@ -1,10 +1,10 @@
 """A lean forward pass for Llama-family models (Llama, Qwen2, Mistral without a sliding
 window) in fp32 on a CPU: what `kv.forward` runs instead of the transformers model when it can.
 
-Why. A decode step of the bundled model spent a third of its time outside the matmuls it
-needs, and the matmuls themselves ran slowly: on the 2-core AMD EPYC this project is measured
-on, aten's fp32 GEMM (MKL) took 18.8 ms for the lm_head at batch 16 where oneDNN's took 10.0 ms,
-and the 30 layers' Linears 52 ms where oneDNN's took 42 ms. So this forward:
+Why. The matmuls of a decode step ran slowly through transformers: on the 2-core AMD EPYC
+this project is measured on, aten's fp32 GEMM (MKL) took 18.8 ms for the lm_head at batch 16
+where oneDNN's took 10.0 ms, and the 30 layers' Linears 52 ms where oneDNN's took 42 ms. So
+this forward:
   - runs every Linear through oneDNN (`torch.ops.mkldnn._linear_pointwise`, on the model's own
     weights: no copy), falling back to `F.linear` where that op is missing or disagrees;
   - looks RoPE's cos and sin up in a table made once by the model's own rotary embedding
