@@ -40,7 +40,7 @@ from transformers import DynamicCache
 from ponder.engines import kv as kvlib
 from ponder.engines.hf import HFEngine
 from ponder.engines.kv import cache_argument
-from ponder.engines.lean import pick_linear
+from ponder.engines.lean import linear_kernels
 from ponder.sampling import process_logits
 from ponder.types import GenerateRequest, SamplingParams
 
@@ -163,9 +163,9 @@ def main() -> None:
         runs.append(("llamacpp_b16", run_engine, llama, 16))
     else:
         print("llama.cpp: not installed here (pip install llama-cpp-python), skipped")
-    # The roofline takes the fastest matmul this torch has, whichever kernel that is: the
-    # lean forward's oneDNN one beat aten's at decode shapes on this machine.
-    kernels = list(dict.fromkeys([F.linear, pick_linear()]))
+    # The roofline takes the fastest matmul this torch has at each batch, aten's or oneDNN's:
+    # which one wins depends on the CPU (see lean.pick_linear).
+    kernels = linear_kernels()
     # This machine's speed drifts by 10-30% over minutes, so every measurement (the
     # roofline's too) is repeated in interleaved rounds and each keeps its best round.
     linears = {b: float("inf") for b in BATCHES}

@@ -1,17 +1,18 @@
 """A lean forward pass for Llama-family models (Llama, Qwen2, Mistral without a sliding
 window) in fp32 on a CPU: what `kv.forward` runs instead of the transformers model when it can.
 
-Why. The matmuls of a decode step ran slowly through transformers: on the 2-core AMD EPYC
-this project is measured on, aten's fp32 GEMM (MKL) took 18.8 ms for the lm_head at batch 16
-where oneDNN's took 10.0 ms, and the 30 layers' Linears 52 ms where oneDNN's took 42 ms. So
-this forward:
-  - runs every Linear through oneDNN (`torch.ops.mkldnn._linear_pointwise`, on the model's own
-    weights: no copy), falling back to `F.linear` where that op is missing or disagrees;
-  - looks RoPE's cos and sin up in a table made once by the model's own rotary embedding
-    (so every static RoPE variant, llama3 and yarn included, is exactly the model's);
-  - builds at most one boolean attention mask per call (none for a decode step with no
+Why. A decode step through transformers spent time this forward does not:
+  - every Linear runs through the faster of aten's matmul and oneDNN's
+    (`torch.ops.mkldnn._linear_pointwise`, on the model's own weights: no copy), timed once on
+    the model's shapes (`pick_linear`): on the 2-core AMD EPYC this project was first measured
+    on, aten's fp32 GEMM (MKL) took 18.8 ms for the lm_head at batch 16 where oneDNN's took
+    10.0 ms; on a 2-core Intel Xeon aten's was as fast or faster;
+  - RoPE's cos and sin are looked up in a table made once by the model's own rotary
+    embedding (so every static RoPE variant, llama3 and yarn included, is exactly the model's);
+  - at most one boolean attention mask is built per call (none for a decode step with no
     padding, where attention without a mask took 135 us a layer instead of 232 at batch 16)
-    and no cache or mask objects; RMSNorm is torch's fused one.
+    and no cache or mask objects; a batched decode step attends by grouped matmuls
+    (`_decode_attention`); RMSNorm is torch's fused one.
 The keys and values live in `kv`'s tensors, appended in place by the function `kv.forward`
 passes in; logits equal transformers' within fp32 rounding (tests/test_lean_forward.py).
 
@@ -21,6 +22,7 @@ whose projections were replaced after the twin was made (peft's LoRA layers, say
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -94,15 +96,45 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def pick_linear() -> Callable:
-    """oneDNN's matmul where this torch has it and it agrees with F.linear, else F.linear."""
+def linear_kernels() -> list[Callable]:
+    """F.linear, and oneDNN's matmul where this torch has it and it agrees with F.linear."""
+    kernels: list[Callable] = [F.linear]
     try:
         x, w, b = torch.randn(3, 8), torch.randn(5, 8), torch.randn(5)
         if torch.allclose(_onednn_linear(x, w, b), F.linear(x, w, b), atol=1e-5):
-            return _onednn_linear
+            kernels.append(_onednn_linear)
     except (AttributeError, RuntimeError):
         pass
-    return F.linear
+    return kernels
+
+
+def pick_linear(model, batch: int = 16, margin: float = 0.9) -> Callable:
+    """The matmul kernel a decode step of `model` runs fastest with on this CPU, timed on the
+    model's own weight shapes at `batch` rows. Which one wins depends on the CPU: on a 2-core
+    AMD EPYC oneDNN's took 10.0 ms for the bundled model's lm_head at batch 16 where aten's
+    (MKL) took 18.8; on a 2-core Intel Xeon aten's took 5.6 ms and oneDNN's 5.8. oneDNN's is
+    taken only where it is clearly faster (under `margin` of aten's time), so that the choice,
+    and with it the fp32 rounding of every result, does not flip between runs on one machine."""
+    kernels = linear_kernels()
+    if len(kernels) == 1:
+        return kernels[0]
+    layer = [m.weight for m in _projections(model.model.layers[0])]
+    head = model.lm_head.weight
+    rows = {w.shape[1]: torch.randn(batch, 1, w.shape[1]) for w in (*layer, head)}
+
+    def seconds(kernel: Callable, weights: list[torch.Tensor]) -> float:
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for w in weights:
+                kernel(rows[w.shape[1]], w, None)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    with torch.inference_mode():
+        aten, onednn = ((len(model.model.layers) * seconds(k, layer) + seconds(k, [head]))
+                        for k in kernels)
+    return kernels[1] if onednn < margin * aten else kernels[0]
 
 
 class LeanForward:
@@ -120,7 +152,7 @@ class LeanForward:
         self.kv_heads = model.config.num_key_value_heads
         self.head_dim = attention.head_dim
         self.scaling = attention.scaling
-        self.linear = pick_linear()
+        self.linear = pick_linear(model)
         self.cos = self.sin = torch.empty(0, self.head_dim)
 
     @classmethod
@@ -158,6 +190,20 @@ class LeanForward:
     def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
         return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
+    def _decode_attention(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                          allowed: torch.Tensor | None) -> torch.Tensor:
+        """Attention of one new query per sample [batch, heads, 1, dim] over the cache, each
+        key/value head shared by its group of query heads through a reshape, not a copy.
+        Why: at decode shapes this beat scaled_dot_product_attention(enable_gqa=True) on a
+        2-core Intel Xeon (SmolLM2-135M, 160 cached tokens: 600 vs 930 us a layer at batch 64,
+        155 vs 210 at batch 16); at batch 1 SDPA was faster (22 vs 31 us), so it keeps that."""
+        batch, heads, _, dim = queries.shape
+        grouped = (queries * self.scaling).reshape(batch, self.kv_heads, heads // self.kv_heads, dim)
+        scores = torch.matmul(grouped, keys.transpose(-1, -2))
+        if allowed is not None:  # the finite minimum keeps a fully masked row finite
+            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        return torch.matmul(torch.softmax(scores, dim=-1), values).view(batch, heads, 1, dim)
+
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                  append: Append, logits_to_keep: int, hidden: Sequence[int] = ()
                  ) -> tuple[torch.Tensor, list[LayerKV], list[torch.Tensor]]:
@@ -178,6 +224,8 @@ class LeanForward:
             allowed = (mask.bool()[:, None, None, :] & (key <= query)) | (key == query)
         else:
             causal = True
+        # A batched decode step attends by grouped matmuls (see _decode_attention).
+        grouped = n == 1 and batch > 1
         cos, sin = self._rope(positions)
         linear, heads, kv_heads, dim = self.linear, self.heads, self.kv_heads, self.head_dim
         x = self.inner.embed_tokens(input_ids)
@@ -190,9 +238,13 @@ class LeanForward:
             values = linear(h, v, vb).view(batch, n, kv_heads, dim).transpose(1, 2)
             keys, values = append(index, self._rotate(keys, cos, sin), values)
             caches.append((keys, values))
-            attended = F.scaled_dot_product_attention(
-                self._rotate(queries, cos, sin), keys, values, attn_mask=allowed,
-                is_causal=causal, scale=self.scaling, enable_gqa=True)
+            if grouped:
+                attended = self._decode_attention(self._rotate(queries, cos, sin), keys, values,
+                                                  allowed)
+            else:
+                attended = F.scaled_dot_product_attention(
+                    self._rotate(queries, cos, sin), keys, values, attn_mask=allowed,
+                    is_causal=causal, scale=self.scaling, enable_gqa=True)
             x = x + linear(attended.transpose(1, 2).reshape(batch, n, heads * dim), o, ob)
             h = self._norm(x, norm2)
             x = x + linear(F.silu(linear(h, gate, gb)) * linear(h, up, ub), down, db)
