@@ -9,6 +9,7 @@ from ponder.sampling import (
     apply_temperature,
     min_p_filter,
     process_logits,
+    sample_nucleus,
     sample_rows,
     sample_seed,
     top_k_filter,
@@ -149,3 +150,29 @@ def test_sampling_among_few_kept_tokens_equals_the_inverse_cdf_over_the_vocabula
         expected = torch.searchsorted(cdf, (uniforms[:, None] * cdf[:, -1:]).contiguous(),
                                       right=True).squeeze(1)
         assert torch.equal(sample_rows(processed, uniforms), expected)
+
+
+@pytest.mark.parametrize("scale,wide", [(8.0, 0), (3.0, 0), (3.0, 300)])
+def test_nucleus_sampling_draws_what_the_general_path_draws(scale, wide):
+    # The decode step's fast path for top-p-only rows works on the nucleus alone; for every
+    # uniform it must draw the token the processed full row draws, with the same log q.
+    # `wide` makes that many tokens the likeliest, so that the nuclei pass the first head of 64.
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(6, 5000, generator=g) * scale
+    logits[:, 1000:1000 + wide] = 12.0 + 0.1 * torch.randn(6, wide, generator=g)
+    temperature = torch.tensor([0.7, 1.0, 1.3, 0.5, 0.9, 1.0])
+    top_p = torch.tensor([0.9, 0.95, 0.5, 0.99, 0.8, 0.3])
+    processed = process_logits(logits, temperature, 0, top_p, 0.0)
+    log_q = processed.log_softmax(dim=-1)
+    for _ in range(40):
+        uniforms = torch.rand(6, generator=g, dtype=torch.float64)
+        tokens, token_log_q = sample_nucleus(logits, temperature, top_p, uniforms)
+        expected = sample_rows(processed, uniforms)
+        assert torch.equal(tokens, expected)
+        torch.testing.assert_close(token_log_q, log_q.gather(1, expected[:, None]).squeeze(1))
+
+
+def test_nucleus_sampling_declines_a_nucleus_wider_than_its_head():
+    flat = torch.zeros(2, 5000)  # every token equally likely: the nucleus is most of the row
+    assert sample_nucleus(flat, torch.tensor([1.0, 1.0]), torch.tensor([0.9, 0.9]),
+                          torch.tensor([0.5, 0.5], dtype=torch.float64)) is None

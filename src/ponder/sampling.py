@@ -129,6 +129,44 @@ def sample_rows(processed_logits: torch.Tensor, uniforms: torch.Tensor) -> torch
     return columns.gather(1, tokens.unsqueeze(1)).squeeze(1)
 
 
+def sample_nucleus(logits: torch.Tensor, temperature, top_p, uniforms: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For rows with temperature > 0 and top-p alone (no top-k, no min-p): the tokens that
+    sample_rows(process_logits(logits, temperature, top_p=top_p), uniforms) draws, and
+    their log q under that processed distribution, without building the processed
+    [rows, vocab] logits. None when some row's nucleus reaches past HEAD_TOKENS[-1] tokens
+    (then take the general path).
+
+    Why: at batch 64 the general path's passes over the vocabulary (the mask of removed
+    tokens, its count, the kept positions, a second log-softmax) were a sixth of a decode
+    step. Here the nucleus comes from top_p_filter's head, and everything after works on
+    its few dozen tokens: the same tokens in the same (vocabulary) order, so the same
+    float64 inverse CDF and the same token for the same uniform."""
+    tempered = logits / _per_row(temperature, logits)
+    p = _per_row(top_p, logits)
+    probs = tempered.softmax(dim=-1)
+    vocab = logits.shape[-1]
+    for head in (h for h in HEAD_TOKENS if h < vocab):
+        sorted_probs, order = probs.topk(head, dim=-1)
+        mass = sorted_probs.cumsum(dim=-1)
+        if (mass[:, -1:] >= p).all():
+            break
+    else:
+        return None
+    keep = (mass - sorted_probs) < p
+    # The nucleus in vocabulary order, removed slots (id = vocab) after it.
+    ids = order.masked_fill(~keep, vocab).sort(dim=-1).values
+    kept = ids < vocab
+    nucleus = tempered.gather(1, ids.clamp(max=vocab - 1)).masked_fill(~kept, NEG_INF)
+    cdf = nucleus.double().softmax(dim=-1).cumsum(dim=-1)
+    targets = (uniforms.double().reshape(-1, 1) * cdf[:, -1:]).contiguous()
+    slots = torch.searchsorted(cdf, targets, right=True)
+    # Guard the float edge where the target equals the total mass.
+    slots = torch.minimum(slots, kept.sum(dim=-1, keepdim=True) - 1)
+    log_q = nucleus.log_softmax(dim=-1).gather(1, slots).squeeze(1)
+    return ids.gather(1, slots).squeeze(1), log_q
+
+
 # A token the model rules out (log p = -inf) counts as this unlikely in self-certainty, so one
 # masked token cannot make a step's value infinite.
 CERTAINTY_LOGPROB_FLOOR = -1000.0

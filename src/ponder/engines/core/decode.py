@@ -17,7 +17,13 @@ import torch
 
 from ponder.engines.base import TokenCallback
 from ponder.engines.core.collect import SampleRecord
-from ponder.sampling import process_logits, sample_rows, sample_seed, self_certainty
+from ponder.sampling import (
+    process_logits,
+    sample_nucleus,
+    sample_rows,
+    sample_seed,
+    self_certainty,
+)
 from ponder.types import StepView
 
 
@@ -102,20 +108,25 @@ def _draw(logits: torch.Tensor, params: list, uniforms: list[float], top_k: int)
     """The tensor work of a step for a few rows: sampled tokens, their log p (T=1) and log q
     (under the processors), each row's entropy, the top_k log-probabilities and each row's
     self-certainty (all from the one log-softmax of the model's row)."""
-    processed = process_logits(
-        logits,
-        temperature=torch.tensor([p.temperature for p in params]),
-        top_k=torch.tensor([p.top_k for p in params]),
-        top_p=torch.tensor([p.top_p for p in params]),
-        min_p=torch.tensor([p.min_p for p in params]),
-    )
-    tokens = sample_rows(processed, torch.tensor(uniforms, dtype=torch.float64,
-                                                  device=processed.device))
+    temperature = torch.tensor([p.temperature for p in params])
+    top_p = torch.tensor([p.top_p for p in params])
+    uniform = torch.tensor(uniforms, dtype=torch.float64, device=logits.device)
+    drawn = None
+    if all(p.temperature > 0 and p.top_p < 1 and not p.top_k and not p.min_p for p in params):
+        drawn = sample_nucleus(logits, temperature, top_p, uniform)
+    if drawn is not None:
+        tokens, chosen_sampling = drawn
+    else:
+        processed = process_logits(
+            logits, temperature=temperature, top_k=torch.tensor([p.top_k for p in params]),
+            top_p=top_p, min_p=torch.tensor([p.min_p for p in params]))
+        tokens = sample_rows(processed, uniform)
+        chosen_sampling = processed.log_softmax(dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
     model_lp = logits.log_softmax(dim=-1)
-    entropies = -(model_lp.exp() * model_lp).nan_to_num().sum(dim=-1)
-    column = tokens.unsqueeze(1)
-    chosen_model = model_lp.gather(1, column).squeeze(1)
-    chosen_sampling = processed.log_softmax(dim=-1).gather(1, column).squeeze(1)
+    entropies = -(model_lp.exp() * model_lp).sum(dim=-1)
+    if not bool(entropies.isfinite().all()):  # a token the model rules out: 0 * -inf
+        entropies = -(model_lp.exp() * model_lp).nan_to_num().sum(dim=-1)
+    chosen_model = model_lp.gather(1, tokens.unsqueeze(1)).squeeze(1)
     top = model_lp.topk(top_k, dim=-1) if top_k else None
     return tokens, chosen_model, chosen_sampling, entropies, top, self_certainty(model_lp)
 
