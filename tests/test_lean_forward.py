@@ -198,3 +198,13 @@ def test_verifier_features_through_the_lean_forward_equal_transformers(engine, m
     for a, b in zip(fast, slow, strict=True):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-4)
+
+
+def test_making_the_twin_leaves_the_global_random_state_alone():
+    model = qwen2()
+    lean._TWINS.pop(model, None)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    assert lean.lean_twin(model) is not None
+    assert torch.equal(torch.rand(3), expected)
