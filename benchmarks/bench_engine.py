@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import resource
 import time
 from unittest.mock import patch
@@ -46,6 +47,17 @@ from ponder.types import GenerateRequest, SamplingParams
 
 PROMPT = [{"role": "user", "content": "Explain step by step: what is 17 + 26?"}]
 BATCHES = (1, 16, 64)
+
+
+def cpu_name() -> str:
+    """The CPU's model name: which CPU a figure was measured on changes which matmul kernel
+    wins and how high the roofline is (lean.pick_linear)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def peak_rss_mb() -> float:
@@ -146,7 +158,7 @@ def main() -> None:
     args = parser.parse_args()
 
     engine = HFEngine("smollm2-135m", dtype=args.dtype)
-    print(f"device {engine.device}, {torch.get_num_threads()} threads", flush=True)
+    print(f"device {engine.device} ({cpu_name()}), {torch.get_num_threads()} threads", flush=True)
     run_engine(engine, 2, 4)  # warm-up: first-call allocations
 
     weight_bytes = sum(m.weight.numel() * m.weight.element_size()
@@ -194,7 +206,7 @@ def main() -> None:
         print(f"roofline B={b:<3} {roof[b]:8.1f} tok/s ({b / linears[b]:.0f} weights only)")
 
     summary = {
-        "new_tokens": args.tokens, "rounds": args.rounds, "dtype": args.dtype, "threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "new_tokens": args.tokens, "rounds": args.rounds, "dtype": args.dtype, "threads": torch.get_num_threads(),
         "weight_read_gb_per_s": round(bandwidth / 1e9, 1),
         "matmul_gflop_per_s": round(matmul_flops / 1e9),
         **{f"roofline_tokens_per_s_b{b}": round(roof[b], 1) for b in BATCHES},
