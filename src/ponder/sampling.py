@@ -46,6 +46,23 @@ def top_k_filter(logits: torch.Tensor, k) -> torch.Tensor:
     return logits.masked_fill(logits < kth, NEG_INF)
 
 
+def _nucleus_head(probs: torch.Tensor, p: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Each row's top tokens (probabilities descending, their ids, the running mass) at the
+    first size in HEAD_TOKENS where every row's mass reaches p; None when none does.
+
+    Sorting a 50k vocabulary per row was a third of a decode step. The nucleus almost
+    always lies among the top few dozen tokens, so look there first (topk is a partial
+    sort). Tokens beyond the head have at least the head's whole mass above them, so when
+    that mass reaches p they are removed, exactly as a full sort would remove them."""
+    for head in (h for h in HEAD_TOKENS if h < probs.shape[-1]):
+        sorted_probs, order = probs.topk(head, dim=-1)
+        mass = sorted_probs.cumsum(dim=-1)
+        if (mass[:, -1:] >= p).all():
+            return sorted_probs, order, mass
+    return None
+
+
 def top_p_filter(logits: torch.Tensor, p) -> torch.Tensor:
     """Nucleus: keep the smallest set of top tokens whose probability reaches p (p = 1 keeps
     all). A token is kept when the mass strictly above it is below p, so the top token
@@ -54,19 +71,12 @@ def top_p_filter(logits: torch.Tensor, p) -> torch.Tensor:
     if ((p <= 0) | (p > 1)).any():
         raise ValueError("top_p must be in (0, 1]")
     probs = logits.softmax(dim=-1)
-    # Sorting a 50k vocabulary per row was a third of a decode step. The nucleus almost
-    # always lies among the top few dozen tokens, so look there first (topk is a partial
-    # sort) and sort everything only when some row's nucleus reaches past them. Tokens
-    # beyond the head have at least the head's whole mass above them, so when that mass
-    # reaches p they are removed, exactly as the full sort would remove them.
-    for head in (*(h for h in HEAD_TOKENS if h < probs.shape[-1]), None):
-        if head is None:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-        else:
-            sorted_probs, order = probs.topk(head, dim=-1)
+    head = _nucleus_head(probs, p)
+    if head is None:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
         mass = sorted_probs.cumsum(dim=-1)
-        if head is None or (mass[:, -1:] >= p).all():
-            break
+    else:
+        sorted_probs, order, mass = head
     mass_above = mass - sorted_probs
     keep = torch.zeros_like(probs, dtype=torch.bool).scatter(1, order, mass_above < p)
     return logits.masked_fill(~keep, NEG_INF)
@@ -98,6 +108,14 @@ def process_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, mi
     return out
 
 
+def _inverse_cdf(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Each row's first column whose cumulative probability (the float64 softmax of its
+    logits) exceeds uniforms[i] times the row's total."""
+    cdf = logits.double().softmax(dim=-1).cumsum(dim=-1)
+    targets = (uniforms.double().reshape(-1, 1) * cdf[:, -1:]).contiguous()
+    return torch.searchsorted(cdf, targets, right=True).reshape(-1)
+
+
 def sample_rows(processed_logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF sampling: row i takes the first token whose cumulative probability
     exceeds uniforms[i] in [0, 1). Drawing the uniforms from per-row generators makes a
@@ -118,10 +136,7 @@ def sample_rows(processed_logits: torch.Tensor, uniforms: torch.Tensor) -> torch
         logits[rows, slots] = processed_logits[rows, cols]
         columns = torch.zeros(len(counts), widest, dtype=torch.long, device=rows.device)
         columns[rows, slots] = cols
-    probs = logits.double().softmax(dim=-1)
-    cdf = probs.cumsum(dim=-1)
-    targets = (uniforms.double().reshape(-1, 1) * cdf[:, -1:]).contiguous()
-    tokens = torch.searchsorted(cdf, targets, right=True).reshape(-1)
+    tokens = _inverse_cdf(logits, uniforms)
     # Guard the float edge where the target equals the total mass.
     if columns is None:
         return tokens.clamp(max=vocab - 1)
@@ -145,24 +160,18 @@ def sample_nucleus(logits: torch.Tensor, temperature, top_p, uniforms: torch.Ten
     tempered = logits / _per_row(temperature, logits)
     p = _per_row(top_p, logits)
     probs = tempered.softmax(dim=-1)
-    vocab = logits.shape[-1]
-    for head in (h for h in HEAD_TOKENS if h < vocab):
-        sorted_probs, order = probs.topk(head, dim=-1)
-        mass = sorted_probs.cumsum(dim=-1)
-        if (mass[:, -1:] >= p).all():
-            break
-    else:
+    head = _nucleus_head(probs, p)
+    if head is None:
         return None
+    sorted_probs, order, mass = head
     keep = (mass - sorted_probs) < p
+    vocab = logits.shape[-1]
     # The nucleus in vocabulary order, removed slots (id = vocab) after it.
     ids = order.masked_fill(~keep, vocab).sort(dim=-1).values
     kept = ids < vocab
     nucleus = tempered.gather(1, ids.clamp(max=vocab - 1)).masked_fill(~kept, NEG_INF)
-    cdf = nucleus.double().softmax(dim=-1).cumsum(dim=-1)
-    targets = (uniforms.double().reshape(-1, 1) * cdf[:, -1:]).contiguous()
-    slots = torch.searchsorted(cdf, targets, right=True)
     # Guard the float edge where the target equals the total mass.
-    slots = torch.minimum(slots, kept.sum(dim=-1, keepdim=True) - 1)
+    slots = torch.minimum(_inverse_cdf(nucleus, uniforms), kept.sum(dim=-1) - 1).unsqueeze(1)
     log_q = nucleus.log_softmax(dim=-1).gather(1, slots).squeeze(1)
     return ids.gather(1, slots).squeeze(1), log_q
 
