@@ -4,8 +4,6 @@ engine feeds: left-padded prefills, a cached prefix with a hole, decode steps, s
 kept. Models it does not cover keep transformers' forward, and so does a model whose
 projections are swapped after its twin was made."""
 
-import time
-
 import pytest
 import torch
 from transformers import (
@@ -119,22 +117,15 @@ def test_lean_forward_equals_transformers_on_the_bundled_model(engine, kernel):
         torch.testing.assert_close(a, b, atol=5e-3, rtol=0)
 
 
-def slowed(kernel):
-    def slow(x, w, b):
-        time.sleep(0.002)  # far more than any matmul of one row here
-        return kernel(x, w, b)
-    return slow
-
-
-def test_the_twin_takes_the_faster_matmul_kernel(engine, monkeypatch):
-    fast = torch.nn.functional.linear
-    other = slowed(fast)
-    monkeypatch.setattr(lean, "linear_kernels", lambda: [fast, other])
-    assert lean.pick_linear(engine.model, batch=1) is fast
-    monkeypatch.setattr(lean, "linear_kernels", lambda: [other, fast])
-    assert lean.pick_linear(engine.model, batch=1) is fast
-    monkeypatch.setattr(lean, "linear_kernels", lambda: [fast])
-    assert lean.pick_linear(engine.model, batch=1) is fast
+def test_the_kernel_is_chosen_by_cpu_vendor_not_by_a_timing(monkeypatch):
+    other = lean._onednn_linear
+    monkeypatch.setattr(lean, "linear_kernels", lambda: [torch.nn.functional.linear, other])
+    monkeypatch.setattr(lean, "cpu_vendor", lambda: "GenuineIntel")
+    assert lean.pick_linear() is torch.nn.functional.linear
+    monkeypatch.setattr(lean, "cpu_vendor", lambda: "AuthenticAMD")
+    assert lean.pick_linear() is other
+    monkeypatch.setattr(lean, "linear_kernels", lambda: [torch.nn.functional.linear])
+    assert lean.pick_linear() is torch.nn.functional.linear
 
 
 def test_generation_through_the_lean_forward_samples_what_transformers_does(engine, monkeypatch):

@@ -2,11 +2,10 @@
 window) in fp32 on a CPU: what `kv.forward` runs instead of the transformers model when it can.
 
 Why. A decode step through transformers spent time this forward does not:
-  - every Linear runs through the faster of aten's matmul and oneDNN's
-    (`torch.ops.mkldnn._linear_pointwise`, on the model's own weights: no copy), timed once on
-    the model's shapes (`pick_linear`): on the 2-core AMD EPYC this project was first measured
-    on, aten's fp32 GEMM (MKL) took 18.8 ms for the lm_head at batch 16 where oneDNN's took
-    10.0 ms; on a 2-core Intel Xeon aten's was as fast or faster;
+  - every Linear runs through oneDNN's matmul (`torch.ops.mkldnn._linear_pointwise`, on the
+    model's own weights: no copy) except on Intel CPUs, where aten's (MKL) is as fast or
+    faster (`pick_linear`): on the 2-core AMD EPYC this project was first measured on, aten's
+    fp32 GEMM took 18.8 ms for the lm_head at batch 16 where oneDNN's took 10.0 ms;
   - RoPE's cos and sin are looked up in a table made once by the model's own rotary
     embedding (so every static RoPE variant, llama3 and yarn included, is exactly the model's);
   - at most one boolean attention mask is built per call (none for a decode step with no
@@ -22,7 +21,6 @@ whose projections were replaced after the twin was made (peft's LoRA layers, say
 
 from __future__ import annotations
 
-import time
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -109,33 +107,29 @@ def linear_kernels() -> list[Callable]:
     return kernels
 
 
-def pick_linear(model, batch: int = 16, margin: float = 0.9) -> Callable:
-    """The matmul kernel a decode step of `model` runs fastest with on this CPU, timed on the
-    model's own weight shapes at `batch` rows. Which one wins depends on the CPU: on a 2-core
-    AMD EPYC oneDNN's took 10.0 ms for the bundled model's lm_head at batch 16 where aten's
-    (MKL) took 18.8; on a 2-core Intel Xeon aten's took 5.6 ms and oneDNN's 5.8. oneDNN's is
-    taken only where it is clearly faster (under `margin` of aten's time), so that the choice,
-    and with it the fp32 rounding of every result, does not flip between runs on one machine."""
+def pick_linear() -> Callable:
+    """aten's matmul (MKL) on Intel CPUs, oneDNN's elsewhere (where this torch has it and it
+    agrees with F.linear). Measured: on a 2-core AMD EPYC oneDNN's took 10.0 ms for the
+    bundled model's lm_head at batch 16 where aten's took 18.8 (MKL takes a generic path on
+    CPUs that are not Intel's); on a 2-core Intel Xeon aten's took 5.6 ms and oneDNN's 5.8,
+    and aten's was faster at batch 1 (14 vs 31 us for a 576x576 projection). A fixed rule, not
+    a timing at start-up: timed under load the choice flipped between processes, and a Ray
+    worker then rounded differently from the local run and drew other samples."""
     kernels = linear_kernels()
-    if len(kernels) == 1:
-        return kernels[0]
-    layer = [m.weight for m in _projections(model.model.layers[0])]
-    head = model.lm_head.weight
-    rows = {w.shape[1]: torch.ones(batch, 1, w.shape[1]) for w in (*layer, head)}
+    if len(kernels) == 1 or cpu_vendor() == "GenuineIntel":
+        return F.linear
+    return kernels[1]
 
-    def seconds(kernel: Callable, weights: list[torch.Tensor]) -> float:
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            for w in weights:
-                kernel(rows[w.shape[1]], w, None)
-            best = min(best, time.perf_counter() - start)
-        return best
 
-    with torch.inference_mode():
-        aten, onednn = ((len(model.model.layers) * seconds(k, layer) + seconds(k, [head]))
-                        for k in kernels)
-    return kernels[1] if onednn < margin * aten else kernels[0]
+def cpu_vendor() -> str:
+    """The CPU's vendor id from /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"; "" where it
+    cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line.split(":", 1)[1].strip() for line in info
+                         if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
 
 
 class LeanForward:
@@ -153,7 +147,7 @@ class LeanForward:
         self.kv_heads = model.config.num_key_value_heads
         self.head_dim = attention.head_dim
         self.scaling = attention.scaling
-        self.linear = pick_linear(model)
+        self.linear = pick_linear()
         self.cos = self.sin = torch.empty(0, self.head_dim)
 
     @classmethod
