@@ -12,6 +12,8 @@ from ponder.sampling import (
     sample_nucleus,
     sample_rows,
     sample_seed,
+    self_certainty,
+    softmax_stats,
     top_k_filter,
     top_p_filter,
 )
@@ -152,14 +154,33 @@ def test_sampling_among_few_kept_tokens_equals_the_inverse_cdf_over_the_vocabula
         assert torch.equal(sample_rows(processed, uniforms), expected)
 
 
-@pytest.mark.parametrize("scale,wide", [(8.0, 0), (3.0, 0), (3.0, 300)])
+def test_only_the_rows_whose_nucleus_is_wide_look_past_the_first_head():
+    # One batch with a peaked row (nucleus among the first 64 top tokens), rows whose nuclei
+    # need 256 and 1024 top tokens, and a flat row that needs its whole row sorted: every row
+    # keeps exactly its own nucleus, whatever the others needed.
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 3000, generator=g) * 3
+    logits[0] *= 3
+    for row, wide in ((1, 150), (2, 600)):
+        logits[row, 1000:1000 + wide] = 12.0 + 0.1 * torch.randn(wide, generator=g)
+    logits[3] = 0.01 * torch.randn(3000, generator=g)
+    kept = top_p_filter(logits, 0.9) > float("-inf")
+    assert torch.equal(kept, nucleus_by_definition(logits, 0.9))
+    sizes = kept.sum(dim=-1).tolist()
+    assert sizes[0] < 64 < sizes[1] < 256 < sizes[2] < 1024 < sizes[3]
+
+
+@pytest.mark.parametrize("scale,wide", [(8.0, [0] * 6), (3.0, [0] * 6), (3.0, [300] * 6),
+                                        (3.0, [0, 150, 600, 0, 80, 0])])
 def test_nucleus_sampling_draws_what_the_general_path_draws(scale, wide):
     # The decode step's fast path for top-p-only rows works on the nucleus alone; for every
     # uniform it must draw the token the processed full row draws, with the same log q.
-    # `wide` makes that many tokens the likeliest, so that the nuclei pass the first head of 64.
+    # `wide` makes that many tokens of a row the likeliest, so that its nucleus passes the
+    # first head of 64 (and the second, of 256).
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(6, 5000, generator=g) * scale
-    logits[:, 1000:1000 + wide] = 12.0 + 0.1 * torch.randn(6, wide, generator=g)
+    for row, width in enumerate(wide):
+        logits[row, 1000:1000 + width] = 12.0 + 0.1 * torch.randn(width, generator=g)
     temperature = torch.tensor([0.7, 1.0, 1.3, 0.5, 0.9, 1.0])
     top_p = torch.tensor([0.9, 0.95, 0.5, 0.99, 0.8, 0.3])
     processed = process_logits(logits, temperature, 0, top_p, 0.0)
@@ -176,3 +197,20 @@ def test_nucleus_sampling_declines_a_nucleus_wider_than_its_head():
     flat = torch.zeros(2, 5000)  # every token equally likely: the nucleus is most of the row
     assert sample_nucleus(flat, torch.tensor([1.0, 1.0]), torch.tensor([0.9, 0.9]),
                           torch.tensor([0.5, 0.5], dtype=torch.float64)) is None
+
+
+@pytest.mark.parametrize("scale", [0.01, 3.0, 30.0, 3000.0])
+def test_softmax_stats_equal_their_definitions_from_the_log_softmax(scale):
+    # log Z, entropy and self-certainty without a log-softmax of the row; at scale 3000 some
+    # tokens fall below self-certainty's floor, and a row with a -inf logit (a token ruled
+    # out) must still give finite figures, as from the log-softmax with 0 * -inf taken as 0.
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(5, 4000, generator=g) * scale
+    logits[4, :7] = float("-inf")
+    log_z, entropy, certainty = softmax_stats(logits)
+    logprobs = logits.log_softmax(dim=-1)
+    torch.testing.assert_close(logits - log_z[:, None], logprobs)
+    torch.testing.assert_close(entropy, -(logprobs.exp() * logprobs).nan_to_num().sum(dim=-1),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(certainty, self_certainty(logprobs), atol=1e-4, rtol=1e-5)
+    assert bool(entropy.isfinite().all()) and bool(certainty.isfinite().all())

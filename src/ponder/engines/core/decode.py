@@ -22,7 +22,7 @@ from ponder.sampling import (
     sample_nucleus,
     sample_rows,
     sample_seed,
-    self_certainty,
+    softmax_stats,
 )
 from ponder.types import StepView
 
@@ -107,7 +107,7 @@ def sample_step(logits: torch.Tensor, live: list[DecodeSample], is_end: Callable
 def _draw(logits: torch.Tensor, params: list, uniforms: list[float], top_k: int):
     """The tensor work of a step for a few rows: sampled tokens, their log p (T=1) and log q
     (under the processors), each row's entropy, the top_k log-probabilities and each row's
-    self-certainty (all from the one log-softmax of the model's row)."""
+    self-certainty (log p, entropy and self-certainty from sampling.softmax_stats)."""
     temperature = torch.tensor([p.temperature for p in params])
     top_p = torch.tensor([p.top_p for p in params])
     uniform = torch.tensor(uniforms, dtype=torch.float64, device=logits.device)
@@ -122,13 +122,13 @@ def _draw(logits: torch.Tensor, params: list, uniforms: list[float], top_k: int)
             top_p=top_p, min_p=torch.tensor([p.min_p for p in params]))
         tokens = sample_rows(processed, uniform)
         chosen_sampling = processed.log_softmax(dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
-    model_lp = logits.log_softmax(dim=-1)
-    entropies = -(model_lp.exp() * model_lp).sum(dim=-1)
-    if not bool(entropies.isfinite().all()):  # a token the model rules out: 0 * -inf
-        entropies = -(model_lp.exp() * model_lp).nan_to_num().sum(dim=-1)
-    chosen_model = model_lp.gather(1, tokens.unsqueeze(1)).squeeze(1)
-    top = model_lp.topk(top_k, dim=-1) if top_k else None
-    return tokens, chosen_model, chosen_sampling, entropies, top, self_certainty(model_lp)
+    log_z, entropies, certainties = softmax_stats(logits)
+    chosen_model = logits.gather(1, tokens.unsqueeze(1)).squeeze(1) - log_z
+    top = None
+    if top_k:
+        values, indices = logits.topk(top_k, dim=-1)
+        top = torch.return_types.topk((values - log_z.unsqueeze(1), indices))
+    return tokens, chosen_model, chosen_sampling, entropies, top, certainties
 
 
 class Detokenizer:
