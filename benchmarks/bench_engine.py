@@ -41,7 +41,7 @@ from transformers import DynamicCache
 from ponder.engines import kv as kvlib
 from ponder.engines.hf import HFEngine
 from ponder.engines.kv import cache_argument
-from ponder.engines.lean import linear_kernels
+from ponder.engines.lean import cpu_info, linear_kernels
 from ponder.sampling import process_logits
 from ponder.types import GenerateRequest, SamplingParams
 
@@ -52,12 +52,7 @@ BATCHES = (1, 16, 64)
 def cpu_name() -> str:
     """The CPU's model name: which CPU a figure was measured on changes which matmul kernel
     wins and how high the roofline is (lean.pick_linear)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info
-                        if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+    return cpu_info("model name") or platform.processor() or platform.machine()
 
 
 def peak_rss_mb() -> float:

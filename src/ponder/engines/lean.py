@@ -122,12 +122,17 @@ def pick_linear() -> Callable:
 
 
 def cpu_vendor() -> str:
-    """The CPU's vendor id from /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"; "" where it
-    cannot be read)."""
+    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD"; "" where it cannot be read)."""
+    return cpu_info("vendor_id")
+
+
+def cpu_info(field: str) -> str:
+    """A field of the first CPU in /proc/cpuinfo ("vendor_id", "model name"); "" where it
+    cannot be read."""
     try:
         with open("/proc/cpuinfo") as info:
             return next((line.split(":", 1)[1].strip() for line in info
-                         if line.startswith("vendor_id")), "")
+                         if line.split(":", 1)[0].strip() == field), "")
     except OSError:
         return ""
 
