@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from ponder.scorers.hf_prm import split_steps
 from ponder.strategies.base import problem_seed
@@ -34,13 +34,17 @@ def prefix_key(run_id: str, problem_id: str, sample: int, step: int, rollouts: i
 
 def mc_labels(engine, prefixes: Sequence[Sequence[int]],
               succeeds: Callable[[int, Completion], bool], rollouts: int,
-              params: SamplingParams) -> list[tuple[float, bool]]:
+              params: SamplingParams | Sequence[SamplingParams]) -> list[tuple[float, bool]]:
     """(soft, hard) for each token prefix: the fraction of `rollouts` completions from it
     for which succeeds(prefix index, completion) holds, and whether any does. Each prefix is
-    one request sampled n=rollouts times, so it is prefilled once."""
-    requests = [GenerateRequest(list(ids), replace(
-        params, n=rollouts, seed=None if params.seed is None else params.seed + i))
-        for i, ids in enumerate(prefixes)]
+    one request sampled n=rollouts times, so it is prefilled once; all of them go to the
+    engine together. `params` is one SamplingParams for every prefix (prefix i then seeded
+    with its seed + i) or one per prefix."""
+    if isinstance(params, SamplingParams):
+        params = [replace(params, seed=None if params.seed is None else params.seed + i)
+                  for i in range(len(prefixes))]
+    requests = [GenerateRequest(list(ids), replace(p, n=rollouts))
+                for ids, p in zip(prefixes, params, strict=True)]
     out = []
     for i, gen in enumerate(engine.generate(requests)):
         wins = [succeeds(i, c) for c in gen.completions]
@@ -48,51 +52,79 @@ def mc_labels(engine, prefixes: Sequence[Sequence[int]],
     return out
 
 
-def rollout_labels(engine, prompt_ids: Sequence[int], prefixes: Sequence[str], gold: str,
-                   rollouts: int, params: SamplingParams) -> list[tuple[float, bool]]:
-    """mc_labels for text step prefixes of a response: a rollout succeeds when the answer of
-    prefix + completion is the gold answer."""
-    ids = [list(prompt_ids) + engine.tokenizer.encode(p, add_special_tokens=False)
-           for p in prefixes]
-    return mc_labels(engine, ids, lambda i, c: is_equiv(extract_answer(prefixes[i] + c.text),
-                                                        gold), rollouts, params)
+@dataclass
+class _Pending:
+    """A sample's step prefixes: their store keys and labels, the ones still to roll out."""
+
+    problem: object
+    sample: object
+    prompt: str
+    steps: list[str]
+    keys: list[str]
+    known: dict[str, float]
+    todo: list[int]
+    seed: int
 
 
 def process_examples(spec, rows, engine, store, config, progress: bool = True
                      ) -> list[Example]:
-    """One Example per sample, with a label per step (see the module docstring)."""
+    """One Example per sample, with a label per step (see the module docstring). The
+    rollouts of PROBLEMS_AT_ONCE problems' samples go to the engine together, one
+    transaction of labels each."""
     from tqdm import tqdm
 
     store.conn.execute(_TABLE)
     examples = []
     bar = tqdm(total=sum(len(r.samples) for _, r in rows), desc="process labels",
                disable=not progress, unit="sample")
-    for problem, row in rows:
-        prompt = spec.render(problem)
-        prompt_ids = engine.tokenize(prompt)
-        for idx, sample in enumerate(row.samples):
-            steps = split_steps(sample.text, SEPARATOR)
-            keys = [prefix_key(spec.run_id, problem.id, idx, k, config.rollouts, config.seed)
-                    for k in range(len(steps) - 1)]
-            known = dict(store.conn.execute(
-                f"SELECT key, soft FROM process_labels WHERE key IN ({','.join('?' * len(keys))})",
-                keys).fetchall()) if keys else {}
-            todo = [k for k, key in enumerate(keys) if key not in known]
-            if todo:
-                prefixes = [SEPARATOR.join(steps[:k + 1]) + SEPARATOR for k in todo]
-                params = SamplingParams(temperature=config.temperature,
-                                        max_tokens=config.max_tokens,
-                                        seed=problem_seed(config.seed, problem.id, str(idx)))
-                made = rollout_labels(engine, prompt_ids, prefixes, problem.answer,
-                                      config.rollouts, params)
-                store.conn.execute("BEGIN IMMEDIATE")
-                store.conn.executemany("INSERT OR REPLACE INTO process_labels VALUES (?, ?, ?)",
-                                       [(keys[k], soft, int(hard))
-                                        for k, (soft, hard) in zip(todo, made, strict=True)])
-                store.conn.execute("COMMIT")
-                known |= {keys[k]: soft for k, (soft, _) in zip(todo, made, strict=True)}
-            labels = tuple(known[key] for key in keys) + (float(sample.correct),)
-            examples.append(Example(problem.id, prompt, sample.text, labels))
-            bar.update(1)
+    for first in range(0, len(rows), PROBLEMS_AT_ONCE):
+        pending = [_pending(spec, problem, idx, sample, store, config)
+                   for problem, row in rows[first:first + PROBLEMS_AT_ONCE]
+                   for idx, sample in enumerate(row.samples)]
+        _roll_out(engine, [p for p in pending if p.todo], store, config)
+        for p in pending:
+            labels = tuple(p.known[key] for key in p.keys) + (float(p.sample.correct),)
+            examples.append(Example(p.problem.id, p.prompt, p.sample.text, labels))
+        bar.update(len(pending))
     bar.close()
     return examples
+
+
+# Why batch across problems: most samples here have one or two steps, so one sample's
+# prefixes made a batch of 4 rollouts or none, and the label stage ran at batch 4.
+PROBLEMS_AT_ONCE = 8
+
+
+def _pending(spec, problem, idx: int, sample, store, config) -> _Pending:
+    steps = split_steps(sample.text, SEPARATOR)
+    keys = [prefix_key(spec.run_id, problem.id, idx, k, config.rollouts, config.seed)
+            for k in range(len(steps) - 1)]
+    known = dict(store.conn.execute(
+        f"SELECT key, soft FROM process_labels WHERE key IN ({','.join('?' * len(keys))})",
+        keys).fetchall()) if keys else {}
+    return _Pending(problem, sample, spec.render(problem), steps, keys, known,
+                    [k for k, key in enumerate(keys) if key not in known],
+                    problem_seed(config.seed, problem.id, str(idx)))
+
+
+def _roll_out(engine, pending: list[_Pending], store, config) -> None:
+    """Label every pending prefix (each sample's k-th one to roll out seeded with the
+    sample's seed + k) and store the labels in one transaction."""
+    if not pending:
+        return
+    jobs = [(p, k, SEPARATOR.join(p.steps[:k + 1]) + SEPARATOR, j)
+            for p in pending for j, k in enumerate(p.todo)]
+    prompts = {id(p): engine.tokenize(p.prompt) for p in pending}
+    ids = [prompts[id(p)] + engine.tokenizer.encode(text, add_special_tokens=False)
+           for p, _, text, _ in jobs]
+    params = [SamplingParams(temperature=config.temperature, max_tokens=config.max_tokens,
+                             seed=p.seed + j) for p, _, _, j in jobs]
+    made = mc_labels(engine, ids, lambda i, c: is_equiv(
+        extract_answer(jobs[i][2] + c.text), jobs[i][0].problem.answer), config.rollouts, params)
+    store.conn.execute("BEGIN IMMEDIATE")
+    store.conn.executemany("INSERT OR REPLACE INTO process_labels VALUES (?, ?, ?)",
+                           [(p.keys[k], soft, int(hard))
+                            for (p, k, _, _), (soft, hard) in zip(jobs, made, strict=True)])
+    store.conn.execute("COMMIT")
+    for (p, k, _, _), (soft, _) in zip(jobs, made, strict=True):
+        p.known[p.keys[k]] = soft
