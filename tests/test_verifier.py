@@ -151,6 +151,28 @@ def test_an_answer_reading_verifier_reads_the_final_answer_not_the_ramble_after_
     assert clean[0, -2:].tolist() == [0.0, 0.0] and none[0, -3:].tolist() == [0.0, 0.0, 1.0]
 
 
+def test_an_answer_reading_process_verifier_reads_its_last_step_at_the_final_answer(engine):
+    end = Backbone(engine.model, engine.tokenizer, "smollm2-135m")
+    answer = Backbone(engine.model, engine.tokenizer, "smollm2-135m", reads="answer")
+    hidden = end.width - len(STATS)
+    prompt = question(2, 8)
+    text = "First, 2 + 8 = 10.\n\nSo it is 10. Also 7 is odd."
+    [rows] = answer.features([(prompt, text)], steps=True)
+    [at_ends] = end.features([(prompt, text)], steps=True)
+    assert rows.shape == (2, answer.width)
+    # The first step is read at its end, as before, and has no final answer yet ...
+    assert torch.allclose(rows[0, :hidden + len(STATS)], at_ends[0], atol=1e-4)
+    assert rows[0, -3:].tolist() == [0.0, 0.0, 1.0]
+    # ... the last at the final answer ("7"), with the outcome reader's statistics.
+    [outcome] = answer.features([(prompt, text)])
+    assert torch.allclose(rows[1], outcome[0], atol=1e-4)
+    # A final answer in an earlier step leaves the last step read at its own end.
+    early = "The answer is 10.\n\nGood luck with the rest!"
+    [rows] = answer.features([(prompt, early)], steps=True)
+    [at_ends] = end.features([(prompt, early)], steps=True)
+    assert torch.allclose(rows[:, :hidden], at_ends[:, :hidden], atol=1e-4)
+
+
 def test_a_verifier_for_other_weights_is_refused(engine, tmp_path):
     backbone = Backbone(engine.model, engine.tokenizer, "smollm2-135m")
     probe = Probe(torch.zeros(backbone.width), torch.ones(backbone.width),

@@ -79,9 +79,10 @@ def register(sub) -> None:
     model.add_argument("--kind", choices=["outcome", "process"], default=None,
                        help="outcome (ORM, default) or process (PRM, Math-Shepherd labels)")
     model.add_argument("--reads", choices=["answer", "end"], default=None,
-                       help="outcome: read the hidden states at the final answer's last token "
+                       help="read the hidden states at the final answer's last token "
                             "(default; a sample that rambles past its answer is judged by the "
-                            "answer) or at the response's last token")
+                            "answer; a process verifier reads its last step there) or at the "
+                            "response's last token")
     model.add_argument("--rollouts", type=int, default=None,
                        help="process labels: completions per step prefix (default 4)")
     model.add_argument("--head", choices=["probe", "lora"], default=None,

@@ -2,9 +2,10 @@
 
 A trained verifier is a small head on a frozen backbone (by default the policy itself). The
 backbone reads the prompt the policy saw and its response, exactly as the policy read them,
-and the head reads the hidden states of a few layers at one position: the last token of each
-step (a process verifier), or for an outcome verifier (`reads`) the response's last token
-("end") or the last token of its final answer ("answer", as the task's extractor finds it).
+and the head reads the hidden states of a few layers at one position: the response's last
+token ("end") or the last token of its final answer ("answer", as the task's extractor finds
+it; `reads`); a process verifier reads every step's last token, and with "answer" reads its
+last step at the final answer.
 Middle layers are kept beside the last because what a model "noticed" is often clearer there
 than after the final layers have turned it into next-token predictions.
 
@@ -184,7 +185,7 @@ class Backbone:
         rows = []
         for row, (ids, _ends, first, stop, answer) in enumerate(batch):
             shift = width - len(ids)
-            by_answer = self.reads == "answer" and not steps
+            by_answer = self.reads == "answer"
             where = verdict_positions(batch[row], self.reads, steps)
             # Kept logits column j holds position width - span + j, which predicts the token
             # at that position + 1; the response's tokens are ids[first:].
@@ -193,27 +194,30 @@ class Backbone:
             chosen = logp.gather(1, torch.tensor(ids[first:stop], device=device)[:, None])[:, 0]
             entropy = -(logp.exp() * logp).sum(-1)
             # Each row's statistics cover the response up to its position.
-            # (Read at the answer, they cover the whole response: what follows counts too.)
-            upto = [stop - 1] if by_answer else where
+            # (The last row, read at the answer, covers the whole response: what follows
+            # the answer counts too.)
+            upto = where[:-1] + [stop - 1] if by_answer else where
             stats = torch.stack([_stats(chosen[: max(1, min(e, stop - 1) - first + 1)],
                                         entropy[: max(1, min(e, stop - 1) - first + 1)])
                                  for e in upto])
-            if by_answer:
-                stats = torch.cat([stats, _answer_stats(chosen, answer, first, stop)[None]],
-                                  dim=-1)
+            if by_answer:  # a step before the last has no final answer yet
+                answers = [NO_ANSWER] * (len(where) - 1) + [
+                    _answer_stats(chosen, answer, first, stop)]
+                stats = torch.cat([stats, torch.stack(answers)], dim=-1)
             rows.append(torch.cat([stacked[row, [shift + e for e in where]], stats.to(
                 stacked.device)], dim=-1).cpu())
         return rows
 
 
 def verdict_positions(encoded: Encoded, reads: str, steps: bool) -> list[int]:
-    """Where a verdict is read: every step's end (a process verifier), else the final
-    answer's last token (reads="answer", when there is one) or the response's last token."""
-    if steps:
-        return list(encoded.ends)
-    if reads == "answer" and encoded.answer is not None:
-        return [encoded.answer[1]]
-    return encoded.ends[-1:]
+    """Where a verdict is read: every step's end (a process verifier), else the response's
+    last token. With reads="answer" the last of them is the final answer's last token
+    instead, when there is one (and, with steps, when it lies in the last step)."""
+    ends = list(encoded.ends) if steps else encoded.ends[-1:]
+    answer = encoded.answer
+    if reads == "answer" and answer is not None and (len(ends) < 2 or answer[1] > ends[-2]):
+        ends[-1] = answer[1]
+    return ends
 
 
 def _answer_token(response: str, offsets: list[tuple[int, int]], start: int
@@ -235,11 +239,14 @@ def _shifted(answer: tuple[int, int] | None, cut: int) -> tuple[int, int] | None
     return None if answer is None or answer[0] < cut else (answer[0] - cut, answer[1] - cut)
 
 
+NO_ANSWER = torch.tensor([0.0, 0.0, 1.0])  # ANSWER_STATS where there is no final answer
+
+
 def _answer_stats(chosen: torch.Tensor, answer: tuple[int, int] | None, first: int,
                   stop: int) -> torch.Tensor:
     """ANSWER_STATS; chosen[i] is the log-probability of response token first + i."""
     if answer is None or not first <= answer[0] <= answer[1] < stop:
-        return torch.tensor([0.0, 0.0, 1.0])
+        return NO_ANSWER
     low, high = answer[0] - first, answer[1] - first
     return torch.tensor([float(chosen[low:high + 1].sum()), math.log1p(stop - 1 - answer[1]),
                          0.0])

@@ -43,7 +43,7 @@ class Card:
     layers: tuple[int, ...]
     head: str = "probe"  # or "lora" (scorers.adapted)
     lora: dict[str, int] = field(default_factory=dict)  # LoRA: {"layers": top, "rank": r}
-    reads: str = "end"  # where an outcome verifier reads: "end" or "answer" (scorers.backbone)
+    reads: str = "end"  # where the (last step's) verdict is read: "end" or "answer" (scorers.backbone)
     task: str = ""
     prompt: str = ""
     labels: str = ""  # how the labels were made (graded samples, Monte Carlo rollouts)

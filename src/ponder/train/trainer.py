@@ -45,7 +45,7 @@ class VerifierConfig:
     temperature: float = 0.8
     max_tokens: int = 96
     kind: str = "outcome"  # or "process"
-    reads: str = "answer"  # outcome: hidden states at the final answer ("answer") or "end"
+    reads: str = "answer"  # the (last step's) verdict at the final answer ("answer") or "end"
     rollouts: int = 4  # process labels: completions per step prefix
     head: str = "probe"  # or "lora": adapt the backbone's top layers (scorers.adapted)
     lora_layers: int = 6  # LoRA: top layers adapted
@@ -211,7 +211,7 @@ def train_verifier(config: VerifierConfig, engine, data: str | Path, out: str | 
     train, val = split_by_problem(examples, config.val_fraction, config.seed, content)
     steps = config.kind == "process"
     backbone = Backbone(engine.model, engine.tokenizer, config.model,
-                        reads="end" if steps else config.reads)
+                        reads=config.reads)
     mark = time.perf_counter()
     if config.head == "lora":
         head, fit, labels = _fit_lora(backbone, train, val, steps, config, progress)
