@@ -18,7 +18,8 @@ pool, its first N samples for N = 1, 2, 4, 8, 16:
 ORM and PRM AUROC are measured on the held-out pool's samples. The ORM is trained first,
 timed (the shipped recipe unless --orm names a folder; then its card's training time is
 reported); then the PRM (Math-Shepherd labels: --rollouts completions from every step prefix,
-on --prm-limit training problems x 4 samples; --prm-limit 0 skips it), timed too.
+on the ORM recipe's problems and samples: --prm-limit training problems, 200 as the ORM's, x 8
+samples; --prm-limit 0 skips it), timed too.
 Not measured here: PRM beam search at matched policy tokens (bench_smc runs verifier-guided
 search).
 The LAST line is one JSON object with the figures.
@@ -149,7 +150,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--prm", default=None, help="a trained process verifier folder "
                                                      "(default: train one here, timed)")
-    parser.add_argument("--prm-limit", type=int, default=60,
+    parser.add_argument("--prm-limit", type=int,
+                        default=RECIPES["smollm2-arith-orm"]["limit"],
                         help="training problems for the process verifier (0: no PRM)")
     parser.add_argument("--rollouts", type=int, default=4,
                         help="the PRM's Monte Carlo completions per step prefix")
@@ -171,8 +173,7 @@ def main() -> None:
     if args.prm is None and args.prm_limit:
         folder = Path(tempfile.mkdtemp(prefix="ponder-prm-"))
         config = VerifierConfig(**{**RECIPES["smollm2-arith-orm"], "kind": "process",
-                                   "limit": args.prm_limit, "samples": 4,
-                                   "rollouts": args.rollouts})
+                                   "limit": args.prm_limit, "rollouts": args.rollouts})
         card, _fit, timings = train_verifier(config, engine, folder / "data.db",
                                              folder / "prm", progress=True)
         figures["prm_train_seconds"] = round(timings["total_seconds"], 1)
