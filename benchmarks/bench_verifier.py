@@ -17,9 +17,9 @@ pool, its first N samples for N = 1, 2, 4, 8, 16:
   pass@N                       any sample correct (the ceiling)
 ORM and PRM AUROC are measured on the held-out pool's samples. The ORM is trained first,
 timed (the shipped recipe unless --orm names a folder; then its card's training time is
-reported); then the PRM (Math-Shepherd labels: --rollouts completions from every step prefix,
-on the ORM recipe's problems and samples: --prm-limit training problems, 200 as the ORM's, x 8
-samples; --prm-limit 0 skips it), timed too.
+reported); then the PRM (recipe smollm2-arith-prm: Math-Shepherd labels, --rollouts completions
+from every step prefix, on the ORM recipe's problems and samples: --prm-limit training
+problems, 200 as the ORM's, x 8 samples; --prm-limit 0 skips it), timed too.
 Not measured here: PRM beam search at matched policy tokens (bench_smc runs verifier-guided
 search).
 The LAST line is one JSON object with the figures.
@@ -151,9 +151,9 @@ def main() -> None:
     parser.add_argument("--prm", default=None, help="a trained process verifier folder "
                                                      "(default: train one here, timed)")
     parser.add_argument("--prm-limit", type=int,
-                        default=RECIPES["smollm2-arith-orm"]["limit"],
+                        default=RECIPES["smollm2-arith-prm"]["limit"],
                         help="training problems for the process verifier (0: no PRM)")
-    parser.add_argument("--rollouts", type=int, default=4,
+    parser.add_argument("--rollouts", type=int, default=RECIPES["smollm2-arith-prm"]["rollouts"],
                         help="the PRM's Monte Carlo completions per step prefix")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -172,8 +172,8 @@ def main() -> None:
         print(f"trained ORM: {args.orm}", flush=True)
     if args.prm is None and args.prm_limit:
         folder = Path(tempfile.mkdtemp(prefix="ponder-prm-"))
-        config = VerifierConfig(**{**RECIPES["smollm2-arith-orm"], "kind": "process",
-                                   "limit": args.prm_limit, "rollouts": args.rollouts})
+        config = VerifierConfig(**{**RECIPES["smollm2-arith-prm"], "limit": args.prm_limit,
+                                   "rollouts": args.rollouts})
         card, _fit, timings = train_verifier(config, engine, folder / "data.db",
                                              folder / "prm", progress=True)
         figures["prm_train_seconds"] = round(timings["total_seconds"], 1)

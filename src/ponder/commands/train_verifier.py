@@ -14,6 +14,8 @@ EPILOG = """examples:
   ponder train-verifier --recipe smollm2-arith-orm           the verifier shipped with ponder,
                                                              made again
   ponder train-verifier --kind process --rollouts 4 --out verifiers/arith-prm
+  ponder train-verifier --recipe smollm2-arith-prm           the process verifier measured in
+                                                             docs/verifiers.md (~12 min)
   ponder train-verifier --head lora --out verifiers/arith-orm-lora
                                                              LoRA on the top layers instead of
                                                              a probe (slower to train)
@@ -39,6 +41,9 @@ RECIPES = {
                                "temperature": 0.8, "max_tokens": 64, "kind": "outcome",
                                "seed": 0, "head": "lora", "lora_layers": 6, "lora_rank": 8,
                                "epochs": 4},
+    "smollm2-arith-prm": {"task": "arith-train:1", "model": DEFAULT_MODEL, "prompt": "plain",
+                          "limit": 200, "samples": 8, "temperature": 0.8, "max_tokens": 64,
+                          "kind": "process", "rollouts": 4, "seed": 0},
 }
 
 
