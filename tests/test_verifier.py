@@ -173,6 +173,16 @@ def test_an_answer_reading_process_verifier_reads_its_last_step_at_the_final_ans
     assert torch.allclose(rows[:, :hidden], at_ends[:, :hidden], atol=1e-4)
 
 
+def test_the_shipped_process_verifier_loads_for_the_bundled_model_and_scores_every_step(engine):
+    # Loading checks the card's weights hash against the bundled model's.
+    prm = make_scorer("verifier:smollm2-135m-arith-prm", engine)
+    assert (prm.card.kind, prm.card.reads) == ("process", "answer")
+    ratings = prm.score([ScoreItem("What is 2 + 3?", question(2, 3), text) for text in
+                         ("2 + 3 = 5.\n\nSo the answer is 5.", "The answer is 7.")])
+    assert [len(r.step_scores) for r in ratings] == [2, 1]
+    assert all(r.score == min(r.step_scores) and 0 < r.score < 1 for r in ratings)
+
+
 def test_a_verifier_for_other_weights_is_refused(engine, tmp_path):
     backbone = Backbone(engine.model, engine.tokenizer, "smollm2-135m")
     probe = Probe(torch.zeros(backbone.width), torch.ones(backbone.width),
