@@ -57,11 +57,11 @@ def test_recipes_ship_and_validate(tmp_path):
     assert [(s.strategy, s.prompt) for s in demo[:3]] == [
         ("greedy", "plain"), ("greedy", "fewshot"), ("self_consistency", "fewshot")]
     assert demo[2].options["n"] == 8 and len({s.run_id for s in demo}) == len(demo)
-    # The verifier runs read the shipped verifier, on the prompt it was trained on.
-    verified = [s for s in demo if s.scorer]
-    assert {s.strategy for s in verified} == {"best_of_n", "weighted_best_of_n"}
-    assert {(s.scorer, s.prompt) for s in verified} == {
-        ("verifier:smollm2-135m-arith-orm", "plain")}
+    # The verifier runs read the shipped verifiers, on the prompt they were trained on.
+    verified = {s.strategy: (s.scorer, s.prompt) for s in demo if s.scorer}
+    assert verified == {"best_of_n": ("verifier:smollm2-135m-arith-orm", "plain"),
+                        "weighted_best_of_n": ("verifier:smollm2-135m-arith-orm", "plain"),
+                        "beam_search": ("verifier:smollm2-135m-arith-prm", "plain")}
     path = tmp_path / "r.yaml"
     path.write_text("task: arith:1\nmax_tokens: 16\nruns:\n  - {strategy: greedy}\n"
                     "  - {strategy: sc, n: 4, max_tokens: 24}\n")
