@@ -221,9 +221,10 @@ def softmax_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     Why not from logits.log_softmax(): that path made three [rows, vocab] tensors more (the
     log-probabilities, their exp, the product) and a floored copy for self-certainty; at
     batch 64 it was a quarter of the sampling in a decode step. Here, with d = logits - max
-    and e = exp(d): Z = max * sum(e), entropy = log sum(e) - sum(e d) / sum(e), and the mean
-    log-probability is mean(d) - log sum(e). Rows with a non-finite logit, or a token below
-    CERTAINTY_LOGPROB_FLOOR (where self-certainty floors it), take the log_softmax path."""
+    and e = exp(d): log Z = max + log sum(e), entropy = log sum(e) - sum(e d) / sum(e), and
+    the mean log-probability is mean(d) - log sum(e). When a row has a non-finite logit, or a
+    token below CERTAINTY_LOGPROB_FLOOR (where self-certainty floors it), all rows take the
+    log_softmax path."""
     top = logits.amax(dim=-1, keepdim=True)
     shifted = logits - top
     weights = shifted.exp()
