@@ -114,8 +114,9 @@ def _roll_out(engine, pending: list[_Pending], store, config) -> None:
         return
     jobs = [(p, k, SEPARATOR.join(p.steps[:k + 1]) + SEPARATOR, j)
             for p in pending for j, k in enumerate(p.todo)]
-    prompts = {id(p): engine.tokenize(p.prompt) for p in pending}
-    ids = [prompts[id(p)] + engine.tokenizer.encode(text, add_special_tokens=False)
+    prompts = {p.problem.id: p.prompt for p in pending}  # a problem's samples share it
+    prompt_ids = {problem: engine.tokenize(prompt) for problem, prompt in prompts.items()}
+    ids = [prompt_ids[p.problem.id] + engine.tokenizer.encode(text, add_special_tokens=False)
            for p, _, text, _ in jobs]
     params = [SamplingParams(temperature=config.temperature, max_tokens=config.max_tokens,
                              seed=p.seed + j) for p, _, _, j in jobs]
