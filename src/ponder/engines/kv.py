@@ -12,6 +12,11 @@ the end (`room`); forward() writes the new columns into that room and hands back
 and allocates fresh buffers (with headroom) only when the room runs out. The room belongs to
 exactly one KVBatch: forward() and trim() move it to the batch they return, so feeding the
 same batch twice cannot overwrite columns another batch uses (the second call copies).
+
+Shared prompts. The n samples of a request are n copies of its prefill row, so their first
+columns stay equal for the whole decode. A batch records such runs of rows (`shared`,
+kept through select, trim, padding and concat) so that attention can read those columns once
+per run (shared_prefix.py); the copies stay, so anything that ignores `shared` is still right.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from transformers import DynamicCache
@@ -30,12 +36,21 @@ from ponder.engines.lean import lean_twin
 LayerKV = tuple[torch.Tensor, torch.Tensor]
 
 
+class SharedRun(NamedTuple):
+    """Rows first..stop-1 hold the same keys, values and mask in columns [0, columns)."""
+
+    first: int
+    stop: int
+    columns: int
+
+
 @dataclass
 class KVBatch:
     kv: list[LayerKV] | None  # None while empty (nothing fed yet)
     mask: torch.Tensor  # [batch, length] long, 1 = real token
     next_pos: torch.Tensor  # [batch] long: position id of each row's next token
     room: int = 0  # free columns after `length` in the kv tensors' storage, owned by this batch
+    shared: tuple[SharedRun, ...] = ()  # disjoint runs, by first row
 
     @property
     def size(self) -> int:
@@ -59,8 +74,25 @@ class KVBatch:
         kv = None
         if self.kv is not None:
             kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.kv]
-        batch = KVBatch(kv, mask, self.next_pos.index_select(0, rows))
+        batch = KVBatch(kv, mask, self.next_pos.index_select(0, rows),
+                        shared=self._runs_after_select(rows.tolist()))
         return batch.trim()
+
+    def _runs_after_select(self, rows: list[int]) -> tuple[SharedRun, ...]:
+        """The shared runs of select(rows): neighbouring new rows that are copies of one row
+        (all columns), or come from one run (its columns)."""
+        run_of = {row: run for run in self.shared for row in range(run.first, run.stop)}
+        sources = [run_of.get(row, row) for row in rows]
+        out, first = [], 0
+        for i in range(1, len(sources) + 1):
+            if i < len(sources) and sources[i] == sources[first]:
+                continue
+            source = sources[first]
+            columns = source.columns if isinstance(source, SharedRun) else self.length
+            if i - first >= 2 and columns > 0:
+                out.append(SharedRun(first, i, columns))
+            first = i
+        return tuple(out)
 
     def trim(self) -> KVBatch:
         used = self.mask.any(dim=0).nonzero()
@@ -71,7 +103,9 @@ class KVBatch:
         if self.kv is not None:
             kv = [(k[:, :, start:], v[:, :, start:]) for k, v in self.kv]
         room, self.room = self.room, 0  # the room moves to the trimmed view
-        return KVBatch(kv, self.mask[:, start:], self.next_pos, room)
+        shared = tuple(run._replace(columns=run.columns - start) for run in self.shared
+                       if run.columns > start)
+        return KVBatch(kv, self.mask[:, start:], self.next_pos, room, shared)
 
     def row_cache(self, row: int) -> tuple[tuple[LayerKV, ...], int]:
         """One row's cache without padding: per layer ([heads, n, dim], [heads, n, dim]), n."""
@@ -94,7 +128,9 @@ def left_pad_length(batch: KVBatch, length: int) -> KVBatch:
         for k, v in batch.kv:
             pad = k.new_zeros(k.shape[0], k.shape[1], extra, k.shape[3])
             kv.append((torch.cat([pad, k], dim=2), torch.cat([pad, v], dim=2)))
-    return KVBatch(kv, mask, batch.next_pos)
+    # Padding is the same (zeros, masked) in every row, so runs now share `extra` more columns.
+    shared = tuple(run._replace(columns=run.columns + extra) for run in batch.shared)
+    return KVBatch(kv, mask, batch.next_pos, shared=shared)
 
 
 def concat(a: KVBatch, b: KVBatch) -> KVBatch:
@@ -113,9 +149,10 @@ def concat(a: KVBatch, b: KVBatch) -> KVBatch:
             (torch.cat([ka, kb]), torch.cat([va, vb]))
             for (ka, va), (kb, vb) in zip(a.kv, b.kv, strict=True)
         ]
-    return KVBatch(
-        kv, torch.cat([a.mask, b.mask]), torch.cat([a.next_pos, b.next_pos])
-    )
+    shared = a.shared + tuple(SharedRun(run.first + a.size, run.stop + a.size, run.columns)
+                              for run in b.shared)
+    return KVBatch(kv, torch.cat([a.mask, b.mask]), torch.cat([a.next_pos, b.next_pos]),
+                   shared=shared)
 
 
 def from_row_caches(caches: list[tuple[tuple[LayerKV, ...], int]], device) -> KVBatch:
@@ -185,7 +222,8 @@ def forward(model, batch: KVBatch, input_ids: torch.Tensor, input_mask: torch.Te
                     return keys.contiguous(), values.contiguous()
                 return _extend(cached[layer][0], keys), _extend(cached[layer][1], values)
 
-            logits, kv, _ = twin(input_ids, positions, mask, append, logits_to_keep)
+            logits, kv, _ = twin(input_ids, positions, mask, append, logits_to_keep,
+                                 shared=batch.shared)
         else:
             cache = _cache_from(kv)  # the model appends to it in place
             logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
@@ -193,7 +231,7 @@ def forward(model, batch: KVBatch, input_ids: torch.Tensor, input_mask: torch.Te
                            **{cache_argument(model): cache}).logits
             kv = [(layer.keys, layer.values) for layer in cache.layers]
     next_pos = batch.next_pos + input_mask.sum(dim=1)
-    return logits.float(), KVBatch(kv, mask, next_pos, room - new if room else 0)
+    return logits.float(), KVBatch(kv, mask, next_pos, room - new if room else 0, batch.shared)
 
 
 def cache_argument(model) -> str:

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ponder.engines import shared_prefix
+
 FAMILIES = frozenset({"llama", "qwen2", "mistral"})
 # RoPE variants whose frequencies change with the sequence length: a fixed table is wrong.
 LENGTH_DEPENDENT_ROPE = frozenset({"dynamic", "longrope"})
@@ -191,27 +193,34 @@ class LeanForward:
         return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
     def _decode_attention(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                          allowed: torch.Tensor | None) -> torch.Tensor:
+                          allowed: torch.Tensor | None, plan: shared_prefix.Plan | None
+                          ) -> torch.Tensor:
         """Attention of one new query per sample [batch, heads, 1, dim] over the cache, each
         key/value head shared by its group of query heads through a reshape, not a copy.
         Why: at decode shapes this beat scaled_dot_product_attention(enable_gqa=True) on a
         2-core Intel Xeon (SmolLM2-135M, 160 cached tokens: 600 vs 930 us a layer at batch 64,
-        155 vs 210 at batch 16); at batch 1 SDPA was faster (22 vs 31 us), so it keeps that."""
+        155 vs 210 at batch 16); at batch 1 SDPA was faster (22 vs 31 us), so it keeps that.
+        With a plan, rows that share their first columns read them once (shared_prefix.py)."""
         batch, heads, _, dim = queries.shape
         grouped = (queries * self.scaling).reshape(batch, self.kv_heads, heads // self.kv_heads, dim)
+        if plan is not None:
+            return shared_prefix.attend(grouped, keys, values, allowed, plan).view(
+                batch, heads, 1, dim)
         scores = torch.matmul(grouped, keys.transpose(-1, -2))
         if allowed is not None:  # the finite minimum keeps a fully masked row finite
             scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
         return torch.matmul(torch.softmax(scores, dim=-1), values).view(batch, heads, 1, dim)
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                 append: Append, logits_to_keep: int, hidden: Sequence[int] = ()
-                 ) -> tuple[torch.Tensor, list[LayerKV], list[torch.Tensor]]:
+                 append: Append, logits_to_keep: int, hidden: Sequence[int] = (),
+                 shared: Sequence = ()) -> tuple[torch.Tensor, list[LayerKV], list[torch.Tensor]]:
         """Feed `input_ids` [batch, n] at `positions` after `mask`'s cached columns (`mask`
-        covers cached and new columns, 1 = real token). Returns the logits of the last
-        `logits_to_keep` positions, every layer's keys and values, and the hidden states
-        `hidden` names, as transformers' output_hidden_states numbers them (0: the embeddings,
-        i: after layer i, the last one after the final norm)."""
+        covers cached and new columns, 1 = real token); `shared`: runs of rows whose first
+        cached columns are equal (kv.SharedRun), read once per run in a decode step.
+        Returns the logits of the last `logits_to_keep` positions, every layer's keys and
+        values, and the hidden states `hidden` names, as transformers' output_hidden_states
+        numbers them (0: the embeddings, i: after layer i, the last one after the final
+        norm)."""
         batch, n = input_ids.shape
         old = mask.shape[1] - n
         padded = not bool(mask.all())
@@ -226,6 +235,7 @@ class LeanForward:
             causal = True
         # A batched decode step attends by grouped matmuls (see _decode_attention).
         grouped = n == 1 and batch > 1
+        plan = shared_prefix.plan(shared, batch, old, input_ids.device) if grouped else None
         cos, sin = self._rope(positions)
         linear, heads, kv_heads, dim = self.linear, self.heads, self.kv_heads, self.head_dim
         x = self.inner.embed_tokens(input_ids)
@@ -240,7 +250,7 @@ class LeanForward:
             caches.append((keys, values))
             if grouped:
                 attended = self._decode_attention(self._rotate(queries, cos, sin), keys, values,
-                                                  allowed)
+                                                  allowed, plan)
             else:
                 attended = F.scaled_dot_product_attention(
                     self._rotate(queries, cos, sin), keys, values, attn_mask=allowed,
