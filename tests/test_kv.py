@@ -62,3 +62,25 @@ def test_trim_hands_its_room_to_the_trimmed_batch(engine):
     trimmed = batch.trim()
     assert trimmed.length == batch.length - 2
     assert trimmed.room == room and batch.room == 0
+
+
+def test_a_selection_with_room_is_decoded_in_place_and_equals_the_plain_one(engine):
+    """A prefill's rows repeated for its samples go straight into buffers with room: the
+    first decode step writes there instead of copying the batch once more."""
+    short, long = engine.tokenize("Hello there"), engine.tokenize("Hi, how are you today?")
+    pad = len(long) - len(short)
+    ids = torch.tensor([[0] * pad + short, long])
+    mask = torch.ones_like(ids)
+    mask[0, :pad] = 0
+    _, batch = kvlib.forward(engine.model, kvlib.KVBatch.empty(2, "cpu"), ids, mask)
+    rows = torch.tensor([0, 0, 0, 1, 1])
+    roomy = batch.select(rows, with_room=True)
+    plain = batch.select(rows)
+    assert roomy.room > 0 and plain.room == 0
+    assert roomy.shared == plain.shared
+    token = engine.tokenize(" friend")[:1]
+    column = torch.tensor([token] * 5)
+    roomy_logits, roomy_after = kvlib.forward(engine.model, roomy, column, torch.ones_like(column))
+    plain_logits, _ = kvlib.forward(engine.model, plain, column, torch.ones_like(column))
+    assert storage(roomy_after) == storage(roomy)
+    torch.testing.assert_close(roomy_logits, plain_logits, atol=0, rtol=0)

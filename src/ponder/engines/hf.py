@@ -289,7 +289,7 @@ class _Run:
             job.prefill_tokens = len(job.ids) - job.cached
             rows += [row] * job.params.n
         index = torch.tensor(rows, device=self.device)
-        return logits[:, -1].index_select(0, index), batch.select(index)
+        return logits[:, -1].index_select(0, index), batch.select(index, with_room=True)
 
     def _shared_starts(self, jobs: list[_Job]) -> list[tuple[list[int], tuple]]:
         """Uncached prompts that start alike, grouped, each group's common start fed through the

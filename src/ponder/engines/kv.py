@@ -68,13 +68,23 @@ class KVBatch:
             torch.zeros(batch, dtype=torch.long, device=device),
         )
 
-    def select(self, rows: torch.Tensor) -> KVBatch:
-        """Keep (or repeat) the given rows, then drop leading columns no row uses."""
+    def select(self, rows: torch.Tensor, with_room: bool = False) -> KVBatch:
+        """Keep (or repeat) the given rows, then drop leading columns no row uses.
+
+        with_room: write them into buffers with room for the next steps, as forward() would
+        at its first step. For a batch about to be decoded (a prefill's rows repeated for
+        its samples) that is one copy instead of two: with a long prompt and many samples
+        the second copy, into fresh memory, took longer than dozens of decode steps."""
         mask = self.mask.index_select(0, rows)
-        kv = None
-        if self.kv is not None:
+        kv, room = None, 0
+        if self.kv is not None and with_room:
+            room = _headroom(self.length, 1)
+            runs = _equal_runs(rows.tolist())
+            kv = [(_gather_with_room(k, runs, room), _gather_with_room(v, runs, room))
+                  for k, v in self.kv]
+        elif self.kv is not None:
             kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.kv]
-        batch = KVBatch(kv, mask, self.next_pos.index_select(0, rows),
+        batch = KVBatch(kv, mask, self.next_pos.index_select(0, rows), room,
                         shared=self._runs_after_select(rows.tolist()))
         return batch.trim()
 
@@ -247,6 +257,34 @@ def _cache_arg_of(model_class) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _headroom(length: int, new: int) -> int:
+    """Free columns to allocate for `new` columns after `length`: a quarter of the length
+    more, at least 64, so that buffers are regrown once per many steps."""
+    return new + max(64, length // 4)
+
+
+def _equal_runs(rows: list[int]) -> list[tuple[int, int, int]]:
+    """(first, stop, row) for each stretch of equal neighbours in `rows`."""
+    out: list[tuple[int, int, int]] = []
+    for i, row in enumerate(rows):
+        if out and out[-1][2] == row:
+            out[-1] = (out[-1][0], i + 1, row)
+        else:
+            out.append((i, i + 1, row))
+    return out
+
+
+def _gather_with_room(t: torch.Tensor, runs: list[tuple[int, int, int]], room: int
+                      ) -> torch.Tensor:
+    """Rows of `t` [batch, heads, n, dim] as `runs` (_equal_runs) repeat them, in a buffer
+    with `room` free columns; its first n columns."""
+    _, heads, n, dim = t.shape
+    buffer = t.new_empty(runs[-1][1], heads, n + room, dim)
+    for first, stop, row in runs:
+        buffer[first:stop, :, :n] = t[row]
+    return buffer[:, :, :n]
+
+
 def _with_room(batch: KVBatch, new: int) -> tuple[list[LayerKV], int]:
     """The batch's kv as views with at least `new` free columns after them, and that room.
 
@@ -256,7 +294,7 @@ def _with_room(batch: KVBatch, new: int) -> tuple[list[LayerKV], int]:
     """
     if batch.room >= new:
         return batch.kv, batch.room
-    room = new + max(64, batch.length // 4)
+    room = _headroom(batch.length, new)
     grown = []
     for keys, values in batch.kv:
         pair = []
