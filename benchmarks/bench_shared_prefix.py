@@ -10,8 +10,10 @@ Workloads (temperature 0.8, top_p 0.95, every sample runs to --tokens new tokens
 
 "shared" is the engine as it is; "per_row" the same engine with sharing turned off
 (shared_prefix.MIN_SAVED_ROWS out of reach), so every sample reads its own copy of the
-prompt. Each figure is the best of --rounds interleaved rounds. Both must sample the same
-tokens (checked). The LAST line is one JSON object.
+prompt. Reported: tokens/s of the whole generate call, and of its decode steps alone (the
+call's time less that of the same call with one new token: the prefill is the same code
+both ways). Each figure is the best of --rounds interleaved rounds. Both must sample the
+same tokens (checked). The LAST line is one JSON object.
 
     python benchmarks/bench_shared_prefix.py [--tokens 64] [--rounds 2]
 """
@@ -70,21 +72,30 @@ def main() -> None:
                 with patch.object(shared_prefix, "MIN_SAVED_ROWS", limit):
                     rate, out[mode], prompt_tokens[name] = run(engine, prompts, samples,
                                                                args.tokens)
-                key = f"{name}_{mode}_tokens_per_s"
-                best[key] = max(best.get(key, 0.0), rate)
+                    first_rate, *_ = run(engine, prompts, samples, 1)
+                made = len(prompts) * samples
+                seconds, first = made * args.tokens / rate, made / first_rate
+                decode = made * (args.tokens - 1) / (seconds - first)
+                for key, value in ((f"{name}_{mode}_tokens_per_s", rate),
+                                   (f"{name}_{mode}_decode_tokens_per_s", decode)):
+                    best[key] = max(best.get(key, 0.0), value)
                 print(f"round {round_} {name:10} {mode:8} {len(prompts)} x {samples} samples, "
-                      f"prompt {prompt_tokens[name]} tokens: {rate:7.1f} tok/s", flush=True)
+                      f"prompt {prompt_tokens[name]} tokens: {rate:7.1f} tok/s, first token "
+                      f"{first:5.1f} s, decode {decode:7.1f} tok/s", flush=True)
             same[name] = same.get(name, True) and out["shared"] == out["per_row"]
     summary = {"cpu": cpu_info("model name"), "new_tokens": args.tokens, "rounds": args.rounds}
     for name in loads:
-        shared, per_row = best[f"{name}_shared_tokens_per_s"], best[f"{name}_per_row_tokens_per_s"]
-        summary.update({f"{name}_prompt_tokens": prompt_tokens[name],
-                        f"{name}_shared_tokens_per_s": round(shared, 1),
-                        f"{name}_per_row_tokens_per_s": round(per_row, 1),
-                        f"{name}_speedup": round(shared / per_row, 2),
-                        f"{name}_same_tokens": same[name]})
-        print(f"{name}: {shared:.1f} against {per_row:.1f} tok/s ({shared / per_row:.2f}x), "
-              f"same tokens: {same[name]}")
+        summary[f"{name}_prompt_tokens"] = prompt_tokens[name]
+        for part in ("", "decode_"):
+            shared = best[f"{name}_shared_{part}tokens_per_s"]
+            per_row = best[f"{name}_per_row_{part}tokens_per_s"]
+            summary.update({f"{name}_shared_{part}tokens_per_s": round(shared, 1),
+                            f"{name}_per_row_{part}tokens_per_s": round(per_row, 1),
+                            f"{name}_{part}speedup": round(shared / per_row, 2)})
+            print(f"{name} {part or 'whole '}: {shared:.1f} against {per_row:.1f} tok/s "
+                  f"({shared / per_row:.2f}x)")
+        summary[f"{name}_same_tokens"] = same[name]
+        print(f"{name}: same tokens both ways: {same[name]}")
     print(json.dumps(summary))
 
 
