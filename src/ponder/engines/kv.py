@@ -77,7 +77,7 @@ class KVBatch:
         the second copy, into fresh memory, took longer than dozens of decode steps."""
         mask = self.mask.index_select(0, rows)
         kv, room = None, 0
-        if self.kv is not None and with_room:
+        if self.kv is not None and with_room and len(rows):
             room = _headroom(self.length, 1)
             runs = _equal_runs(rows.tolist())
             kv = [(_gather_with_room(k, runs, room), _gather_with_room(v, runs, room))
