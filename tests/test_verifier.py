@@ -352,3 +352,41 @@ def test_a_process_verifier_trains_end_to_end_and_scores_steps(engine, tmp_path)
     [rating] = prm.score([ScoreItem("What is 2 + 3?", question(2, 3),
                                     "First, 2 + 3 = 5.\n\nSo the answer is 5.")])
     assert len(rating.step_scores) == 2 and all(0 <= v <= 1 for v in rating.step_scores)
+
+
+@pytest.mark.parametrize("reads", ["end", "answer"])
+@pytest.mark.parametrize("steps", [False, True])
+def test_items_that_share_a_prompt_feed_it_once_and_read_the_same_features(
+        engine, monkeypatch, reads, steps):
+    """Best-of-N's samples share their prompt: the backbone feeds it once and reads every
+    response over its keys and values; the features equal one forward per item, and each
+    prompt's tokens are counted once."""
+    from ponder.scorers import backbone as backbone_module
+
+    backbone = Backbone(engine.model, engine.tokenizer, "smollm2-135m", reads=reads)
+    question = [{"role": "user", "content": "What is 3 + 4?"}]
+    other = [{"role": "user", "content": "What is 12 + 5? Show your work."}]
+    items = [(question, "3 + 4 = 7.\nThe answer is 7."), (question, "It is 8"),
+             (other, "12 + 5 = 17.\nSo 17."), (question, "3 plus 4\nmakes 7, I think"),
+             (other, "17")]
+    shared = backbone.features(items, steps=steps)
+    fed = list(backbone.fed_tokens)
+    monkeypatch.setattr(backbone_module, "_distinct_prompts", lambda batch: None)
+    whole = backbone.features(items, steps=steps)
+    for a, b in zip(shared, whole, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-4)
+    encoded = [backbone.encode(p, r) for p, r in items]
+    assert backbone.fed_tokens == [len(e.ids) for e in encoded]
+    # Each prompt once (for the first item that has it in the order fed), every response.
+    prompts = {tuple(e.ids[:e.first]) for e in encoded}
+    assert sum(fed) == sum(map(len, prompts)) + sum(e.stop - e.first for e in encoded)
+
+
+def test_an_empty_response_keeps_every_item_on_its_own_forward(engine):
+    backbone = Backbone(engine.model, engine.tokenizer, "smollm2-135m")
+    question = [{"role": "user", "content": "What is 3 + 4?"}]
+    rows = backbone.features([(question, "7"), (question, "")])
+    encoded = [backbone.encode(question, r) for r in ("7", "")]
+    assert backbone.fed_tokens == [len(e.ids) for e in encoded]
+    assert all(r.shape == (1, backbone.width) for r in rows)

@@ -200,10 +200,11 @@ class TrainedVerifier:
         if self.card.head == "lora":
             probs_each = [self._head.probs(e.ids, verdict_positions(e, self.card.reads, process))
                           for e in encoded]
+            lengths = [len(ids) for ids, *_ in encoded]
         else:
             probs_each = [self._head.probs(rows) for rows in
                           self._backbone.encoded_features(encoded, steps=process)]
-        lengths = [len(ids) for ids, *_ in encoded]
+            lengths = self._backbone.fed_tokens  # a prompt shared by items is fed once
         wall = time.perf_counter() - started
         total = sum(lengths) or 1
         ratings = []
