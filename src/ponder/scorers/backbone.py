@@ -216,13 +216,9 @@ class Backbone:
         """One forward over each item's prompt and response, left-padded. Returns read(row)
         -> (hidden states from position hidden_start on, hidden_start, the logits that
         predict the response's tokens)."""
-        width = max(len(ids) for ids, *_ in batch)
         device = next(self.model.parameters()).device
-        input_ids = torch.zeros(len(batch), width, dtype=torch.long, device=device)
-        mask = torch.zeros_like(input_ids)
-        for row, (ids, *_) in enumerate(batch):  # left padding: rows end at width - 1
-            input_ids[row, width - len(ids):] = torch.tensor(ids, device=device)
-            mask[row, width - len(ids):] = 1
+        input_ids, mask = _left_padded([e.ids for e in batch], device)
+        width = input_ids.shape[1]
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         # Logits only where response tokens are predicted (one position before each).
         span = max(len(e.ids) - e.first for e in batch) + 1
@@ -250,23 +246,13 @@ class Backbone:
         the cache every item with that prompt reads its response over (the N samples of a
         best-of-N share one prompt). Hidden states start at each item's response."""
         device = next(self.model.parameters()).device
-        width = max(map(len, prompts))
-        prompt_ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
-        prompt_mask = torch.zeros_like(prompt_ids)
-        for row, ids in enumerate(prompts):
-            prompt_ids[row, width - len(ids):] = torch.tensor(ids, device=device)
-            prompt_mask[row, width - len(ids):] = 1
+        prompt_ids, prompt_mask = _left_padded(prompts, device)
         last_logits, caches, _ = twin(prompt_ids, (prompt_mask.cumsum(-1) - 1).clamp(min=0),
                                       prompt_mask, lambda _, k, v: (k, v), 1)
         owner = torch.tensor([prompts.index(tuple(e.ids[:e.first])) for e in batch],
                              device=device)
-        span = max(e.stop - e.first for e in batch)
-        input_ids = torch.zeros(len(batch), span, dtype=torch.long, device=device)
-        mask = torch.zeros_like(input_ids)
-        for row, e in enumerate(batch):
-            input_ids[row, span - (e.stop - e.first):] = torch.tensor(e.ids[e.first:],
-                                                                      device=device)
-            mask[row, span - (e.stop - e.first):] = 1
+        input_ids, mask = _left_padded([e.ids[e.first:] for e in batch], device)
+        span = input_ids.shape[1]
         lengths = prompt_mask.sum(-1).index_select(0, owner)
         positions = lengths.unsqueeze(1) + (mask.cumsum(-1) - 1).clamp(min=0)
         cached = [(k.index_select(0, owner), v.index_select(0, owner)) for k, v in caches]
@@ -289,6 +275,17 @@ class Backbone:
             return stacked[row, shift:], e.first, predicting
 
         return read
+
+
+def _left_padded(rows: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows as one left-padded batch (rows end at the last column) and its mask."""
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for row, tokens in enumerate(rows):
+        ids[row, width - len(tokens):] = torch.tensor(tokens, device=device)
+        mask[row, width - len(tokens):] = 1
+    return ids, mask
 
 
 def _distinct_prompts(batch: list[Encoded]) -> list[tuple[int, ...]] | None:
