@@ -210,8 +210,6 @@ class Backbone:
                 hidden.device)], dim=-1).cpu())
         return rows, fed
 
-
-
     def _read_whole(self, twin, batch: list[Encoded]):
         """One forward over each item's prompt and response, left-padded. Returns read(row)
         -> (hidden states from position hidden_start on, hidden_start, the logits that
