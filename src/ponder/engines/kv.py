@@ -76,32 +76,28 @@ class KVBatch:
         its samples) that is one copy instead of two: with a long prompt and many samples
         the second copy, into fresh memory, took longer than dozens of decode steps."""
         mask = self.mask.index_select(0, rows)
+        row_list = rows.tolist()
         kv, room = None, 0
-        if self.kv is not None and with_room and len(rows):
+        if self.kv is not None and with_room and row_list:
             room = _headroom(self.length, 1)
-            runs = _equal_runs(rows.tolist())
+            runs = _equal_runs(row_list)
             kv = [(_gather_with_room(k, runs, room), _gather_with_room(v, runs, room))
                   for k, v in self.kv]
         elif self.kv is not None:
             kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.kv]
         batch = KVBatch(kv, mask, self.next_pos.index_select(0, rows), room,
-                        shared=self._runs_after_select(rows.tolist()))
+                        shared=self._runs_after_select(row_list))
         return batch.trim()
 
     def _runs_after_select(self, rows: list[int]) -> tuple[SharedRun, ...]:
         """The shared runs of select(rows): neighbouring new rows that are copies of one row
         (all columns), or come from one run (its columns)."""
         run_of = {row: run for run in self.shared for row in range(run.first, run.stop)}
-        sources = [run_of.get(row, row) for row in rows]
-        out, first = [], 0
-        for i in range(1, len(sources) + 1):
-            if i < len(sources) and sources[i] == sources[first]:
-                continue
-            source = sources[first]
+        out = []
+        for first, stop, source in _equal_runs([run_of.get(row, row) for row in rows]):
             columns = source.columns if isinstance(source, SharedRun) else self.length
-            if i - first >= 2 and columns > 0:
-                out.append(SharedRun(first, i, columns))
-            first = i
+            if stop - first >= 2 and columns > 0:
+                out.append(SharedRun(first, stop, columns))
         return tuple(out)
 
     def trim(self) -> KVBatch:
@@ -263,9 +259,9 @@ def _headroom(length: int, new: int) -> int:
     return new + max(64, length // 4)
 
 
-def _equal_runs(rows: list[int]) -> list[tuple[int, int, int]]:
-    """(first, stop, row) for each stretch of equal neighbours in `rows`."""
-    out: list[tuple[int, int, int]] = []
+def _equal_runs(rows: list) -> list[tuple[int, int, object]]:
+    """(first, stop, value) for each stretch of equal neighbours in `rows`."""
+    out: list[tuple[int, int, object]] = []
     for i, row in enumerate(rows):
         if out and out[-1][2] == row:
             out[-1] = (out[-1][0], i + 1, row)
