@@ -12,6 +12,7 @@ from ponder.sampling import (
     sample_nucleus,
     sample_rows,
     sample_seed,
+    sample_tempered,
     self_certainty,
     softmax_stats,
     top_k_filter,
@@ -86,17 +87,19 @@ def test_filters_compose_in_order_temperature_then_top_k_then_top_p():
 def test_inverse_cdf_sampling_maps_uniforms_to_tokens():
     logits = torch.cat([logits_of(PROBS)] * 5)
     u = torch.tensor([0.0, 0.49, 0.51, 0.81, 0.999])
-    assert sample_rows(logits, u).tolist() == [0, 0, 1, 2, 4]
+    tokens, log_q = sample_rows(logits, u)
+    assert tokens.tolist() == [0, 0, 1, 2, 4]
+    torch.testing.assert_close(log_q, torch.tensor(PROBS).log()[tokens])
     # Removed tokens are never chosen, whatever the uniform.
     filtered = top_k_filter(logits, 2)
-    assert set(sample_rows(filtered, torch.linspace(0, 0.9999, 5)).tolist()) <= {0, 1}
+    assert set(sample_rows(filtered, torch.linspace(0, 0.9999, 5))[0].tolist()) <= {0, 1}
 
 
 def test_sampling_frequencies_match_the_distribution():
     gen = torch.Generator().manual_seed(0)
     n = 40_000
     logits = logits_of(PROBS).expand(n, -1)
-    counts = torch.bincount(sample_rows(logits, torch.rand(n, generator=gen)), minlength=5)
+    counts = torch.bincount(sample_rows(logits, torch.rand(n, generator=gen))[0], minlength=5)
     freq = counts.double() / n
     assert torch.allclose(freq, torch.tensor(PROBS, dtype=torch.double), atol=0.01)
 
@@ -151,7 +154,10 @@ def test_sampling_among_few_kept_tokens_equals_the_inverse_cdf_over_the_vocabula
         cdf = processed.double().softmax(dim=-1).cumsum(dim=-1)
         expected = torch.searchsorted(cdf, (uniforms[:, None] * cdf[:, -1:]).contiguous(),
                                       right=True).squeeze(1)
-        assert torch.equal(sample_rows(processed, uniforms), expected)
+        tokens, log_q = sample_rows(processed, uniforms)
+        assert torch.equal(tokens, expected)
+        torch.testing.assert_close(
+            log_q, processed.log_softmax(dim=-1).gather(1, expected[:, None]).squeeze(1))
 
 
 def test_only_the_rows_whose_nucleus_is_wide_look_past_the_first_head():
@@ -188,9 +194,36 @@ def test_nucleus_sampling_draws_what_the_general_path_draws(scale, wide):
     for _ in range(40):
         uniforms = torch.rand(6, generator=g, dtype=torch.float64)
         tokens, token_log_q = sample_nucleus(logits, temperature, top_p, uniforms)
-        expected = sample_rows(processed, uniforms)
+        expected, _ = sample_rows(processed, uniforms)
         assert torch.equal(tokens, expected)
         torch.testing.assert_close(token_log_q, log_q.gather(1, expected[:, None]).squeeze(1))
+
+
+@pytest.mark.parametrize("temperature", [[1.0, 1.0, 1.0], [0.7, 1.0, 1.6]])
+def test_temperature_only_sampling_draws_what_the_general_path_draws(temperature):
+    # The decode step's path for rows with no filter skips the general path's mask of
+    # removed tokens (and, at temperature 1, its copy): for every uniform it must draw the
+    # token the processed row draws, with that row's log q.
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 5000, generator=g) * torch.tensor([[0.1], [3.0], [8.0]])
+    temperature = torch.tensor(temperature)
+    processed = process_logits(logits, temperature)
+    log_q = processed.log_softmax(dim=-1)
+    for _ in range(40):
+        uniforms = torch.rand(3, generator=g, dtype=torch.float64)
+        tokens, token_log_q = sample_tempered(logits, temperature, uniforms)
+        expected, _ = sample_rows(processed, uniforms)
+        assert torch.equal(tokens, expected)
+        torch.testing.assert_close(token_log_q, log_q.gather(1, expected[:, None]).squeeze(1))
+
+
+def test_temperature_only_sampling_leaves_rows_with_removed_tokens_to_the_general_path():
+    logits = torch.zeros(2, 100)
+    logits[1, 5] = float("-inf")
+    uniforms = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    assert sample_tempered(logits, 1.0, uniforms) is None
+    logits[1, 5] = float("nan")
+    assert sample_tempered(logits, 1.0, uniforms) is None
 
 
 def test_nucleus_sampling_declines_a_nucleus_wider_than_its_head():

@@ -22,6 +22,7 @@ from ponder.sampling import (
     sample_nucleus,
     sample_rows,
     sample_seed,
+    sample_tempered,
     softmax_stats,
 )
 from ponder.types import StepView
@@ -107,21 +108,28 @@ def sample_step(logits: torch.Tensor, live: list[DecodeSample], is_end: Callable
 def _draw(logits: torch.Tensor, params: list, uniforms: list[float], top_k: int):
     """The tensor work of a step for a few rows: sampled tokens, their log p (T=1) and log q
     (under the processors), each row's entropy, the top_k log-probabilities and each row's
-    self-certainty (log p, entropy and self-certainty from sampling.softmax_stats)."""
+    self-certainty (log p, entropy and self-certainty from sampling.softmax_stats).
+
+    Rows that all sample the same way take that way's own path, each drawing the token the
+    general one (process_logits, then sample_rows) draws: greedy rows their argmax, rows with
+    temperature alone sample_tempered, rows with top-p alone sample_nucleus."""
     temperature = torch.tensor([p.temperature for p in params])
     top_p = torch.tensor([p.top_p for p in params])
     uniform = torch.tensor(uniforms, dtype=torch.float64, device=logits.device)
     drawn = None
-    if all(p.temperature > 0 and p.top_p < 1 and not p.top_k and not p.min_p for p in params):
-        drawn = sample_nucleus(logits, temperature, top_p, uniform)
-    if drawn is not None:
-        tokens, chosen_sampling = drawn
-    else:
+    if all(p.greedy for p in params):  # log q is 0 (a point mass); sample_step records that
+        drawn = logits.argmax(dim=-1), logits.new_zeros(len(params))
+    elif all(p.temperature > 0 and not p.top_k and not p.min_p for p in params):
+        if all(p.top_p == 1 for p in params):
+            drawn = sample_tempered(logits, temperature, uniform)
+        elif all(p.top_p < 1 for p in params):
+            drawn = sample_nucleus(logits, temperature, top_p, uniform)
+    if drawn is None:
         processed = process_logits(
             logits, temperature=temperature, top_k=torch.tensor([p.top_k for p in params]),
             top_p=top_p, min_p=torch.tensor([p.min_p for p in params]))
-        tokens = sample_rows(processed, uniform)
-        chosen_sampling = processed.log_softmax(dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
+        drawn = sample_rows(processed, uniform)
+    tokens, chosen_sampling = drawn
     log_z, entropies, certainties = softmax_stats(logits)
     chosen_model = logits.gather(1, tokens.unsqueeze(1)).squeeze(1) - log_z
     top = None
