@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from ponder.engines.core.decode import _draw
 from ponder.sampling import (
     apply_temperature,
     min_p_filter,
@@ -247,3 +248,34 @@ def test_softmax_stats_equal_their_definitions_from_the_log_softmax(scale):
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(certainty, self_certainty(logprobs), atol=1e-4, rtol=1e-5)
     assert bool(entropy.isfinite().all()) and bool(certainty.isfinite().all())
+
+
+@pytest.mark.parametrize("kinds", [
+    [{"temperature": 0.0}] * 4,  # greedy: its argmax (ties included)
+    [{"temperature": 1.0}, {"temperature": 0.7}, {"temperature": 1.0}, {"temperature": 1.4}],
+    [{"temperature": 0.8, "top_p": 0.9}] * 4,  # top-p alone: the nucleus path
+    [{"temperature": 0.0}, {"temperature": 1.0}, {"temperature": 0.8, "top_p": 0.9},
+     {"temperature": 0.7, "top_k": 20}],  # mixed: the general path itself
+])
+def test_each_decode_path_draws_what_the_general_path_draws(kinds):
+    # The decode step sends rows that all sample alike down their own path; the tokens and
+    # log q must be the general path's (process_logits, then sample_rows), row for row.
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 3000, generator=g) * 4
+    logits[0, [7, 900]] = logits[0].max() + 1  # a tie for the top token: the first one wins
+    params = [SamplingParams(**k) for k in kinds]
+    processed = process_logits(
+        logits, torch.tensor([p.temperature for p in params]),
+        torch.tensor([p.top_k for p in params]), torch.tensor([p.top_p for p in params]),
+        torch.tensor([p.min_p for p in params]))
+    log_q = processed.log_softmax(dim=-1)
+    for _ in range(20):
+        uniforms = torch.rand(4, generator=g, dtype=torch.float64)
+        tokens, _, chosen_sampling, *_ = _draw(logits, params, uniforms.tolist(), 0)
+        expected, _ = sample_rows(processed, uniforms)
+        assert torch.equal(tokens, expected)
+        sampled = torch.tensor([not p.greedy for p in params])
+        torch.testing.assert_close(chosen_sampling[sampled],
+                                   log_q.gather(1, expected[:, None]).squeeze(1)[sampled])
+    if params[0].greedy:
+        assert tokens[0] == 7
