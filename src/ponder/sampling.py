@@ -131,7 +131,7 @@ def process_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, mi
     return out
 
 
-def _inverse_cdf(logits: torch.Tensor, uniforms: torch.Tensor, last
+def _inverse_cdf(logits: torch.Tensor, uniforms: torch.Tensor, last: int | torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's first column whose cumulative probability (the float64 softmax of its
     logits) exceeds uniforms[i] times the row's total, at most `last` (an int or one per
@@ -142,7 +142,7 @@ def _inverse_cdf(logits: torch.Tensor, uniforms: torch.Tensor, last
     cdf = probs.cumsum(dim=-1)
     targets = (uniforms.double().reshape(-1, 1) * cdf[:, -1:]).contiguous()
     columns = torch.searchsorted(cdf, targets, right=True).reshape(-1)
-    columns = columns.clamp(max=last) if isinstance(last, int) else torch.minimum(columns, last)
+    columns = columns.clamp(max=last)
     return columns, probs.gather(1, columns.unsqueeze(1)).squeeze(1).log().to(logits.dtype)
 
 
