@@ -25,7 +25,12 @@ top_p 0.95. Measured here, in the same run:
 Every figure is the best of --rounds interleaved rounds. Prints a table; the LAST line is
 one JSON object with the figures.
 
-    python benchmarks/bench_engine.py [--tokens 128] [--dtype float32]
+On a GPU (--device cuda, the default where torch sees one) the same runs go to the GPU and
+the roofline's matmul pass is one CUDA graph (see roofline_seconds); llama.cpp is skipped.
+--model takes any HF folder (the engine's native path for its family; figures are then that
+model's).
+
+    python benchmarks/bench_engine.py [--tokens 128] [--dtype float32] [--device cuda]
 """
 
 from __future__ import annotations
@@ -58,6 +63,12 @@ def cpu_name() -> str:
     return cpu_info("model name") or platform.processor() or platform.machine()
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so a timer stops when the work is done."""
+    if isinstance(device, torch.device) and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -65,17 +76,36 @@ def peak_rss_mb() -> float:
 def roofline_seconds(model, batch: int, linear=F.linear, sustain: float = 2.0) -> float:
     """Mean time of one pass of bare matmuls (`linear`) over every weight matrix of the
     model, over passes repeated for `sustain` seconds: a sustained rate, as a decode run must
-    sustain it (the best of a few short passes caught this machine's brief fast moments)."""
+    sustain it (the best of a few short passes caught this machine's brief fast moments).
+
+    On a GPU the pass is one CUDA graph, replayed: the floor is then what the GPU's memory
+    and matmul units allow, not the ~200 kernel launches a pass takes from Python (which
+    would be most of it for a model this small, and which a graph-launched step avoids)."""
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype, device=w.device)
+    device = weights[0].device
+    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype, device=device)
               for w in weights}
-    passes = 0
+
+    def one_pass() -> None:
+        for w in weights:
+            linear(inputs[w.shape[1]], w, None)
+
+    run, per_check = one_pass, 1
     with torch.inference_mode():
+        if device.type == "cuda":
+            one_pass()  # cuBLAS picks its kernels and workspace before the capture
+            synchronize(device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                one_pass()
+            run, per_check = graph.replay, 20  # a sync per pass would add its own time
+        passes = 0
         start = time.perf_counter()
         while (elapsed := time.perf_counter() - start) < sustain or passes < 3:
-            for w in weights:
-                linear(inputs[w.shape[1]], w, None)
-            passes += 1
+            for _ in range(per_check):
+                run()
+            synchronize(device)
+            passes += per_check
     return elapsed / passes
 
 
@@ -103,8 +133,8 @@ def run_without_lean(engine: HFEngine, samples: int, tokens: int) -> int:
 def run_per_sample_loop(engine: HFEngine, samples: int, tokens: int) -> int:
     """The baseline: one sample after another, one token at a time over a KV cache."""
     model, arg = engine.model, cache_argument(engine.model)
-    prompt = torch.tensor([engine.tokenize(PROMPT)])
-    gen = torch.Generator().manual_seed(0)
+    prompt = torch.tensor([engine.tokenize(PROMPT)], device=engine.device)
+    gen = torch.Generator(device=engine.device).manual_seed(0)
     produced = 0
     with torch.inference_mode():
         for _ in range(samples):
@@ -119,7 +149,7 @@ def run_per_sample_loop(engine: HFEngine, samples: int, tokens: int) -> int:
 
 
 def run_hf_generate(engine: HFEngine, samples: int, tokens: int) -> int:
-    prompt = torch.tensor([engine.tokenize(PROMPT)])
+    prompt = torch.tensor([engine.tokenize(PROMPT)], device=engine.device)
     torch.manual_seed(0)
     with torch.inference_mode():
         out = engine.model.generate(
@@ -139,9 +169,10 @@ def llamacpp_engine():
         return None
 
 
-def timed(fn, *args) -> tuple[int, float]:
+def timed(fn, engine, *args) -> tuple[int, float]:
     start = time.perf_counter()
-    produced = fn(*args)
+    produced = fn(engine, *args)
+    synchronize(getattr(engine, "device", None))
     return produced, time.perf_counter() - start
 
 
@@ -153,10 +184,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds; each figure keeps its best round")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="bundled name, HF folder or .gguf file (default: the bundled model)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="default: cuda where torch sees a GPU, else cpu")
     args = parser.parse_args()
 
-    engine = HFEngine("smollm2-135m", dtype=args.dtype)
-    print(f"device {engine.device} ({cpu_name()}), {torch.get_num_threads()} threads", flush=True)
+    engine = HFEngine(args.model, dtype=args.dtype, device=args.device)
+    gpu = torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else None
+    print(f"device {engine.device} ({gpu or cpu_name()}), {torch.get_num_threads()} CPU threads",
+          flush=True)
     run_engine(engine, 2, 4)  # warm-up: first-call allocations
 
     weight_bytes = sum(m.weight.numel() * m.weight.element_size()
@@ -169,14 +206,15 @@ def main() -> None:
     runs.append(("ponder_b16_transformers_forward", run_without_lean, engine, 16))
     runs += [("hf_generate_b16", run_hf_generate, engine, 16),
              ("per_sample_loop", run_per_sample_loop, engine, args.loop_samples)]
-    llama = llamacpp_engine()
+    llama = llamacpp_engine() if engine.device.type == "cpu" and args.model == "smollm2-135m" \
+        else None
     if llama is not None:
         runs.append(("llamacpp_b16", run_engine, llama, 16))
     else:
-        print("llama.cpp: not installed here (pip install llama-cpp-python), skipped")
+        print("llama.cpp: skipped (it runs the bundled model on a CPU, with llama-cpp-python)")
     # The roofline takes the fastest matmul this torch has at each batch, aten's or oneDNN's:
-    # which one wins depends on the CPU (see lean.pick_linear).
-    kernels = linear_kernels()
+    # which one wins depends on the CPU (see lean.pick_linear). A GPU has cuBLAS's.
+    kernels = linear_kernels() if engine.device.type == "cpu" else [F.linear]
     # This machine's speed drifts by 10-30% over minutes, so every measurement (the
     # roofline's too) is repeated in interleaved rounds and each keeps its best round.
     linears = {b: float("inf") for b in BATCHES}
@@ -192,7 +230,11 @@ def main() -> None:
                   f"{produced / seconds:8.1f} tok/s (peak RSS {peak_rss_mb():.0f} MB)", flush=True)
 
     bandwidth = weight_bytes / linears[1]
-    matmul_flops = 2 * weight_params * 63 / (linears[64] - linears[1])
+    # The throughput the 63 extra rows imply. On a GPU a pass of a model this small is
+    # kernel latency, not matmul work, at either batch (the H200 measured 10 PFLOP/s this
+    # way, ten times its peak): no throughput is implied there (reported as null).
+    extra_rows = linears[64] - linears[1] if engine.device.type == "cpu" else 0.0
+    matmul_flops = 2 * weight_params * 63 / extra_rows if extra_rows > 0 else float("nan")
     kv_seconds = kv_bytes_per_token(engine.model) / bandwidth  # per cached token read
     roof = {b: b / (linears[b] + kv_seconds * (prompt_tokens + b * own_tokens))
             for b in BATCHES}
@@ -208,9 +250,10 @@ def main() -> None:
         print(f"roofline B={b:<3} {roof[b]:8.1f} tok/s ({b / linears[b]:.0f} weights only)")
 
     summary = {
-        "cpu": cpu_name(), "new_tokens": args.tokens, "rounds": args.rounds, "dtype": args.dtype, "threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "device": engine.device.type, "gpu": gpu, "model": args.model,
+        "new_tokens": args.tokens, "rounds": args.rounds, "dtype": args.dtype, "threads": torch.get_num_threads(),
         "weight_read_gb_per_s": round(bandwidth / 1e9, 1),
-        "matmul_gflop_per_s": round(matmul_flops / 1e9),
+        "matmul_gflop_per_s": round(matmul_flops / 1e9) if extra_rows > 0 else None,
         **{f"roofline_tokens_per_s_b{b}": round(roof[b], 1) for b in BATCHES},
         **{f"weights_only_roofline_fraction_b{b}": round(rate[f"ponder_b{b}"] * linears[b] / b, 3)
            for b in BATCHES},
@@ -232,6 +275,8 @@ def main() -> None:
         "roofline_over_per_sample_loop": round(roof[16] / rate["per_sample_loop"], 2),
         "roofline_over_hf_generate": round(roof[16] / rate["hf_generate_b16"], 2),
         "peak_rss_mb": round(peak_rss_mb()),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated(engine.device) / 2**20)
+        if gpu else None,
     }
     print(f"at B=16: {summary['speedup_vs_per_sample_loop']}x the per-sample loop (target >= 10), "
           f"{summary['speedup_vs_hf_generate']}x model.generate (target >= 2); roofline fraction "

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
-ENGINE_NAMES = ["hf", "llamacpp", "vllm", "openai-ponder", "openai-llamacpp", "openai-vllm"]
+ENGINE_NAMES = ["hf", "hf-cuda", "llamacpp", "vllm", "openai-ponder", "openai-llamacpp",
+                "openai-vllm"]
 
 
 def start_engine(name: str, stack: contextlib.ExitStack):
