@@ -187,13 +187,8 @@ class HFEngine:
 
     def _score_batch(self, rows) -> list[Scored]:
         seqs = [r.prompt + r.continuation for r in rows]
-        width = max(len(s) for s in seqs)
         keep = max(len(r.continuation) for r in rows) + 1
-        input_ids = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
-        input_mask = torch.zeros_like(input_ids)
-        for row, seq in enumerate(seqs):
-            input_ids[row, width - len(seq):] = torch.tensor(seq, device=self.device)
-            input_mask[row, width - len(seq):] = 1
+        input_ids, input_mask = kvlib.left_padded(seqs, self.device)
         empty = kvlib.KVBatch.empty(len(seqs), self.device)
         logits, _ = kvlib.forward(self.model, empty, input_ids, input_mask, logits_to_keep=keep)
         out = []
@@ -277,12 +272,7 @@ class _Run:
                 caches[row] = (layers, length)
         batch = kvlib.from_row_caches(caches, self.device)
         fresh = [j.ids[n:] for j, (_, n) in zip(jobs, caches, strict=True)]
-        width = max(len(f) for f in fresh)
-        input_ids = torch.zeros(len(jobs), width, dtype=torch.long, device=self.device)
-        input_mask = torch.zeros_like(input_ids)
-        for row, f in enumerate(fresh):
-            input_ids[row, width - len(f):] = torch.tensor(f, device=self.device)
-            input_mask[row, width - len(f):] = 1
+        input_ids, input_mask = kvlib.left_padded(fresh, self.device)
         logits, batch = kvlib.forward(self.engine.model, batch, input_ids, input_mask)
         rows = []
         for row, job in enumerate(jobs):

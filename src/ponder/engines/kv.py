@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -159,6 +160,19 @@ def concat(a: KVBatch, b: KVBatch) -> KVBatch:
                               for run in b.shared)
     return KVBatch(kv, torch.cat([a.mask, b.mask]), torch.cat([a.next_pos, b.next_pos]),
                    shared=shared)
+
+
+def left_padded(rows: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows as one left-padded batch (every row ends at the last column) and its
+    mask (1 = a real token): how the engine's prefills and scoring passes, and the trained
+    verifiers' feature passes, feed rows of different lengths together."""
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for row, tokens in enumerate(rows):
+        ids[row, width - len(tokens):] = torch.tensor(tokens, device=device)
+        mask[row, width - len(tokens):] = 1
+    return ids, mask
 
 
 def from_row_caches(caches: list[tuple[tuple[LayerKV, ...], int]], device) -> KVBatch:

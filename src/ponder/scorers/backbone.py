@@ -40,6 +40,7 @@ from typing import NamedTuple
 import torch
 
 from ponder.engines.base import tokenize_prompt
+from ponder.engines.kv import left_padded
 from ponder.engines.lean import lean_twin
 from ponder.scorers.hf_prm import split_steps
 from ponder.tasks.extract import extract_answer
@@ -215,7 +216,7 @@ class Backbone:
         -> (hidden states from position hidden_start on, hidden_start, the logits that
         predict the response's tokens)."""
         device = next(self.model.parameters()).device
-        input_ids, mask = _left_padded([e.ids for e in batch], device)
+        input_ids, mask = left_padded([e.ids for e in batch], device)
         width = input_ids.shape[1]
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         # Logits only where response tokens are predicted (one position before each).
@@ -244,12 +245,12 @@ class Backbone:
         the cache every item with that prompt reads its response over (the N samples of a
         best-of-N share one prompt). Hidden states start at each item's response."""
         device = next(self.model.parameters()).device
-        prompt_ids, prompt_mask = _left_padded(prompts, device)
+        prompt_ids, prompt_mask = left_padded(prompts, device)
         last_logits, caches, _ = twin(prompt_ids, (prompt_mask.cumsum(-1) - 1).clamp(min=0),
                                       prompt_mask, lambda _, k, v: (k, v), 1)
         owner = torch.tensor([prompts.index(tuple(e.ids[:e.first])) for e in batch],
                              device=device)
-        input_ids, mask = _left_padded([e.ids[e.first:] for e in batch], device)
+        input_ids, mask = left_padded([e.ids[e.first:] for e in batch], device)
         span = input_ids.shape[1]
         lengths = prompt_mask.sum(-1).index_select(0, owner)
         positions = lengths.unsqueeze(1) + (mask.cumsum(-1) - 1).clamp(min=0)
@@ -273,17 +274,6 @@ class Backbone:
             return stacked[row, shift:], e.first, predicting
 
         return read
-
-
-def _left_padded(rows: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id rows as one left-padded batch (rows end at the last column) and its mask."""
-    width = max(map(len, rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for row, tokens in enumerate(rows):
-        ids[row, width - len(tokens):] = torch.tensor(tokens, device=device)
-        mask[row, width - len(tokens):] = 1
-    return ids, mask
 
 
 def _distinct_prompts(batch: list[Encoded]) -> list[tuple[int, ...]] | None:
