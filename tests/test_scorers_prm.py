@@ -153,9 +153,11 @@ def test_sequence_classification_orm_gives_one_score(engine, tmp_path):
         assert r.score == pytest.approx(expected, abs=1e-5)
 
 
-def test_released_qwen_prm_layout_loads_without_running_its_code(engine, tmp_path):
+def test_released_qwen_prm_layout_loads_without_running_its_code(engine, tmp_path, capfd,
+                                                                 caplog):
     """Qwen2.5-Math-PRM ships code for an MLP head (score.0, ReLU, score.2) on a Qwen2 model;
-    a checkpoint with that layout and an auto_map loads natively."""
+    a checkpoint with that layout and an auto_map loads natively, and quietly (the head's
+    tensors are not reported as unexpected keys of the base model)."""
     from safetensors.torch import save_file
     from transformers import Qwen2Config, Qwen2Model
 
@@ -171,8 +173,11 @@ def test_released_qwen_prm_layout_loads_without_running_its_code(engine, tmp_pat
     config.auto_map = {"AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel"}
     config.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
+    capfd.readouterr()
     prm = make_scorer(f"qwen-prm:{tmp_path}", device="cpu")
     [r] = prm.score(items(THREE))
+    loading = capfd.readouterr().err + caplog.text
+    assert "UNEXPECTED" not in loading and "LOAD REPORT" not in loading, loading
     ids = prm._encode(items(THREE)[0])[0]
     sep = prm.tokenizer.convert_tokens_to_ids("<extra_0>")
     with torch.no_grad():

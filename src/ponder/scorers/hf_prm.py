@@ -109,7 +109,8 @@ class HFRewardModel:
                 "math-shepherd": transformers.AutoModelForCausalLM,
                 "orm": transformers.AutoModelForSequenceClassification}[self.style]
         if self.style == "qwen-prm" and getattr(config, "auto_map", None):
-            auto = transformers.AutoModel  # the base model, or the PRM's own AutoModel class
+            # the base model (its head read by _mlp_head), or the PRM's own AutoModel class
+            auto = _body_without_head(config) if self._head is not None else transformers.AutoModel
         self.model = auto.from_pretrained(self.path, dtype=dtype, **kwargs).to(self.device).eval()
         if self._head is not None:
             self._head = self._head.to(self.device, dtype).eval()
@@ -279,3 +280,14 @@ class HFRewardModel:
 
     def _at_steps(self, probs: torch.Tensor, ids: list[int], n: int) -> list[float]:
         return probs[self._step_positions(ids, n)].tolist()
+
+
+def _body_without_head(config):
+    """The checkpoint's base model class (Qwen2Model for Qwen2.5-Math-PRM), told that the
+    head's tensors (`score.*`, which `_mlp_head` reads) belong in the file: loaded as the
+    plain base model, transformers printed them as unexpected keys (a "LOAD REPORT") on
+    every load of the scorer."""
+    import transformers
+
+    base = transformers.AutoModel._model_mapping[type(config)]
+    return type(base.__name__, (base,), {"_keys_to_ignore_on_load_unexpected": [r"^score\."]})
