@@ -206,12 +206,14 @@ def main() -> None:
     runs.append(("ponder_b16_transformers_forward", run_without_lean, engine, 16))
     runs += [("hf_generate_b16", run_hf_generate, engine, 16),
              ("per_sample_loop", run_per_sample_loop, engine, args.loop_samples)]
-    llama = llamacpp_engine() if engine.device.type == "cpu" and args.model == "smollm2-135m" \
-        else None
+    if engine.device.type == "cpu" and args.model == "smollm2-135m":
+        llama, why = llamacpp_engine(), "not installed here (pip install llama-cpp-python)"
+    else:  # llama.cpp runs the bundled model's GGUF, on the CPU
+        llama, why = None, "compared only on the bundled model on a CPU"
     if llama is not None:
         runs.append(("llamacpp_b16", run_engine, llama, 16))
     else:
-        print("llama.cpp: skipped (it runs the bundled model on a CPU, with llama-cpp-python)")
+        print(f"llama.cpp: {why}, skipped")
     # The roofline takes the fastest matmul this torch has at each batch, aten's or oneDNN's:
     # which one wins depends on the CPU (see lean.pick_linear). A GPU has cuBLAS's.
     kernels = linear_kernels() if engine.device.type == "cpu" else [F.linear]
