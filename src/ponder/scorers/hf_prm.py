@@ -289,5 +289,8 @@ def _body_without_head(config):
     every load of the scorer."""
     import transformers
 
-    base = transformers.AutoModel._model_mapping[type(config)]
+    try:
+        base = transformers.AutoModel._model_mapping[type(config)]
+    except KeyError:  # a config class transformers does not map: its usual loader decides
+        return transformers.AutoModel
     return type(base.__name__, (base,), {"_keys_to_ignore_on_load_unexpected": [r"^score\."]})
