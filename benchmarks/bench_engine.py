@@ -236,14 +236,15 @@ def main() -> None:
     # kernel latency, not matmul work, at either batch (the H200 measured 10 PFLOP/s this
     # way, ten times its peak): no throughput is implied there (reported as null).
     extra_rows = linears[64] - linears[1] if engine.device.type == "cpu" else 0.0
-    matmul_flops = 2 * weight_params * 63 / extra_rows if extra_rows > 0 else float("nan")
+    matmul_flops = 2 * weight_params * 63 / extra_rows if extra_rows > 0 else None
     kv_seconds = kv_bytes_per_token(engine.model) / bandwidth  # per cached token read
     roof = {b: b / (linears[b] + kv_seconds * (prompt_tokens + b * own_tokens))
             for b in BATCHES}
     roof_prompt_per_row = {b: b / (linears[b] + kv_seconds * b * (prompt_tokens + own_tokens))
                            for b in BATCHES}
     print(f"roofline: {bandwidth / 1e9:.1f} GB/s weight reads at B=1, "
-          f"{matmul_flops / 1e9:.0f} GFLOP/s per extra row")
+          + (f"{matmul_flops / 1e9:.0f} GFLOP/s per extra row" if matmul_flops
+             else "no matmul rate implied (a pass is kernel latency at every batch)"))
     for name, *_ in runs:
         batch = next((b for b in BATCHES if name.endswith(f"_b{b}")), None)
         share = f"{rate[name] / roof[batch]:.2f} of roofline" if batch else ""
@@ -255,7 +256,7 @@ def main() -> None:
         "cpu": cpu_name(), "device": engine.device.type, "gpu": gpu, "model": args.model,
         "new_tokens": args.tokens, "rounds": args.rounds, "dtype": args.dtype, "threads": torch.get_num_threads(),
         "weight_read_gb_per_s": round(bandwidth / 1e9, 1),
-        "matmul_gflop_per_s": round(matmul_flops / 1e9) if extra_rows > 0 else None,
+        "matmul_gflop_per_s": round(matmul_flops / 1e9) if matmul_flops else None,
         **{f"roofline_tokens_per_s_b{b}": round(roof[b], 1) for b in BATCHES},
         **{f"weights_only_roofline_fraction_b{b}": round(rate[f"ponder_b{b}"] * linears[b] / b, 3)
            for b in BATCHES},
