@@ -4,6 +4,7 @@ data stage's resumption, on the table engine, synthetic data and the bundled mod
 from __future__ import annotations
 
 import math
+import re
 import signal
 import sqlite3
 import subprocess
@@ -337,13 +338,19 @@ def test_the_data_stage_resumes_after_sigkill_with_nothing_lost_or_doubled(tmp_p
 
 
 @pytest.mark.slow
-def test_a_process_verifier_trains_end_to_end_and_scores_steps(engine, tmp_path):
+def test_a_process_verifier_trains_end_to_end_and_scores_steps(engine, tmp_path, capfd):
     from ponder.train.trainer import VerifierConfig, train_verifier
 
     config = VerifierConfig(task="arith-train:1", prompt="cot", limit=6, samples=3,
                             max_tokens=48, kind="process", rollouts=2, val_fraction=0.5)
     card, fit, _ = train_verifier(config, engine, tmp_path / "data.db", tmp_path / "prm",
-                                  progress=False)
+                                  progress=True)
+    # Each stage shows its progress, the feature pass (a forward per sample) included.
+    shown = capfd.readouterr().err
+    for stage in ("verifier data", "process labels", "verifier features"):
+        assert stage in shown
+    n = card.data["samples"]
+    assert re.search(rf"verifier features: 100%\|[^|]*\| {n}/{n} ", shown)
     assert card.kind == "process" and card.data["positions"] >= card.data["samples"]
     with sqlite3.connect(tmp_path / "data.db") as conn:  # the step labels were stored
         assert conn.execute("SELECT COUNT(*) FROM process_labels").fetchone()[0] == \

@@ -217,8 +217,15 @@ def train_verifier(config: VerifierConfig, engine, data: str | Path, out: str | 
         head, fit, labels = _fit_lora(backbone, train, val, steps, config, progress)
         metrics, lora = {}, {"layers": config.lora_layers, "rank": config.lora_rank}
     else:
-        x_train, y_train = featurize(backbone, train, steps)
-        x_val, y_val = featurize(backbone, val, steps)
+        from tqdm import tqdm
+
+        # Minutes on a CPU (a forward over every sample): shown, as the data stage is.
+        with tqdm(total=len(train) + len(val), desc="verifier features", unit="sample",
+                  disable=not progress) as bar:
+            x_train, y_train = featurize(backbone, train, steps,
+                                         lambda done, _: bar.update(done - bar.n))
+            x_val, y_val = featurize(backbone, val, steps,
+                                     lambda done, _: bar.update(len(train) + done - bar.n))
         timings["feature_seconds"] = time.perf_counter() - mark
         mark = time.perf_counter()
         fit = train_probe(x_train, y_train, x_val, y_val, seed=config.seed)
