@@ -5,14 +5,14 @@ top_p 0.95. Measured here, in the same run:
 
 - the roofline: the least time a decode step at batch B can take here. It must do the
   model's weight matmuls (every Linear, lm_head included: bare torch matmuls on random
-  inputs at batch B, the mean pass over two seconds of passes, with the faster of aten's
-  and oneDNN's matmul) and read the keys and values it attends to: the prompt's once (the B
-  samples share it, and the engine reads it once per step where that pays,
-  engines/shared_prefix.py) and each sample's own tokens at the run's mean count, at the
-  weight-read bandwidth measured at B=1. Reported as tokens/s = B / that time, beside the
-  weights-only figure, the bandwidth, the matmul throughput implied from B=1 to B=64, and
-  the fraction against a roofline that reads the prompt once per sample (`_prompt_per_row`,
-  the definition before the engine shared it).
+  inputs at batch B, the mean pass over two seconds of passes, with the fastest of aten's
+  matmul, oneDNN's and MKL's on packed weights) and read the keys and values it attends
+  to: the prompt's once (the B samples share it, and the engine reads it once per step
+  where that pays, engines/shared_prefix.py) and each sample's own tokens at the run's
+  mean count, at the weight-read bandwidth measured at B=1. Reported as tokens/s = B /
+  that time, beside the weights-only figure, the bandwidth, the matmul throughput implied
+  from B=1 to B=64, and the fraction against a roofline that reads the prompt once per
+  sample (`_prompt_per_row`, the definition before the engine shared it).
 - ponder's native engine at B = 1, 16, 64, and at B=16 with transformers' forward in place
   of its lean one (engines/lean.py), as the engine ran before that existed;
 - `model.generate` at B=16, and the per-sample loop (one sample at a time, a KV cache, one
@@ -92,9 +92,11 @@ def roofline_seconds(model, batch: int, linear=F.linear, sustain: float = 2.0) -
 
     run, per_check = one_pass, 1
     with torch.inference_mode():
+        # Untimed: cuBLAS picks its kernels and workspace (before a capture); packed
+        # weights are packed.
+        one_pass()
+        synchronize(device)
         if device.type == "cuda":
-            one_pass()  # cuBLAS picks its kernels and workspace before the capture
-            synchronize(device)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 one_pass()
@@ -214,8 +216,9 @@ def main() -> None:
         runs.append(("llamacpp_b16", run_engine, llama, 16))
     else:
         print(f"llama.cpp: {why}, skipped")
-    # The roofline takes the fastest matmul this torch has at each batch, aten's or oneDNN's:
-    # which one wins depends on the CPU (see lean.pick_linear). A GPU has cuBLAS's.
+    # The roofline takes the fastest matmul this torch has at each batch, aten's, oneDNN's or
+    # MKL's on packed weights: which one wins depends on the CPU and the batch (see
+    # lean.pick_linear). A GPU has cuBLAS's.
     kernels = linear_kernels() if engine.device.type == "cpu" else [F.linear]
     # This machine's speed drifts by 10-30% over minutes, so every measurement (the
     # roofline's too) is repeated in interleaved rounds and each keeps its best round.

@@ -6,6 +6,7 @@ projections are swapped after its twin was made."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -117,15 +118,45 @@ def test_lean_forward_equals_transformers_on_the_bundled_model(engine, kernel):
         torch.testing.assert_close(a, b, atol=5e-3, rtol=0)
 
 
-def test_the_kernel_is_chosen_by_cpu_vendor_not_by_a_timing(monkeypatch):
-    other = lean._onednn_linear
-    monkeypatch.setattr(lean, "linear_kernels", lambda: [torch.nn.functional.linear, other])
+def test_the_kernel_is_chosen_by_cpu_vendor_and_size_not_by_a_timing(monkeypatch):
+    onednn, packed = lean._onednn_linear, lean.PackedLinear()
+    monkeypatch.setattr(lean, "linear_kernels",
+                        lambda: [torch.nn.functional.linear, onednn, packed])
     monkeypatch.setattr(lean, "cpu_vendor", lambda: "GenuineIntel")
-    assert lean.pick_linear() is torch.nn.functional.linear
+    assert lean.pick_linear(lean.PACKED_MAX_BYTES) is packed
+    assert lean.pick_linear(lean.PACKED_MAX_BYTES + 1) is torch.nn.functional.linear
+    monkeypatch.setenv("PONDER_PACKED_WEIGHTS", "0")
+    assert lean.pick_linear(1) is torch.nn.functional.linear
+    monkeypatch.delenv("PONDER_PACKED_WEIGHTS")
     monkeypatch.setattr(lean, "cpu_vendor", lambda: "AuthenticAMD")
-    assert lean.pick_linear() is other
+    assert lean.pick_linear(1) is onednn
     monkeypatch.setattr(lean, "linear_kernels", lambda: [torch.nn.functional.linear])
-    assert lean.pick_linear() is torch.nn.functional.linear
+    assert lean.pick_linear(1) is torch.nn.functional.linear
+    monkeypatch.setattr(lean, "cpu_vendor", lambda: "GenuineIntel")
+    assert lean.pick_linear(1) is torch.nn.functional.linear
+
+
+@pytest.mark.skipif("packed_mkl_linear" not in KERNELS, reason="this torch has no MKL")
+def test_packed_weights_give_f_linear_results_and_follow_in_place_changes():
+    packed = KERNELS["packed_mkl_linear"]
+    g = torch.Generator().manual_seed(3)
+    weight, bias = torch.randn(48, 32, generator=g), torch.randn(48, generator=g)
+    x = torch.randn(16, 32, generator=g)
+    with torch.inference_mode():
+        for rows in (1, 3, 4, 16, 17, 64, 65, 200):
+            y = torch.randn(1, rows, 32, generator=g)
+            torch.testing.assert_close(packed(y, weight, bias), F.linear(y, weight, bias))
+        # Inside the window the packed copy is used; it must follow the weight's changes.
+        before = packed(x, weight, None)
+        assert id(weight) in packed.packed
+    with torch.no_grad():
+        weight.mul_(2)  # in place, as load_state_dict writes
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x, weight, None), 2 * before)
+    # With autograd on, the plain call (the packed op has no backward).
+    w = weight.clone().requires_grad_()
+    packed(x, w, None).sum().backward()
+    torch.testing.assert_close(w.grad, x.sum(0).expand_as(w))
 
 
 def test_generation_through_the_lean_forward_samples_what_transformers_does(engine, monkeypatch):
