@@ -5,7 +5,8 @@ Why. A decode step through transformers spent time this forward does not:
   - every Linear runs through oneDNN's matmul (`torch.ops.mkldnn._linear_pointwise`, on the
     model's own weights: no copy) except on Intel CPUs, where aten's (MKL) is as fast or
     faster (`pick_linear`): on the 2-core AMD EPYC this project was first measured on, aten's
-    fp32 GEMM took 18.8 ms for the lm_head at batch 16 where oneDNN's took 10.0 ms;
+    fp32 GEMM took 18.8 ms for the lm_head at batch 16 where oneDNN's took 10.0 ms; on Intel a
+    decode step of 4-64 rows uses MKL on weights packed once (`PackedLinear`);
   - RoPE's cos and sin are looked up in a table made once by the model's own rotary
     embedding (so every static RoPE variant, llama3 and yarn included, is exactly the model's);
   - at most one boolean attention mask is built per call (none for a decode step with no
