@@ -157,6 +157,12 @@ def test_packed_weights_give_f_linear_results_and_follow_in_place_changes():
     w = weight.clone().requires_grad_()
     packed(x, w, None).sum().backward()
     torch.testing.assert_close(w.grad, x.sum(0).expand_as(w))
+    # A weight made under inference_mode has no version counter: the plain call, every time.
+    with torch.inference_mode():
+        made_here = weight.clone()
+        torch.testing.assert_close(packed(x, made_here, None), F.linear(x, made_here))
+        made_here.mul_(2)
+        torch.testing.assert_close(packed(x, made_here, None), F.linear(x, made_here))
 
 
 def test_generation_through_the_lean_forward_samples_what_transformers_does(engine, monkeypatch):

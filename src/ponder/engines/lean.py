@@ -100,8 +100,8 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 class PackedLinear:
     """MKL's sgemm on weights packed once into its own layout (`torch.ops.mkl`), for inputs of
-    PACKED_ROWS rows; F.linear for others, and where autograd is on (the packed op has no
-    backward). Why: MKL's plain sgemm repacks the weight on every call, which at decode shapes
+    PACKED_ROWS rows; F.linear for others, where autograd is on (the packed op has no
+    backward) and for weights made under inference_mode. Why: MKL's plain sgemm repacks the weight on every call, which at decode shapes
     cost about as much as the product itself on a 2-core Intel Xeon (the 1536->576 down
     projection at 16 rows: 274 against 111 us; all of the bundled model's projections and its
     lm_head at 16 rows: 34.7 against 19.2 ms; at 1-3 rows, and above ~100, the plain call is
@@ -117,7 +117,9 @@ class PackedLinear:
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
         rows = x.numel() // x.shape[-1]
-        if not PACKED_ROWS[0] <= rows <= PACKED_ROWS[1] or torch.is_grad_enabled():
+        # An inference tensor has no version counter to tell a changed weight by.
+        if (not PACKED_ROWS[0] <= rows <= PACKED_ROWS[1] or torch.is_grad_enabled()
+                or weight.is_inference()):
             return F.linear(x, weight, bias)
         entry = self.packed.get(id(weight))
         if entry is None or entry[0] is not weight or entry[1] != weight._version:
