@@ -67,6 +67,8 @@ def both_ways(model, steps, kernel=None):
             logits.append(step_logits)
         out.append(logits)
     lean._TWINS.pop(model, None)
+    if isinstance(kernel, lean.PackedLinear):
+        kernel.packed.clear()  # the packed copies of a model's weights: ~1 GB for the bundled one
     return out
 
 

@@ -101,14 +101,15 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 class PackedLinear:
     """MKL's sgemm on weights packed once into its own layout (`torch.ops.mkl`), for inputs of
     PACKED_ROWS rows; F.linear for others, where autograd is on (the packed op has no
-    backward) and for weights made under inference_mode. Why: MKL's plain sgemm repacks the weight on every call, which at decode shapes
-    cost about as much as the product itself on a 2-core Intel Xeon (the 1536->576 down
-    projection at 16 rows: 274 against 111 us; all of the bundled model's projections and its
-    lm_head at 16 rows: 34.7 against 19.2 ms; at 1-3 rows, and above ~100, the plain call is
-    as fast or faster). The packed copies, made on first use, cost memory about the size of
-    the weights (+1.0 GB of RSS for the bundled model). A copy is remade when its weight
-    changes in place (load_state_dict moves the tensor's version counter). Results equal
-    F.linear's within fp32 rounding (bit-equal from 16 rows on that Xeon)."""
+    backward) and for weights made under inference_mode. Why: MKL's plain sgemm repacks the
+    weight on every call, which at decode shapes cost about as much as the product itself on
+    a 2-core Intel Xeon (the 1536->576 down projection at 16 rows: 274 against 111 us; all of
+    the bundled model's projections and its lm_head at 16 rows: 34.7 against 19.2 ms; at 1-3
+    rows, and above ~100, the plain call is as fast or faster). The packed copies, made on
+    first use, cost memory about the size of the weights (+1.0 GB of RSS for the bundled
+    model). A copy is remade when its weight changes in place (load_state_dict moves the
+    tensor's version counter). Results equal F.linear's within fp32 rounding (bit-equal from
+    16 rows on that Xeon)."""
 
     __name__ = "packed_mkl_linear"
 
