@@ -3,6 +3,7 @@ data stage's resumption, on the table engine, synthetic data and the bundled mod
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import signal
@@ -201,6 +202,27 @@ def test_a_missing_or_foreign_folder_says_what_to_do(tmp_path):
     (tmp_path / "card.json").write_text('{"format": "something else"}')
     with pytest.raises(ValueError, match="train-verifier"):
         TrainedVerifier(tmp_path)
+
+
+def test_ponder_models_lists_the_shipped_verifiers_and_the_scorer_hint_names_one(capsys):
+    from ponder.cli import main
+    from ponder.scorers.trained import scorer_hint, shipped_names
+
+    assert main(["models", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    verifiers = {row["name"]: row for row in listed["verifiers"]}
+    assert set(verifiers) == set(shipped_names()) >= {"smollm2-135m-arith-orm",
+                                                       "smollm2-135m-arith-prm"}
+    orm = verifiers["smollm2-135m-arith-orm"]
+    assert (orm["kind"], orm["base_model"], orm["scorer"]) == (
+        "outcome", "smollm2-135m", "verifier:smollm2-135m-arith-orm")
+    assert 0.5 < orm["val_auroc"] <= 1
+    assert [row["name"] for row in listed["models"]] == ["smollm2-135m"]
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert all(name in text for name in verifiers) and "--scorer verifier:NAME" in text
+    # A strategy without a scorer is told of one that works on the bundled model.
+    assert "--scorer verifier:smollm2-135m-arith-orm" in scorer_hint()
 
 
 # ---- contamination ----------------------------------------------------------------------------

@@ -52,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     problem = Problem(id="cli", question=args.question, answer="")
     build_prompt(problem, prompt, chat=not args.raw)  # validates the style
     if STRATEGIES[key].needs_scorer and not args.scorer:
-        raise ValueError(f"strategy {key!r} needs a scorer: add --scorer mean_logprob")
+        from ponder.scorers.trained import scorer_hint
+
+        raise ValueError(f"strategy {key!r} needs a scorer: {scorer_hint()}")
     if args.scorer:
         make_scorer(args.scorer, None)  # validates the name before the model loads
     engine = build_engine(engine_config_from_args(args))

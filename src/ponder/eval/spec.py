@@ -164,8 +164,9 @@ def make_spec(raw: Mapping[str, Any]) -> RunSpec:
         resolve(model)  # an unknown model fails here, before anything is written
     scorer = raw.get("scorer")
     if entry.needs_scorer and scorer is None:
-        raise ValueError(f"strategy {strategy!r} needs a scorer: add --scorer mean_logprob "
-                         "(or sum_logprob, heuristic)")
+        from ponder.scorers.trained import scorer_hint
+
+        raise ValueError(f"strategy {strategy!r} needs a scorer: {scorer_hint()}")
     if scorer is not None:
         from ponder.scorers.registry import ALIASES, make_scorer
 

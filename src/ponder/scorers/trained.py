@@ -96,6 +96,28 @@ def shipped_names() -> list[str]:
         if root.is_dir() else []
 
 
+def shipped_summaries() -> list[dict[str, Any]]:
+    """What `ponder models` shows of each shipped verifier: its name, the scorer spec that
+    uses it, its kind, base model, task and validation AUROC (from its card)."""
+    rows = []
+    for name in shipped_names():
+        card = load_card(shipped(name))
+        rows.append({"name": name, "scorer": f"verifier:{name}", "kind": card.kind,
+                     "base_model": card.base_model, "task": card.task,
+                     "val_auroc": card.metrics.get("val_auroc")})
+    return rows
+
+
+def scorer_hint() -> str:
+    """How to give a strategy that needs a scorer one, naming a shipped verifier."""
+    rows = shipped_summaries()
+    row = next((r for r in rows if r["kind"] == "outcome"), rows[0] if rows else None)
+    trained = "" if row is None else (
+        f", or a trained verifier such as --scorer {row['scorer']} (for {row['base_model']} on "
+        f"{row['task']}; `ponder models` lists those shipped)")
+    return f"add --scorer mean_logprob (any model){trained}"
+
+
 def verifier_fingerprint(scorer: str) -> str | None:
     """A digest of the files of the verifier a scorer name points to (None if it names no
     verifier folder): a run scored by a retrained verifier is another run."""
