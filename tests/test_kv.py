@@ -84,3 +84,37 @@ def test_a_selection_with_room_is_decoded_in_place_and_equals_the_plain_one(engi
     plain_logits, _ = kvlib.forward(engine.model, plain, column, torch.ones_like(column))
     assert storage(roomy_after) == storage(roomy)
     torch.testing.assert_close(roomy_logits, plain_logits, atol=0, rtol=0)
+
+
+def test_a_selection_of_many_rows_gathers_them_as_one_copy_per_row_would():
+    """Few runs copy run by run; many take one gather (and the identity one copy): the
+    selected keys and values are the rows asked for, in order, either way."""
+    keys = torch.randn(6, 2, 5, 4)
+    for rows in ([3, 3, 3, 0], [0, 1, 2, 3, 4, 5], [5, 4, 4, 1, 0, 2, 2, 2, 3],
+                 [1, 0, 3, 2, 5, 4]):
+        runs = kvlib._equal_runs(rows)
+        assert (len(runs) > kvlib.GATHER_RUNS) == (rows != [3, 3, 3, 0])
+        got = kvlib._gather_with_room(keys, runs, room=3)
+        assert got.shape == (len(rows), 2, 5, 4)
+        assert torch.equal(got, keys[torch.tensor(rows)])
+        assert got.untyped_storage().nbytes() == len(rows) * 2 * (5 + 3) * 4 * 4  # the room
+
+
+def test_rows_that_share_one_cache_are_written_as_each_row_alone_would_be():
+    """from_row_caches writes rows holding the same cache together: left-padded, every row
+    equal to its own cache, empty rows zero, whatever order the shared rows come in."""
+    def cache(n):
+        return tuple((torch.randn(2, n, 4), torch.randn(2, n, 4)) for _ in range(3)), n
+
+    shared, other = cache(5), cache(3)
+    caches = [shared, other, shared, ((), 0), shared, other, cache(7)]
+    batch = kvlib.from_row_caches(caches, "cpu")
+    longest = 7
+    assert batch.next_pos.tolist() == [n for _, n in caches]
+    for row, (layers, n) in enumerate(caches):
+        assert batch.mask[row].tolist() == [0] * (longest - n) + [1] * n
+        for layer, (keys, values) in enumerate(batch.kv):
+            assert not keys[row, :, : longest - n].any() and not values[row, :, : longest - n].any()
+            if n:
+                assert torch.equal(keys[row, :, longest - n:], layers[layer][0])
+                assert torch.equal(values[row, :, longest - n:], layers[layer][1])
