@@ -6,7 +6,7 @@ top_p 0.95. Measured here, in the same run:
 - the roofline: the least time a decode step at batch B can take here. It must do the
   model's weight matmuls (every Linear, lm_head included: bare torch matmuls on random
   inputs at batch B, the mean pass over two seconds of passes, with the fastest of aten's
-  matmul, oneDNN's and MKL's on packed weights) and read the keys and values it attends
+  matmul and oneDNN's, each on plain or packed weights) and read the keys and values it attends
   to: the prompt's once (the B samples share it, and the engine reads it once per step
   where that pays, engines/shared_prefix.py) and each sample's own tokens at the run's
   mean count, at the weight-read bandwidth measured at B=1. Reported as tokens/s = B /
@@ -216,8 +216,8 @@ def main() -> None:
         runs.append(("llamacpp_b16", run_engine, llama, 16))
     else:
         print(f"llama.cpp: {why}, skipped")
-    # The roofline takes the fastest matmul this torch has at each batch, aten's, oneDNN's or
-    # MKL's on packed weights: which one wins depends on the CPU and the batch (see
+    # The roofline takes the fastest matmul this torch has at each batch, aten's or oneDNN's,
+    # each on plain or on packed weights: which one wins depends on the CPU and the batch (see
     # lean.pick_linear). A GPU has cuBLAS's.
     kernels = linear_kernels() if engine.device.type == "cpu" else [F.linear]
     # This machine's speed drifts by 10-30% over minutes, so every measurement (the

@@ -121,31 +121,41 @@ def test_lean_forward_equals_transformers_on_the_bundled_model(engine, kernel):
 
 
 def test_the_kernel_is_chosen_by_cpu_vendor_and_size_not_by_a_timing(monkeypatch):
-    onednn, packed = lean._onednn_linear, lean.PackedLinear()
+    linear, onednn = torch.nn.functional.linear, lean._onednn_linear
+    mkl_packed, onednn_packed = lean.PackedLinear(), lean.PackedOneDNNLinear()
     monkeypatch.setattr(lean, "linear_kernels",
-                        lambda: [torch.nn.functional.linear, onednn, packed])
+                        lambda: [linear, onednn, mkl_packed, onednn_packed])
     monkeypatch.setattr(lean, "cpu_vendor", lambda: "GenuineIntel")
-    assert lean.pick_linear(lean.PACKED_MAX_BYTES) is packed
-    assert lean.pick_linear(lean.PACKED_MAX_BYTES + 1) is torch.nn.functional.linear
+    assert lean.pick_linear(lean.PACKED_MAX_BYTES) is mkl_packed
+    assert lean.pick_linear(lean.PACKED_MAX_BYTES + 1) is linear
+    monkeypatch.setattr(lean, "cpu_vendor", lambda: "AuthenticAMD")
+    assert lean.pick_linear(lean.PACKED_MAX_BYTES) is onednn_packed
+    assert lean.pick_linear(lean.PACKED_MAX_BYTES + 1) is onednn
     monkeypatch.setenv("PONDER_PACKED_WEIGHTS", "0")
-    assert lean.pick_linear(1) is torch.nn.functional.linear
+    assert lean.pick_linear(1) is onednn
+    monkeypatch.setattr(lean, "cpu_vendor", lambda: "GenuineIntel")
+    assert lean.pick_linear(1) is linear
     monkeypatch.delenv("PONDER_PACKED_WEIGHTS")
+    monkeypatch.setattr(lean, "linear_kernels", lambda: [linear, onednn])  # no packing here
+    assert lean.pick_linear(1) is linear
     monkeypatch.setattr(lean, "cpu_vendor", lambda: "AuthenticAMD")
     assert lean.pick_linear(1) is onednn
-    monkeypatch.setattr(lean, "linear_kernels", lambda: [torch.nn.functional.linear])
-    assert lean.pick_linear(1) is torch.nn.functional.linear
+    monkeypatch.setattr(lean, "linear_kernels", lambda: [linear])
+    assert lean.pick_linear(1) is linear
     monkeypatch.setattr(lean, "cpu_vendor", lambda: "GenuineIntel")
-    assert lean.pick_linear(1) is torch.nn.functional.linear
+    assert lean.pick_linear(1) is linear
 
 
-@pytest.mark.skipif("packed_mkl_linear" not in KERNELS, reason="this torch has no MKL")
-def test_packed_weights_give_f_linear_results_and_follow_in_place_changes():
-    packed = KERNELS["packed_mkl_linear"]
+@pytest.mark.parametrize("name", ["packed_mkl_linear", "packed_onednn_linear"])
+def test_packed_weights_give_f_linear_results_and_follow_in_place_changes(name):
+    if name not in KERNELS:
+        pytest.skip(f"this torch has no {name}")
+    packed = KERNELS[name]
     g = torch.Generator().manual_seed(3)
     weight, bias = torch.randn(48, 32, generator=g), torch.randn(48, generator=g)
     x = torch.randn(16, 32, generator=g)
     with torch.inference_mode():
-        for rows in (1, 3, 4, 16, 17, 64, 65, 200):
+        for rows in (1, 2, 3, 4, 16, 17, 64, 65, 200, 512, 600):
             y = torch.randn(1, rows, 32, generator=g)
             torch.testing.assert_close(packed(y, weight, bias), F.linear(y, weight, bias))
         # Inside the window the packed copy is used; it must follow the weight's changes.

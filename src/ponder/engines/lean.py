@@ -100,52 +100,86 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 class PackedLinear:
     """MKL's sgemm on weights packed once into its own layout (`torch.ops.mkl`), for inputs of
-    PACKED_ROWS rows; F.linear for others, where autograd is on (the packed op has no
-    backward) and for weights made under inference_mode. Why: MKL's plain sgemm repacks the
-    weight on every call, which at decode shapes cost about as much as the product itself on
-    a 2-core Intel Xeon (the 1536->576 down projection at 16 rows: 274 against 111 us; all of
-    the bundled model's projections and its lm_head at 16 rows: 34.7 against 19.2 ms; at 1-3
-    rows, and above ~100, the plain call is as fast or faster). The packed copies, made on
-    first use, cost memory about the size of the weights (+1.0 GB of RSS for the bundled
-    model). A copy is remade when its weight changes in place (load_state_dict moves the
-    tensor's version counter). Results equal F.linear's within fp32 rounding (bit-equal from
-    16 rows on that Xeon)."""
+    `rows` rows (batch x tokens); the plain call (`fallback`) for others and for weights made
+    under inference_mode, F.linear where autograd is on (the packed op has no backward).
+    Why: MKL's plain sgemm repacks the weight on every call, which at decode shapes cost about
+    as much as the product itself on a 2-core Intel Xeon (the 1536->576 down projection at 16
+    rows: 274 against 111 us; all of the bundled model's projections and its lm_head at 16
+    rows: 34.7 against 19.2 ms; at 1-3 rows, and above ~100, the plain call is as fast or
+    faster). The packed copies, made on first use, cost memory about the size of the weights
+    (+1.0 GB of RSS for the bundled model). A copy is remade when its weight changes in place
+    (load_state_dict moves the tensor's version counter). Results equal F.linear's within
+    fp32 rounding (bit-equal from 16 rows on that Xeon)."""
 
     __name__ = "packed_mkl_linear"
+    rows = (4, 64)  # a decode step of 4 to 64 samples; the packing's batch hint is the top
 
     def __init__(self):
         self.packed: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
 
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    @staticmethod
+    def fallback(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        return F.linear(x, weight, bias)
+
+    def pack(self, weight: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkl._mkl_reorder_linear_weight(weight, self.rows[1])
+
+    def multiply(self, x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        # An inference tensor has no version counter to tell a changed weight by.
-        if (not PACKED_ROWS[0] <= rows <= PACKED_ROWS[1] or torch.is_grad_enabled()
-                or weight.is_inference()):
-            return F.linear(x, weight, bias)
-        entry = self.packed.get(id(weight))
-        if entry is None or entry[0] is not weight or entry[1] != weight._version:
-            entry = (weight, weight._version,
-                     torch.ops.mkl._mkl_reorder_linear_weight(weight, PACKED_ROWS[1]))
-            self.packed[id(weight)] = entry
-        out = torch.ops.mkl._mkl_linear(x.reshape(rows, x.shape[-1]), entry[2], weight, bias, rows)
+        out = torch.ops.mkl._mkl_linear(x.reshape(rows, x.shape[-1]), packed, weight, bias, rows)
         return out.view(*x.shape[:-1], weight.shape[0])
 
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        rows = x.numel() // x.shape[-1]
+        if torch.is_grad_enabled():  # neither packed op has a backward
+            return F.linear(x, weight, bias)
+        # An inference tensor has no version counter to tell a changed weight by.
+        if not self.rows[0] <= rows <= self.rows[1] or weight.is_inference():
+            return self.fallback(x, weight, bias)
+        entry = self.packed.get(id(weight))
+        if entry is None or entry[0] is not weight or entry[1] != weight._version:
+            entry = (weight, weight._version, self.pack(weight))
+            self.packed[id(weight)] = entry
+        return self.multiply(x, entry[2], weight, bias)
 
-# Rows (batch x tokens) of an input that take the packed weights: a decode step of 4 to 64
-# samples. The packing's batch hint is the upper end; measured, it serves fewer rows as well.
-PACKED_ROWS = (4, 64)
+
+class PackedOneDNNLinear(PackedLinear):
+    """oneDNN's matmul on weights reordered once into its own blocked layout
+    (`torch.ops.mkldnn._reorder_linear_weight`); given the plain weight, oneDNN reorders it on
+    every call. Measured on a 2-core AMD EPYC (Zen 4, 2026-12-05), all of the bundled model's
+    projections and its lm_head: 6.9 against 7.9 ms at 1 row, 13.0 against 18.7 at 16, 36.4
+    against 43.0 at 64, 215 against 226 at 384, so every row count takes it. Reordering the
+    bundled model's weights takes ~0.8 s, once, on first use. Same caching, conditions and
+    memory cost as PackedLinear."""
+
+    __name__ = "packed_onednn_linear"
+    rows = (1, float("inf"))
+
+    @staticmethod
+    def fallback(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        return _onednn_linear(x, weight, bias)
+
+    def pack(self, weight: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._reorder_linear_weight(weight)
+
+    def multiply(self, x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
 # Models whose Linear weights are larger keep the plain call: the packed copies double them.
 PACKED_MAX_BYTES = 2 << 30
 
 
 def linear_kernels() -> list[Callable]:
-    """F.linear, then oneDNN's matmul and MKL's on packed weights, each where this torch has
-    it and it agrees with F.linear (on inputs of 3 and of 16 rows)."""
+    """F.linear, then oneDNN's matmul, MKL's on packed weights and oneDNN's on packed weights,
+    each where this torch has it and it agrees with F.linear (on inputs of 3 and of 16 rows)."""
     kernels: list[Callable] = [F.linear]
     g = torch.Generator().manual_seed(0)  # leaves the global RNG as it was
     w, b = torch.randn(5, 8, generator=g), torch.randn(5, generator=g)
     probes = [torch.randn(rows, 8, generator=g) for rows in (3, 16)]
-    for kernel in (_onednn_linear, PackedLinear()):
+    for kernel in (_onednn_linear, PackedLinear(), PackedOneDNNLinear()):
         try:
             with torch.inference_mode():
                 if all(torch.allclose(kernel(x, w, b), F.linear(x, w, b), atol=1e-5)
@@ -157,24 +191,27 @@ def linear_kernels() -> list[Callable]:
 
 
 def pick_linear(weight_bytes: int = 0) -> Callable:
-    """On Intel CPUs MKL's matmul: on packed weights (PackedLinear) where this torch has it,
-    the model's Linear weights (`weight_bytes`) are at most PACKED_MAX_BYTES and
-    PONDER_PACKED_WEIGHTS is not 0, else aten's plain call. Elsewhere oneDNN's, where this
-    torch has it. Measured: on a 2-core AMD EPYC oneDNN's took 10.0 ms for the bundled
-    model's lm_head at batch 16 where aten's took 18.8 (MKL takes a generic path on CPUs that
-    are not Intel's); on a 2-core Intel Xeon aten's took 5.6 ms and oneDNN's 5.8, aten's was
-    faster at batch 1 (14 vs 31 us for a 576x576 projection), and packed weights made a whole
-    decode step 1.15-1.2x faster at batch 16 and 1.13x at 64. A fixed rule, not a timing at
-    start-up: timed under load the choice flipped between processes, and a Ray worker then
-    rounded differently from the local run and drew other samples."""
+    """On Intel CPUs MKL's matmul, elsewhere oneDNN's: on weights packed once into its own
+    layout (PackedLinear, PackedOneDNNLinear) where this torch has it, the model's Linear
+    weights (`weight_bytes`) are at most PACKED_MAX_BYTES and PONDER_PACKED_WEIGHTS is not 0,
+    else its plain call (aten's for MKL). Measured: on a 2-core AMD EPYC oneDNN's took 10.0 ms
+    for the bundled model's lm_head at batch 16 where aten's took 18.8 (MKL takes a generic
+    path on CPUs that are not Intel's); on a 2-core Intel Xeon aten's took 5.6 ms and oneDNN's
+    5.8, aten's was faster at batch 1 (14 vs 31 us for a 576x576 projection), and packed
+    weights made a whole decode step 1.15-1.2x faster at batch 16 and 1.13x at 64. A fixed
+    rule, not a timing at start-up: timed under load the choice flipped between processes,
+    and a Ray worker then rounded differently from the local run and drew other samples."""
     kernels = linear_kernels()
-    if cpu_vendor() == "GenuineIntel":
-        packed = next((k for k in kernels if isinstance(k, PackedLinear)), None)
-        if (packed is not None and weight_bytes <= PACKED_MAX_BYTES
-                and os.environ.get("PONDER_PACKED_WEIGHTS", "1") != "0"):
-            return packed
+    intel = cpu_vendor() == "GenuineIntel"
+    if not intel and _onednn_linear not in kernels:
         return F.linear
-    return _onednn_linear if _onednn_linear in kernels else F.linear
+    plain = F.linear if intel else _onednn_linear  # what each packed kind falls back to
+    packed = next((k for k in kernels
+                   if type(k) is (PackedLinear if intel else PackedOneDNNLinear)), None)
+    if (packed is not None and weight_bytes <= PACKED_MAX_BYTES
+            and os.environ.get("PONDER_PACKED_WEIGHTS", "1") != "0"):
+        return packed
+    return plain
 
 
 def cpu_vendor() -> str:
