@@ -6,7 +6,8 @@ top_p 0.95. Measured here, in the same run:
 - the roofline: the least time a decode step at batch B can take here. It must do the
   model's weight matmuls (every Linear, lm_head included: bare torch matmuls on random
   inputs at batch B, the mean pass over two seconds of passes, with the fastest of aten's
-  matmul and oneDNN's, each on plain or packed weights) and read the keys and values it attends
+  matmul and oneDNN's, each on plain or packed weights, and with q/k/v and gate/up stacked
+  where the engine stacks them) and read the keys and values it attends
   to: the prompt's once (the B samples share it, and the engine reads it once per step
   where that pays, engines/shared_prefix.py) and each sample's own tokens at the run's
   mean count, at the weight-read bandwidth measured at B=1. Reported as tokens/s = B /
@@ -49,7 +50,7 @@ from transformers import DynamicCache
 from ponder.engines import kv as kvlib
 from ponder.engines.hf import HFEngine
 from ponder.engines.kv import cache_argument
-from ponder.engines.lean import cpu_info, linear_kernels
+from ponder.engines.lean import cpu_info, linear_kernels, weight_groups, why_not_lean
 from ponder.sampling import process_logits
 from ponder.types import GenerateRequest, SamplingParams
 
@@ -85,10 +86,18 @@ def roofline_seconds(model, batch: int, linear=F.linear, sustain: float = 2.0) -
     device = weights[0].device
     inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype, device=device)
               for w in weights}
+    # A kernel that multiplies by stacked weights does here what it does in the engine.
+    many = getattr(linear, "many", None)
+    groups = ([(w,) for w in weights] if many is None or why_not_lean(model) is not None
+              else weight_groups(model))
 
     def one_pass() -> None:
-        for w in weights:
-            linear(inputs[w.shape[1]], w, None)
+        for group in groups:
+            x = inputs[group[0].shape[1]]
+            if len(group) == 1:
+                linear(x, group[0], None)
+            else:
+                many(x, group, [None] * len(group))
 
     run, per_check = one_pass, 1
     with torch.inference_mode():

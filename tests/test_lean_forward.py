@@ -248,3 +248,28 @@ def test_making_the_twin_leaves_the_global_random_state_alone():
     torch.manual_seed(7)
     assert lean.lean_twin(model) is not None
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.skipif("packed_onednn_linear" not in KERNELS, reason="this torch has no oneDNN")
+def test_stacked_weights_give_each_weights_product_and_follow_in_place_changes():
+    packed = lean.PackedOneDNNLinear()
+    g = torch.Generator().manual_seed(5)
+    weights = [torch.randn(rows, 32, generator=g) for rows in (48, 16, 16)]
+    biases = [torch.randn(48, generator=g), None, torch.randn(16, generator=g)]
+    x = torch.randn(2, 3, 32, generator=g)
+    with torch.inference_mode():
+        outs = packed.many(x, weights, biases)
+        for out, w, b in zip(outs, weights, biases, strict=True):
+            torch.testing.assert_close(out, F.linear(x, w, b))
+    with torch.no_grad():
+        weights[1].mul_(2)  # in place, as load_state_dict writes
+        biases[2].add_(1)
+    with torch.inference_mode():
+        outs = packed.many(x, weights, biases)
+        for out, w, b in zip(outs, weights, biases, strict=True):
+            torch.testing.assert_close(out, F.linear(x, w, b))
+    # With autograd on, each weight alone through the plain call (no packed op has a backward).
+    w = weights[0].clone().requires_grad_()
+    first, _ = packed.many(x, [w, weights[1]], [None, None])
+    first.sum().backward()
+    torch.testing.assert_close(w.grad, x.sum((0, 1)).expand_as(w))

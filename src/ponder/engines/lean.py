@@ -2,11 +2,12 @@
 window) in fp32 on a CPU: what `kv.forward` runs instead of the transformers model when it can.
 
 Why. A decode step through transformers spent time this forward does not:
-  - every Linear runs through oneDNN's matmul (`torch.ops.mkldnn._linear_pointwise`, on the
-    model's own weights: no copy) except on Intel CPUs, where aten's (MKL) is as fast or
-    faster (`pick_linear`): on the 2-core AMD EPYC this project was first measured on, aten's
-    fp32 GEMM took 18.8 ms for the lm_head at batch 16 where oneDNN's took 10.0 ms; on Intel a
-    decode step of 4-64 rows uses MKL on weights packed once (`PackedLinear`);
+  - every Linear runs through oneDNN's matmul (`torch.ops.mkldnn._linear_pointwise`) on
+    weights reordered once into its own layout (`PackedOneDNNLinear`), except on Intel CPUs,
+    where aten's (MKL) is as fast or faster (`pick_linear`) and a decode step of 4-64 rows uses
+    MKL on weights packed once (`PackedLinear`): on the 2-core AMD EPYC this project was first
+    measured on, aten's fp32 GEMM took 18.8 ms for the lm_head at batch 16 where oneDNN's took
+    10.0 ms;
   - RoPE's cos and sin are looked up in a table made once by the model's own rotary
     embedding (so every static RoPE variant, llama3 and yarn included, is exactly the model's);
   - at most one boolean attention mask is built per call (none for a decode step with no
@@ -25,6 +26,7 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -94,8 +96,23 @@ def _projections(layer) -> list[nn.Module]:
     return out
 
 
+def weight_groups(model) -> list[tuple[torch.Tensor, ...]]:
+    """The model's Linear weights as the lean forward multiplies by them where its kernel
+    stacks weights (`many`): each layer's q/k/v together, gate/up together, the rest alone."""
+    groups: list[tuple[torch.Tensor, ...]] = []
+    for layer in model.model.layers:
+        q, k, v, o, gate, up, down = (m.weight for m in _projections(layer))
+        groups += [(q, k, v), (o,), (gate, up), (down,)]
+    return [*groups, (model.lm_head.weight,)]
+
+
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _one_by_one(linear: Callable, x: torch.Tensor, weights: Sequence[torch.Tensor],
+                biases: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+    return [linear(x, w, b) for w, b in zip(weights, biases, strict=True)]
 
 
 class PackedLinear:
@@ -166,6 +183,28 @@ class PackedOneDNNLinear(PackedLinear):
     def multiply(self, x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor,
                  bias: torch.Tensor | None) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+    def many(self, x: torch.Tensor, weights: Sequence[torch.Tensor],
+             biases: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+        """`x` times each of `weights` (which share their input size), as one matmul by the
+        weights stacked and reordered once: one call instead of several, which paid on the
+        AMD machine (q/k/v at 16 rows: 80 against 114 us a layer; at 1 row 52 against 78).
+        Returns views of the one output. Remade when a weight or bias changes in place."""
+        tensors = (*weights, *(b for b in biases if b is not None))
+        if torch.is_grad_enabled() or any(t.is_inference() for t in tensors):
+            return [self(x, w, b) for w, b in zip(weights, biases, strict=True)]
+        key, versions = tuple(map(id, tensors)), tuple(t._version for t in tensors)
+        entry = self.packed.get(key)
+        if (entry is None or entry[1] != versions
+                or not all(a is b for a, b in zip(entry[0], tensors, strict=True))):
+            stacked_bias = None
+            if any(b is not None for b in biases):
+                stacked_bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0])
+                                          for w, b in zip(weights, biases, strict=True)])
+            entry = (tensors, versions, self.pack(torch.cat(list(weights))), stacked_bias)
+            self.packed[key] = entry
+        out = self.multiply(x, entry[2], None, entry[3])
+        return list(out.split([w.shape[0] for w in weights], dim=-1))
 
 
 # Models whose Linear weights are larger keep the plain call: the packed copies double them.
@@ -331,14 +370,16 @@ class LeanForward:
         plan = shared_prefix.plan(shared, batch, old, input_ids.device) if grouped else None
         cos, sin = self._rope(positions)
         linear, heads, kv_heads, dim = self.linear, self.heads, self.kv_heads, self.head_dim
+        many = getattr(linear, "many", None) or partial(_one_by_one, linear)
         x = self.inner.embed_tokens(input_ids)
         caches, states = [], {0: x}
         for index, (norm1, q, qb, k, kb, v, vb, o, ob, gate, gb, up, ub, down, db, norm2) in (
                 enumerate(self.params)):
             h = self._norm(x, norm1)
-            queries = linear(h, q, qb).view(batch, n, heads, dim).transpose(1, 2)
-            keys = linear(h, k, kb).view(batch, n, kv_heads, dim).transpose(1, 2)
-            values = linear(h, v, vb).view(batch, n, kv_heads, dim).transpose(1, 2)
+            queries, keys, values = many(h, (q, k, v), (qb, kb, vb))
+            queries = queries.view(batch, n, heads, dim).transpose(1, 2)
+            keys = keys.view(batch, n, kv_heads, dim).transpose(1, 2)
+            values = values.view(batch, n, kv_heads, dim).transpose(1, 2)
             keys, values = append(index, self._rotate(keys, cos, sin), values)
             caches.append((keys, values))
             if grouped:
@@ -350,7 +391,8 @@ class LeanForward:
                     is_causal=causal, scale=self.scaling, enable_gqa=True)
             x = x + linear(attended.transpose(1, 2).reshape(batch, n, heads * dim), o, ob)
             h = self._norm(x, norm2)
-            x = x + linear(F.silu(linear(h, gate, gb)) * linear(h, up, ub), down, db)
+            gated, upped = many(h, (gate, up), (gb, ub))
+            x = x + linear(F.silu(gated) * upped, down, db)
             if index + 1 in hidden:
                 states[index + 1] = x
         last = len(self.params)
