@@ -95,9 +95,9 @@ def hostile_bodies(count: int, seed: int = 0) -> list[dict]:
 
 def test_fuzzed_requests_get_json_errors_and_bounded_memory(server):
     http = server.http()
-    # One batched request first: the engine's one-time costs (on Intel CPUs the weights
-    # packed for batched decode steps, ~1 GB for the bundled model; engines.md) belong in the
-    # baseline, not to the hostile requests.
+    # One batched request first: the engine's one-time costs (the weights packed for its
+    # matmuls, ~0.5-1 GB for the bundled model; engines.md) belong in the baseline, not to
+    # the hostile requests.
     r = http.post("/v1/chat/completions", json=chat(n=4, max_tokens=2, seed=0))
     assert r.status_code == 200
     baseline = server.rss_mb()

@@ -3,7 +3,8 @@ window) in fp32 on a CPU: what `kv.forward` runs instead of the transformers mod
 
 Why. A decode step through transformers spent time this forward does not:
   - every Linear runs through oneDNN's matmul (`torch.ops.mkldnn._linear_pointwise`) on
-    weights reordered once into its own layout (`PackedOneDNNLinear`), except on Intel CPUs,
+    weights reordered once into its own layout (`PackedOneDNNLinear`; each layer's q/k/v as
+    one matmul, and gate/up as another, by their weights stacked), except on Intel CPUs,
     where aten's (MKL) is as fast or faster (`pick_linear`) and a decode step of 4-64 rows uses
     MKL on weights packed once (`PackedLinear`): on the 2-core AMD EPYC this project was first
     measured on, aten's fp32 GEMM took 18.8 ms for the lm_head at batch 16 where oneDNN's took
