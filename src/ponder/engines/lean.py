@@ -133,7 +133,7 @@ class PackedLinear:
     rows = (4, 64)  # a decode step of 4 to 64 samples; the packing's batch hint is the top
 
     def __init__(self):
-        self.packed: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self.packed: dict = {}  # id(weight) (or the ids of stacked tensors) -> packed copy
 
     @staticmethod
     def fallback(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
