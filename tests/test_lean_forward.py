@@ -121,6 +121,7 @@ def test_lean_forward_equals_transformers_on_the_bundled_model(engine, kernel):
 
 
 def test_the_kernel_is_chosen_by_cpu_vendor_and_size_not_by_a_timing(monkeypatch):
+    monkeypatch.delenv("PONDER_PACKED_WEIGHTS", raising=False)  # whatever the shell has set
     linear, onednn = torch.nn.functional.linear, lean._onednn_linear
     mkl_packed, onednn_packed = lean.PackedLinear(), lean.PackedOneDNNLinear()
     monkeypatch.setattr(lean, "linear_kernels",
