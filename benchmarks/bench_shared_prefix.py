@@ -26,8 +26,8 @@ import time
 from unittest.mock import patch
 
 from ponder.engines import shared_prefix
+from ponder.engines.cpu import cpu_info
 from ponder.engines.hf import HFEngine
-from ponder.engines.lean import cpu_info
 from ponder.tasks.arith import make_item
 from ponder.tasks.datasets import load_task
 from ponder.tasks.prompts import build_prompt

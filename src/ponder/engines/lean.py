@@ -13,8 +13,10 @@ Why. A decode step through transformers spent time this forward does not:
     embedding (so every static RoPE variant, llama3 and yarn included, is exactly the model's);
   - at most one boolean attention mask is built per call (none for a decode step with no
     padding, where attention without a mask took 135 us a layer instead of 232 at batch 16)
-    and no cache or mask objects; a batched decode step attends by grouped matmuls
-    (`_decode_attention`); RMSNorm is torch's fused one.
+    and no cache or mask objects; RMSNorm is torch's fused one;
+  - a decode step attends through a compiled loop of ours (attention_kernel.py,
+    decode_attention.c: 2.1-2.2x torch's ops a layer at batch 16 and 64 on the AMD machine)
+    where this machine can build it, else, batched, by grouped matmuls (`_decode_attention`).
 The keys and values live in `kv`'s tensors, appended in place by the function `kv.forward`
 passes in; logits equal transformers' within fp32 rounding (tests/test_lean_forward.py).
 
@@ -33,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ponder.engines import shared_prefix
+from ponder.engines import attention_kernel, shared_prefix
+from ponder.engines.cpu import cpu_vendor
 
 FAMILIES = frozenset({"llama", "qwen2", "mistral"})
 # RoPE variants whose frequencies change with the sequence length: a fixed table is wrong.
@@ -254,22 +257,6 @@ def pick_linear(weight_bytes: int = 0) -> Callable:
     return plain
 
 
-def cpu_vendor() -> str:
-    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD"; "" where it cannot be read)."""
-    return cpu_info("vendor_id")
-
-
-def cpu_info(field: str) -> str:
-    """A field of the first CPU in /proc/cpuinfo ("vendor_id", "model name"); "" where it
-    cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next((line.split(":", 1)[1].strip() for line in info
-                         if line.split(":", 1)[0].strip() == field), "")
-    except OSError:
-        return ""
-
-
 class LeanForward:
     def __init__(self, model):
         inner = model.model
@@ -325,11 +312,21 @@ class LeanForward:
     def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
         return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
+    def _decode_step(self, mask: torch.Tensor, padded: bool, shared: Sequence, cached: int
+                     ) -> DecodeStep | None:
+        """The compiled loop's inputs for this step, or None where it is not built or has no
+        code for this model's head size and grouping (attention_kernel.supports)."""
+        kernel = attention_kernel.load()
+        if kernel is None or not kernel.supports(self.head_dim, self.heads // self.kv_heads):
+            return None
+        return DecodeStep.make(kernel, mask, padded, shared, cached)
+
     def _decode_attention(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                           allowed: torch.Tensor | None, plan: shared_prefix.Plan | None
                           ) -> torch.Tensor:
         """Attention of one new query per sample [batch, heads, 1, dim] over the cache, each
-        key/value head shared by its group of query heads through a reshape, not a copy.
+        key/value head shared by its group of query heads through a reshape, not a copy;
+        returns [batch, 1, heads * dim]. Where the compiled loop is missing (DecodeStep).
         Why: at decode shapes this beat scaled_dot_product_attention(enable_gqa=True) on a
         2-core Intel Xeon (SmolLM2-135M, 160 cached tokens: 600 vs 930 us a layer at batch 64,
         155 vs 210 at batch 16); at batch 1 SDPA was faster (22 vs 31 us), so it keeps that.
@@ -337,12 +334,13 @@ class LeanForward:
         batch, heads, _, dim = queries.shape
         grouped = (queries * self.scaling).reshape(batch, self.kv_heads, heads // self.kv_heads, dim)
         if plan is not None:
-            return shared_prefix.attend(grouped, keys, values, allowed, plan).view(
-                batch, heads, 1, dim)
-        scores = torch.matmul(grouped, keys.transpose(-1, -2))
-        if allowed is not None:  # the finite minimum keeps a fully masked row finite
-            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        return torch.matmul(torch.softmax(scores, dim=-1), values).view(batch, heads, 1, dim)
+            out = shared_prefix.attend(grouped, keys, values, allowed, plan)
+        else:
+            scores = torch.matmul(grouped, keys.transpose(-1, -2))
+            if allowed is not None:  # the finite minimum keeps a fully masked row finite
+                scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+            out = torch.matmul(torch.softmax(scores, dim=-1), values)
+        return out.view(batch, 1, heads * dim)
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                  append: Append, logits_to_keep: int, hidden: Sequence[int] = (),
@@ -358,16 +356,18 @@ class LeanForward:
         old = mask.shape[1] - n
         padded = not bool(mask.all())
         allowed, causal = None, False
+        # A decode step attends with the compiled loop where it is built (DecodeStep), else,
+        # batched, by grouped matmuls (see _decode_attention), or, at batch 1, by SDPA.
+        step = self._decode_step(mask, padded, shared, old) if n == 1 else None
+        grouped = n == 1 and batch > 1 and step is None
         if n == 1:
-            allowed = mask.bool()[:, None, None, :] if padded else None
+            allowed = mask.bool()[:, None, None, :] if padded and step is None else None
         elif padded or old:  # a padding query sees itself, so no row is empty
             key = torch.arange(mask.shape[1])
             query = torch.arange(n).unsqueeze(1) + old
             allowed = (mask.bool()[:, None, None, :] & (key <= query)) | (key == query)
         else:
             causal = True
-        # A batched decode step attends by grouped matmuls (see _decode_attention).
-        grouped = n == 1 and batch > 1
         plan = shared_prefix.plan(shared, batch, old, input_ids.device) if grouped else None
         cos, sin = self._rope(positions)
         linear, heads, kv_heads, dim = self.linear, self.heads, self.kv_heads, self.head_dim
@@ -383,14 +383,17 @@ class LeanForward:
             values = values.view(batch, n, kv_heads, dim).transpose(1, 2)
             keys, values = append(index, self._rotate(keys, cos, sin), values)
             caches.append((keys, values))
-            if grouped:
+            if step is not None:
+                attended = step(self._rotate(queries, cos, sin), keys, values, self.scaling)
+            elif grouped:
                 attended = self._decode_attention(self._rotate(queries, cos, sin), keys, values,
                                                   allowed, plan)
             else:
                 attended = F.scaled_dot_product_attention(
                     self._rotate(queries, cos, sin), keys, values, attn_mask=allowed,
-                    is_causal=causal, scale=self.scaling, enable_gqa=True)
-            x = x + linear(attended.transpose(1, 2).reshape(batch, n, heads * dim), o, ob)
+                    is_causal=causal, scale=self.scaling, enable_gqa=True
+                ).transpose(1, 2).reshape(batch, n, heads * dim)
+            x = x + linear(attended, o, ob)
             h = self._norm(x, norm2)
             gated, upped = many(h, (gate, up), (gb, ub))
             x = x + linear(F.silu(gated) * upped, down, db)
@@ -404,3 +407,36 @@ class LeanForward:
         head = self.model().lm_head
         return (linear(x[:, -logits_to_keep:], head.weight, head.bias), caches,
                 [states[i] for i in hidden])
+
+
+class DecodeStep:
+    """What one decode step hands the compiled attention loop (attention_kernel.py), made
+    once per step for all layers: the mask as bytes (None without padding) and, for rows in
+    a run that shares its first columns (kv.SharedRun), the run's first row and the number
+    of those columns, so that the loop reads one copy of them (which then stays in cache)."""
+
+    def __init__(self, kernel: attention_kernel.DecodeAttention, allowed: torch.Tensor | None,
+                 prefix_row: torch.Tensor | None, prefix_len: torch.Tensor | None):
+        self.kernel, self.allowed = kernel, allowed
+        self.prefix_row, self.prefix_len = prefix_row, prefix_len
+
+    @classmethod
+    def make(cls, kernel: attention_kernel.DecodeAttention, mask: torch.Tensor, padded: bool,
+             shared: Sequence, cached: int) -> DecodeStep:
+        prefix_row = prefix_len = None
+        if shared:
+            batch = mask.shape[0]
+            prefix_row = torch.arange(batch)
+            prefix_len = torch.zeros(batch, dtype=torch.long)
+            for run in shared:
+                prefix_row[run.first:run.stop] = run.first
+                prefix_len[run.first:run.stop] = min(run.columns, cached)
+        return cls(kernel, mask.to(torch.uint8) if padded else None, prefix_row, prefix_len)
+
+    def __call__(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                 scale: float) -> torch.Tensor:
+        """queries [batch, heads, 1, dim] -> attended [batch, 1, heads * dim]."""
+        batch = queries.shape[0]
+        out = self.kernel(queries.reshape(batch, -1), keys, values, scale, self.allowed,
+                          self.prefix_row, self.prefix_len)
+        return out.view(batch, 1, -1)

@@ -1,0 +1,190 @@
+/* Attention of one decode step: each row's one new query per query head over that row's
+   cached keys and values, in fp32, as one loop over (row, key/value head) pairs.
+
+   Built on first use by attention_kernel.py with the machine's C compiler (-O3
+   -march=native -fopenmp) and called through ctypes; its OpenMP loop runs on the thread
+   pool torch already has (the process has one libgomp). Why a loop of our own: in a decode
+   step the cached keys and values come from memory, not cache (the weights streamed since
+   the last step have evicted them), and torch's batched matmuls, one small matrix product
+   per (row, head), waited on that memory at about a third of its bandwidth. Here each key
+   and value row is read once for all the query heads that share it, the rows a few columns
+   ahead are asked for before they are needed, and the softmax is taken online, tile by
+   tile, so nothing but the output is written. */
+
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stddef.h>
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t i16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+
+#define TILE 64  /* columns scored before their softmax weights are applied */
+#define AHEAD 16 /* key rows requested this many columns before they are read */
+
+static inline float hsum(v16 a) {
+  v8 b = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
+         __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+  v4 c = __builtin_shufflevector(b, b, 0, 1, 2, 3) + __builtin_shufflevector(b, b, 4, 5, 6, 7);
+  return (c[0] + c[2]) + (c[1] + c[3]);
+}
+
+/* e^x for x <= 0 (a score minus its row's running maximum): e^x = 2^n e^r with
+   r = x - n ln 2, |r| <= ln 2 / 2, and e^r by its degree-7 Taylor polynomial (relative
+   error ~1e-7). Below -87, where fp32's e^x is denormal or 0, it returns 0, as a masked
+   column must get. */
+static inline v16 vexp(v16 x) {
+  const i16 below = x < -87.0f;
+  x = (v16)((i16)x & ~below); /* 0 there: keeps 2^n in range */
+  /* x <= 0, so truncating x log2(e) - 0.5 rounds it to a nearest integer */
+  const v16 n = __builtin_convertvector(
+      __builtin_convertvector(x * 1.44269504088896341f - 0.5f, i16), v16);
+  const v16 r = x - n * 0.693359375f + n * 2.12194440e-4f; /* ln 2 in two parts */
+  v16 p = (v16){0} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const i16 scale = (__builtin_convertvector(n, i16) + 127) << 23;
+  return (v16)((i16)(p * (v16)scale) & ~below);
+}
+
+/* One (row, key/value head) pair. G (query heads per key/value head) and C (head_dim / 16)
+   are constants where this is inlined below, so that the queries and the accumulators
+   live in registers. */
+static inline __attribute__((always_inline)) void attend_pair(
+    const float *q, long q_row, const float *k, long kb, long kh, long kl, const float *v,
+    long vb, long vh, long vl, const long *prefix_row, const long *prefix_len,
+    const unsigned char *allowed, float *out, int heads, int length, float scale, long pair,
+    const int G, const int C) {
+  const int dim = 16 * C;
+  const long b = pair / heads, h = pair % heads;
+  /* Columns before `shared` are read from row `lead` (rows that share a prompt's keys and
+     values read one copy of them, which then stays in cache). */
+  const long shared = prefix_len ? prefix_len[b] : 0, lead = prefix_row ? prefix_row[b] : b;
+  const unsigned char *mask = allowed ? allowed + b * length : NULL;
+  v16 qv[G][C], acc[G][C];
+  float best[G], total[G];
+  for (int g = 0; g < G; g++) {
+    const float *qg = q + b * q_row + (h * G + g) * dim;
+    for (int c = 0; c < C; c++) {
+      v16 x;
+      __builtin_memcpy(&x, qg + 16 * c, sizeof x);
+      qv[g][c] = x * scale;
+      acc[g][c] = (v16){0};
+    }
+    best[g] = -FLT_MAX;
+    total[g] = 0.f;
+  }
+  float s[G][TILE] __attribute__((aligned(64)));
+  for (int t0 = 0; t0 < length; t0 += TILE) {
+    const int n = length - t0 < TILE ? length - t0 : TILE;
+    for (int i = 0; i < n; i++) {
+      const long l = t0 + i, row = l < shared ? lead : b;
+      const long ahead = l + AHEAD < length ? l + AHEAD : length - 1;
+      const float *kn = k + (ahead < shared ? lead : b) * kb + h * kh + ahead * kl;
+      const float *vn = v + row * vb + h * vh + l * vl; /* read after this tile's scores */
+      for (int c = 0; c < C; c++) {
+        __builtin_prefetch(kn + 16 * c);
+        __builtin_prefetch(vn + 16 * c);
+      }
+      const float *kr = k + row * kb + h * kh + l * kl;
+      v16 kc[C];
+      for (int c = 0; c < C; c++) __builtin_memcpy(&kc[c], kr + 16 * c, sizeof kc[c]);
+      for (int g = 0; g < G; g++) {
+        v16 a = qv[g][0] * kc[0];
+        for (int c = 1; c < C; c++) a += qv[g][c] * kc[c];
+        /* the finite minimum, as torch's path masks: a fully masked row stays finite */
+        s[g][i] = (mask && !mask[l]) ? -FLT_MAX : hsum(a);
+      }
+    }
+    for (int g = 0; g < G; g++) { /* online softmax: rescale what came before */
+      float top = best[g];
+      for (int i = 0; i < n; i++) top = s[g][i] > top ? s[g][i] : top;
+      const float rescale = expf(best[g] - top);
+      best[g] = top;
+      total[g] *= rescale;
+      for (int c = 0; c < C; c++) acc[g][c] *= rescale;
+      v16 sum = (v16){0};
+      int i = 0;
+      for (; i + 16 <= n; i += 16) {
+        v16 x;
+        __builtin_memcpy(&x, &s[g][i], sizeof x);
+        x = vexp(x - top);
+        __builtin_memcpy(&s[g][i], &x, sizeof x);
+        sum += x;
+      }
+      float rest = hsum(sum);
+      for (; i < n; i++) {
+        s[g][i] = expf(s[g][i] - top);
+        rest += s[g][i];
+      }
+      total[g] += rest;
+    }
+    for (int i = 0; i < n; i++) {
+      const long l = t0 + i, row = l < shared ? lead : b;
+      const float *vr = v + row * vb + h * vh + l * vl;
+      v16 vc[C];
+      for (int c = 0; c < C; c++) __builtin_memcpy(&vc[c], vr + 16 * c, sizeof vc[c]);
+      for (int g = 0; g < G; g++)
+        for (int c = 0; c < C; c++) acc[g][c] += s[g][i] * vc[c];
+    }
+  }
+  for (int g = 0; g < G; g++) {
+    float *o = out + b * heads * G * dim + (h * G + g) * dim;
+    const float inv = 1.f / total[g];
+    for (int c = 0; c < C; c++) {
+      const v16 x = acc[g][c] * inv;
+      __builtin_memcpy(o + 16 * c, &x, sizeof x);
+    }
+  }
+}
+
+#define PAIRS(G, C)                                                                       \
+  {                                                                                       \
+    _Pragma("omp parallel for schedule(static)")                                          \
+    for (long p = 0; p < (long)batch * heads; p++)                                        \
+      attend_pair(q, q_row, k, kb, kh, kl, v, vb, vh, vl, prefix_row, prefix_len, allowed, \
+                  out, heads, length, scale, p, G, C);                                    \
+    return 0;                                                                             \
+  }
+
+/* q: row b's queries at q + b*q_row, query head j at j*dim (query head j reads key/value head
+   j / groups). Keys: element (b, h, l, d) at k + b*kb + h*kh + l*kl + d; values likewise.
+   prefix_row, prefix_len: per row, or NULL (see attend_pair). allowed: [batch, length], 0 =
+   masked, or NULL. out: [batch, heads*groups*dim]. Returns 0, or -1 for a head size or group
+   this file has no code for (the caller then keeps torch's path). */
+int ponder_decode_attention(const float *q, long q_row, const float *k, long kb, long kh,
+                            long kl, const float *v, long vb, long vh, long vl,
+                            const long *prefix_row, const long *prefix_len,
+                            const unsigned char *allowed, float *out, int batch, int heads,
+                            int groups, int length, int dim, float scale) {
+  if (dim == 64) {
+    switch (groups) {
+      case 1: PAIRS(1, 4)
+      case 2: PAIRS(2, 4)
+      case 3: PAIRS(3, 4)
+      case 4: PAIRS(4, 4)
+      case 5: PAIRS(5, 4)
+      case 6: PAIRS(6, 4)
+      case 7: PAIRS(7, 4)
+      case 8: PAIRS(8, 4)
+    }
+  } else if (dim == 128) {
+    switch (groups) {
+      case 1: PAIRS(1, 8)
+      case 2: PAIRS(2, 8)
+      case 3: PAIRS(3, 8)
+      case 4: PAIRS(4, 8)
+      case 5: PAIRS(5, 8)
+      case 6: PAIRS(6, 8)
+      case 7: PAIRS(7, 8)
+      case 8: PAIRS(8, 8)
+    }
+  }
+  return -1;
+}

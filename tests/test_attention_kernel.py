@@ -1,0 +1,178 @@
+"""The compiled decode attention loop (engines/attention_kernel.py, decode_attention.c): the
+same attention as torch's ops for every head size and grouping it has code for, with masks,
+rows that read a shared prompt through another row, and cache views with room after them;
+a clear error for tensors it has no code for; torch's path where it cannot be built; and the
+engine samples the same tokens with it as without."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ponder.engines import attention_kernel, lean
+from ponder.engines import kv as kvlib
+from ponder.types import GenerateRequest, SamplingParams
+
+kernel = attention_kernel.load()
+needs_kernel = pytest.mark.skipif(kernel is None, reason=f"not built: {attention_kernel.why_not()}")
+
+
+def case(batch, kv_heads, groups, length, dim, seed=0, room=7):
+    """Queries with strided rows (a slice of a wider projection, as the engine's are), and keys
+    and values as views of buffers with `room` free columns after them."""
+    g = torch.Generator().manual_seed(seed)
+    wide = torch.randn(batch, (kv_heads * groups + 2 * kv_heads) * dim, generator=g)
+    queries = wide[:, :kv_heads * groups * dim]
+    keys, values = (torch.randn(batch, kv_heads, length + room, dim, generator=g)[:, :, :length]
+                    for _ in range(2))
+    return queries, keys, values
+
+
+@needs_kernel
+@pytest.mark.parametrize("dim", [64, 128])
+@pytest.mark.parametrize("groups", [1, 3, 7, 8])
+@pytest.mark.parametrize("length", [1, 15, 64, 100, 257])  # tails, one tile, several tiles
+def test_the_loop_equals_torch_s_attention(dim, groups, length):
+    queries, keys, values = case(5, 2, groups, length, dim, seed=length)
+    with torch.inference_mode():
+        got = kernel(queries, keys, values, dim ** -0.5)
+        want = attention_kernel.reference(queries, keys, values, dim ** -0.5)
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+
+
+@needs_kernel
+def test_masked_columns_get_no_weight_and_a_fully_masked_row_stays_finite():
+    queries, keys, values = case(4, 3, 3, 90, 64)
+    allowed = torch.ones(4, 90, dtype=torch.uint8)
+    allowed[0, :30] = 0  # left padding
+    allowed[1, 40:70] = 0  # a hole
+    allowed[2] = 0  # nothing to attend to: torch's path averages every column, finitely
+    with torch.inference_mode():
+        got = kernel(queries, keys, values, 0.125, allowed)
+        want = attention_kernel.reference(queries, keys, values, 0.125, allowed)
+        # what row 0 attends to without the masked columns at all
+        alone = attention_kernel.reference(queries[:1], keys[:1, :, 30:], values[:1, :, 30:],
+                                           0.125)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(got[:1], alone, atol=2e-6, rtol=1e-5)
+
+
+@needs_kernel
+def test_rows_read_their_shared_prompt_through_their_run_s_first_row():
+    queries, keys, values = case(6, 3, 3, 80, 64)
+    # Rows 1-3 share their first 50 columns with row 1, rows 4-5 their first 20 with row 4;
+    # their own copies hold garbage there, which the loop must not read.
+    prefix_row = torch.tensor([0, 1, 1, 1, 4, 4])
+    prefix_len = torch.tensor([0, 50, 50, 50, 20, 20])
+    for row, columns in ((2, 50), (3, 50), (5, 20)):
+        keys[row, :, :columns] = float("nan")
+        values[row, :, :columns] = float("nan")
+    allowed = torch.ones(6, 80, dtype=torch.uint8)
+    allowed[4:, :5] = 0  # the second run's rows are left-padded alike
+    with torch.inference_mode():
+        got = kernel(queries, keys, values, 0.125, allowed, prefix_row, prefix_len)
+        want = attention_kernel.reference(queries, keys, values, 0.125, allowed, prefix_row,
+                                          prefix_len)
+    assert torch.isfinite(want).all()
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+
+
+@needs_kernel
+def test_supports_matches_the_c_file_and_other_layouts_are_refused_with_a_clear_error():
+    for dim in (32, 64, 80, 128, 256):
+        for groups in range(1, 11):
+            queries, keys, values = case(2, 1, groups, 3, dim)
+            out = torch.empty(2, groups * dim)
+            status = kernel.function(
+                queries.data_ptr(), queries.stride(0), keys.data_ptr(), *keys.stride()[:3],
+                values.data_ptr(), *values.stride()[:3], None, None, None, out.data_ptr(), 2, 1,
+                groups, 3, dim, 1.0)
+            assert (status == 0) == kernel.supports(dim, groups), (dim, groups)
+    queries, keys, values = case(2, 2, 3, 10, 64)
+    for bad in ((queries, keys.double(), values),  # not fp32
+                (queries, keys.transpose(-1, -2).contiguous().transpose(-1, -2), values),  # strided dims
+                (queries[:, :64 * 5], keys, values)):  # queries that are not heads x dim
+        with pytest.raises(ValueError, match="decode attention"):
+            kernel(*bad, 0.125)
+    with pytest.raises(ValueError, match="uint8 mask"):
+        kernel(queries, keys, values, 0.125, torch.ones(2, 9, dtype=torch.uint8))
+
+
+def run_fresh(code, env):
+    """`code` in a new interpreter (load() is cached per process)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+WHY = ("import torch\nfrom ponder.engines import attention_kernel as a\n"
+       "print(a.load() is None, a.why_not())")
+
+
+def test_torch_s_path_is_kept_where_the_loop_cannot_be_built(tmp_path, monkeypatch):
+    import os
+
+    base = {**os.environ, "PONDER_HOME": str(tmp_path)}
+    off = run_fresh(WHY, {**base, "PONDER_ATTENTION_KERNEL": "0"})
+    assert off.stdout.strip() == "True turned off by PONDER_ATTENTION_KERNEL=0", off.stderr
+    failing = run_fresh(WHY, {**base, "CC": "false"})
+    assert failing.stdout.startswith("True the C compiler"), failing.stdout + failing.stderr
+    assert not list(tmp_path.glob("kernels/*")), "a failed build leaves no file behind"
+
+
+@needs_kernel
+def test_the_library_is_built_once_and_reused(tmp_path):
+    import os
+
+    env = {**os.environ, "PONDER_HOME": str(tmp_path)}
+    first = run_fresh(WHY, env)
+    assert first.stdout.strip() == "False None", first.stderr
+    [library] = tmp_path.glob("kernels/decode_attention-*.so")
+    built = library.stat().st_mtime_ns
+    assert run_fresh(WHY, env).stdout.strip() == "False None"
+    assert [library] == list(tmp_path.glob("kernels/*")) and library.stat().st_mtime_ns == built
+
+
+@needs_kernel
+def test_decode_steps_with_the_loop_equal_torch_s_path_on_the_bundled_model(engine, monkeypatch):
+    """Padded rows of two prompts, their samples sharing each prompt (kv.SharedRun)."""
+    prompts = [engine.tokenize("What is 3 + 4?"), engine.tokenize("Name a colour, please")]
+    width = max(map(len, prompts))
+    ids = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):], mask[row, width - len(p):] = torch.tensor(p), 1
+    _, start = kvlib.forward(engine.model, kvlib.KVBatch.empty(2, "cpu"), ids, mask)
+
+    def decode(load):
+        monkeypatch.setattr(attention_kernel, "load", load)
+        batch = start.select(torch.tensor([0, 0, 0, 1, 1]))
+        assert batch.shared and not bool(batch.mask.all())
+        out = []
+        for token in (11, 12, 13):
+            column = torch.full((batch.size, 1), token)
+            logits, batch = kvlib.forward(engine.model, batch, column, torch.ones_like(column))
+            out.append(logits)
+        return torch.stack(out)
+
+    used = []
+    real_step = lean.DecodeStep.__call__
+    monkeypatch.setattr(lean.DecodeStep, "__call__",
+                        lambda *a: used.append(1) or real_step(*a))
+    with_loop = decode(lambda: kernel)
+    assert used
+    torch.testing.assert_close(with_loop, decode(lambda: None), atol=1e-4, rtol=1e-4)
+
+
+@needs_kernel
+def test_the_engine_samples_the_same_tokens_with_the_loop_as_without(engine, monkeypatch):
+    requests = [GenerateRequest([{"role": "user", "content": p}],
+                                SamplingParams(n=n, temperature=0.8, top_p=0.95, max_tokens=24,
+                                               seed=5))
+                for p, n in (("What is 17 + 26? Think step by step.", 5), ("Say hello.", 1))]
+    with_loop = engine.generate(requests)
+    monkeypatch.setattr(attention_kernel, "load", lambda: None)
+    without = engine.generate(requests)
+    for a, b in zip(with_loop, without, strict=True):
+        assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
