@@ -100,6 +100,11 @@ def _projections(layer) -> list[nn.Module]:
     return out
 
 
+def _norm_of(norm: nn.Module) -> tuple[torch.Tensor, float]:
+    """An RMSNorm's weight (the parameter itself: in-place changes show through) and epsilon."""
+    return norm.weight, norm.variance_epsilon
+
+
 def weight_groups(model) -> list[tuple[torch.Tensor, ...]]:
     """The model's Linear weights as the lean forward multiplies by them where its kernel
     stacks weights (`many`): each layer's q/k/v together, gate/up together, the rest alone."""
@@ -264,9 +269,13 @@ class LeanForward:
         self.linears = [_projections(layer) for layer in self.layers]
         # The parameters themselves, read once: in-place changes (load_state_dict, .to())
         # show through; a swapped module turns the twin off (still_matches).
-        self.params = [(layer.input_layernorm, *(t for m in linears for t in (m.weight, m.bias)),
-                        layer.post_attention_layernorm)
+        # Norms as (weight, epsilon): a module's attribute lookup per norm and step cost more
+        # than the norm's arithmetic at small batches.
+        self.params = [(_norm_of(layer.input_layernorm),
+                        *(t for m in linears for t in (m.weight, m.bias)),
+                        _norm_of(layer.post_attention_layernorm))
                        for layer, linears in zip(self.layers, self.linears, strict=True)]
+        self.final_norm = _norm_of(inner.norm)
         attention = self.layers[0].self_attn
         self.heads = model.config.num_attention_heads
         self.kv_heads = model.config.num_key_value_heads
@@ -305,8 +314,9 @@ class LeanForward:
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
     @staticmethod
-    def _norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
+    def _norm(x: torch.Tensor, norm: tuple[torch.Tensor, float]) -> torch.Tensor:
+        weight, epsilon = norm
+        return torch.rms_norm(x, weight.shape, weight, epsilon)
 
     @staticmethod
     def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
@@ -401,9 +411,9 @@ class LeanForward:
                 states[index + 1] = x
         last = len(self.params)
         if last in hidden:
-            states[last] = x = self._norm(x, self.inner.norm)
+            states[last] = x = self._norm(x, self.final_norm)
         else:
-            x = self._norm(x[:, -logits_to_keep:], self.inner.norm)
+            x = self._norm(x[:, -logits_to_keep:], self.final_norm)
         head = self.model().lm_head
         return (linear(x[:, -logits_to_keep:], head.weight, head.bias), caches,
                 [states[i] for i in hidden])
