@@ -4,6 +4,8 @@ rows that read a shared prompt through another row, and cache views with room af
 a clear error for tensors it has no code for; torch's path where it cannot be built; and the
 engine samples the same tokens with it as without."""
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -39,6 +41,29 @@ def test_the_loop_equals_torch_s_attention(dim, groups, length):
         got = kernel(queries, keys, values, dim ** -0.5)
         want = attention_kernel.reference(queries, keys, values, dim ** -0.5)
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dim, groups", [(64, 3), (128, 7)])
+def test_the_step_rotates_and_writes_the_new_column_then_attends_as_torch_does(dim, groups):
+    queries, keys, values = case(4, 2, groups, 70, dim, seed=dim)
+    g = torch.Generator().manual_seed(1)
+    new_keys, new_values = (torch.randn(4, 3 * 2 * dim, generator=g)[:, :2 * dim]
+                            for _ in range(2))  # strided rows, as views of the projection
+    cos, sin = (torch.randn(4, dim, generator=g) for _ in range(2))
+    allowed = torch.ones(4, 70, dtype=torch.uint8)
+    allowed[2, :9] = 0
+    prefix_row, prefix_len = torch.tensor([0, 0, 2, 2]), torch.tensor([30, 30, 0, 0])
+    ours_k, ours_v = keys.clone(), values.clone()
+    with torch.inference_mode():
+        got = kernel.step(queries, new_keys, new_values, cos, sin, ours_k, ours_v, 0.1, allowed,
+                          prefix_row, prefix_len)
+        want = attention_kernel.reference_step(queries, new_keys, new_values, cos, sin, keys,
+                                               values, 0.1, allowed, prefix_row, prefix_len)
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(ours_k, keys, atol=1e-6, rtol=1e-6)  # the column it wrote
+    torch.testing.assert_close(ours_v, values, atol=0, rtol=0)
+    assert not torch.equal(ours_k[:, :, -1], case(4, 2, groups, 70, dim, seed=dim)[1][:, :, -1])
 
 
 @needs_kernel
@@ -100,6 +125,16 @@ def test_supports_matches_the_c_file_and_other_layouts_are_refused_with_a_clear_
         kernel(queries, keys, values, 0.125, torch.ones(2, 9, dtype=torch.uint8))
 
 
+def test_the_loop_is_built_where_a_c_compiler_and_gnu_openmp_are():
+    """A loop that fails its own check falls back to torch silently; here that is a failure."""
+    if not (shutil.which("cc") or shutil.which("gcc")) or not (
+            attention_kernel._torch_runs_on_gnu_openmp()):
+        pytest.skip("no C compiler or no GNU OpenMP here")
+    if os.environ.get("PONDER_ATTENTION_KERNEL") == "0":
+        pytest.skip("turned off by PONDER_ATTENTION_KERNEL=0")
+    assert kernel is not None, attention_kernel.why_not()
+
+
 def run_fresh(code, env):
     """`code` in a new interpreter (load() is cached per process)."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -110,9 +145,7 @@ WHY = ("import torch\nfrom ponder.engines import attention_kernel as a\n"
        "print(a.load() is None, a.why_not())")
 
 
-def test_torch_s_path_is_kept_where_the_loop_cannot_be_built(tmp_path, monkeypatch):
-    import os
-
+def test_torch_s_path_is_kept_where_the_loop_cannot_be_built(tmp_path):
     base = {**os.environ, "PONDER_HOME": str(tmp_path)}
     off = run_fresh(WHY, {**base, "PONDER_ATTENTION_KERNEL": "0"})
     assert off.stdout.strip() == "True turned off by PONDER_ATTENTION_KERNEL=0", off.stderr
@@ -123,8 +156,6 @@ def test_torch_s_path_is_kept_where_the_loop_cannot_be_built(tmp_path, monkeypat
 
 @needs_kernel
 def test_the_library_is_built_once_and_reused(tmp_path):
-    import os
-
     env = {**os.environ, "PONDER_HOME": str(tmp_path)}
     first = run_fresh(WHY, env)
     assert first.stdout.strip() == "False None", first.stderr
@@ -157,9 +188,8 @@ def test_decode_steps_with_the_loop_equal_torch_s_path_on_the_bundled_model(engi
         return torch.stack(out)
 
     used = []
-    real_step = lean.DecodeStep.__call__
-    monkeypatch.setattr(lean.DecodeStep, "__call__",
-                        lambda *a: used.append(1) or real_step(*a))
+    real_step = lean.DecodeStep.fused
+    monkeypatch.setattr(lean.DecodeStep, "fused", lambda *a: used.append(1) or real_step(*a))
     with_loop = decode(lambda: kernel)
     assert used
     torch.testing.assert_close(with_loop, decode(lambda: None), atol=1e-4, rtol=1e-4)

@@ -34,19 +34,20 @@ def random_model(cls, config):
     return model
 
 
-def qwen2():
-    return random_model(Qwen2ForCausalLM, Qwen2Config(**TINY, tie_word_embeddings=False))
+def qwen2(**sizes):
+    return random_model(Qwen2ForCausalLM, Qwen2Config(**{**TINY, **sizes},
+                                                      tie_word_embeddings=False))
 
 
-def llama3():
+def llama3(**sizes):
     rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 32}
     # transformers 5 takes rope_parameters; 4.x took rope_scaling (and rope_theta apart).
     if "rope_parameters" in LlamaConfig().to_dict():
-        config = LlamaConfig(**TINY, rope_parameters=rope)
+        config = LlamaConfig(**{**TINY, **sizes}, rope_parameters=rope)
     else:
-        config = LlamaConfig(**TINY, rope_scaling=rope, rope_theta=rope["rope_theta"])
+        config = LlamaConfig(**{**TINY, **sizes}, rope_scaling=rope, rope_theta=rope["rope_theta"])
     return random_model(LlamaForCausalLM, config)
 
 
@@ -100,8 +101,10 @@ KERNELS = {k.__name__: k for k in lean.linear_kernels()}
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("batch", [1, 3])  # decode attention differs at batch 1 and above
 @pytest.mark.parametrize("build", [qwen2, llama3])
-def test_lean_forward_equals_transformers_on_random_models(build, batch, kernel):
-    model = build()
+# 16 dims a head: torch's decode attention; 64 and 128: the compiled loop's where it is built
+@pytest.mark.parametrize("hidden", [64, 256, 512])
+def test_lean_forward_equals_transformers_on_random_models(build, batch, kernel, hidden):
+    model = build(hidden_size=hidden)
     assert lean.why_not_lean(model) is None
     fast, slow = both_ways(model, a_workload(model.config.vocab_size, batch), KERNELS[kernel])
     for a, b in zip(fast, slow, strict=True):

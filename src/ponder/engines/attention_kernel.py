@@ -40,15 +40,15 @@ SOURCE = Path(__file__).with_name("decode_attention.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 DIMS = frozenset({64, 128})
 MAX_GROUPS = 8
-SYMBOL = "ponder_decode_attention"
+SYMBOLS = ("ponder_decode_attention", "ponder_decode_step")
 
 
 class DecodeAttention:
     """The loaded function, called with tensors it checks first (a wrong layout must raise,
     not read outside them)."""
 
-    def __init__(self, function):
-        self.function = function
+    def __init__(self, function, step_function):
+        self.function, self.step_function = function, step_function
 
     @staticmethod
     def supports(head_dim: int, groups: int) -> bool:
@@ -60,10 +60,48 @@ class DecodeAttention:
                  scale: float, allowed: torch.Tensor | None = None,
                  prefix_row: torch.Tensor | None = None,
                  prefix_len: torch.Tensor | None = None) -> torch.Tensor:
-        """queries [batch, heads * dim] (rows may be strided; heads contiguous); keys and values
-        [batch, kv_heads, length, dim]; allowed: uint8 [batch, length] contiguous, 0 = masked;
-        prefix_row, prefix_len: int64 [batch], row b reads its first prefix_len[b] columns
-        from row prefix_row[b]. Returns the attended values [batch, heads * dim]."""
+        """queries [batch, heads * dim] (rows may be strided; heads contiguous), rotated; keys
+        and values [batch, kv_heads, length, dim]; allowed: uint8 [batch, length] contiguous,
+        0 = masked; prefix_row, prefix_len: int64 [batch], row b reads its first
+        prefix_len[b] columns from row prefix_row[b]. Returns the attended values [batch,
+        heads * dim]."""
+        out, shape = self._checked(queries, keys, values, allowed, prefix_row, prefix_len)
+        status = self.function(
+            queries.data_ptr(), queries.stride(0), keys.data_ptr(), *keys.stride()[:3],
+            values.data_ptr(), *values.stride()[:3], *_pointers(prefix_row, prefix_len, allowed),
+            out.data_ptr(), *shape, scale)
+        return _done(status, out)
+
+    def step(self, queries: torch.Tensor, new_keys: torch.Tensor, new_values: torch.Tensor,
+             cos: torch.Tensor, signed_sin: torch.Tensor, keys: torch.Tensor,
+             values: torch.Tensor, scale: float, allowed: torch.Tensor | None = None,
+             prefix_row: torch.Tensor | None = None,
+             prefix_len: torch.Tensor | None = None) -> torch.Tensor:
+        """The same, from a step's projections as they come: the queries and `new_keys`
+        [batch, kv_heads * dim] (rows may be strided) are rotated here by `cos` and
+        `signed_sin` [batch, dim] (lean.LeanForward._rotate's convention), and the rotated
+        keys and `new_values` are written into the last column of `keys` and `values` (views
+        that end at the step's column, not yet written) before attention reads them."""
+        out, shape = self._checked(queries, keys, values, allowed, prefix_row, prefix_len)
+        batch, kv_heads, _, dim = keys.shape
+        if not (all(t.shape == (batch, kv_heads * dim) and t.stride(-1) == 1
+                    and t.dtype == torch.float32 and t.device.type == "cpu"
+                    for t in (new_keys, new_values))
+                and all(t.shape == (batch, dim) and t.is_contiguous()
+                        and t.dtype == torch.float32 and t.device.type == "cpu"
+                        for t in (cos, signed_sin))):
+            raise ValueError("decode attention: new keys and values [batch, kv_heads*dim] and "
+                             "cos, sin [batch, dim] in CPU fp32")
+        status = self.step_function(
+            queries.data_ptr(), queries.stride(0), new_keys.data_ptr(), new_keys.stride(0),
+            new_values.data_ptr(), new_values.stride(0), cos.data_ptr(), signed_sin.data_ptr(),
+            keys.data_ptr(), *keys.stride()[:3], values.data_ptr(), *values.stride()[:3],
+            *_pointers(prefix_row, prefix_len, allowed), out.data_ptr(), *shape, scale)
+        return _done(status, out)
+
+    def _checked(self, queries, keys, values, allowed, prefix_row, prefix_len):
+        """The output tensor and (batch, kv_heads, groups, length, dim), or ValueError for
+        tensors the loop would read wrongly or outside of."""
         batch, kv_heads, length, dim = keys.shape
         groups = queries.shape[-1] // (kv_heads * dim)
         tensors = (queries, keys, values, *(t for t in (allowed, prefix_row, prefix_len)
@@ -86,16 +124,17 @@ class DecodeAttention:
                 f"int64 prefixes [batch]; got queries {tuple(queries.shape)}, keys "
                 f"{tuple(keys.shape)}")
         out = queries.new_empty(batch, kv_heads * groups * dim)
-        status = self.function(
-            queries.data_ptr(), queries.stride(0), keys.data_ptr(), *keys.stride()[:3],
-            values.data_ptr(), *values.stride()[:3],
-            None if prefix_row is None else prefix_row.data_ptr(),
-            None if prefix_len is None else prefix_len.data_ptr(),
-            None if allowed is None else allowed.data_ptr(),
-            out.data_ptr(), batch, kv_heads, groups, length, dim, scale)
-        if status != 0:  # supports() agrees with the C file's cases (tested)
-            raise ValueError(f"no decode attention code for {dim} dims x {groups} groups")
-        return out
+        return out, (batch, kv_heads, groups, length, dim)
+
+
+def _pointers(*tensors: torch.Tensor | None) -> list[int | None]:
+    return [None if t is None else t.data_ptr() for t in tensors]
+
+
+def _done(status: int, out: torch.Tensor) -> torch.Tensor:
+    if status != 0:  # supports() agrees with the C file's cases (tested)
+        raise ValueError("no decode attention code for this head size and grouping")
+    return out
 
 
 _why_not: str | None = None
@@ -135,13 +174,17 @@ def _load() -> DecodeAttention:
         raise _Unavailable("no C compiler (cc or gcc, or $CC) on this machine")
     library = _build(compiler)
     try:
-        function = getattr(ctypes.CDLL(str(library)), SYMBOL)
+        loaded = ctypes.CDLL(str(library))
+        function, step_function = (getattr(loaded, name) for name in SYMBOLS)
     except (OSError, AttributeError) as error:
         raise _Unavailable(f"the built library did not load: {error}") from error
     p, i, n = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
-    function.argtypes = [p, n, p, n, n, n, p, n, n, n, p, p, p, p, i, i, i, i, i, ctypes.c_float]
-    function.restype = ctypes.c_int
-    kernel = DecodeAttention(function)
+    cache = [p, n, n, n] * 2  # keys, values: pointer and three strides
+    tail = [p, p, p, p, i, i, i, i, i, ctypes.c_float]  # prefixes, mask, out, shape, scale
+    function.argtypes = [p, n, *cache, *tail]
+    step_function.argtypes = [p, n, p, n, p, n, p, p, *cache, *tail]
+    function.restype = step_function.restype = ctypes.c_int
+    kernel = DecodeAttention(function, step_function)
     if not _agrees_with_torch(kernel):
         raise _Unavailable("the built loop's results differ from torch's")
     return kernel
@@ -212,12 +255,40 @@ def reference(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, s
     return torch.matmul(torch.softmax(scores, dim=-1), values).reshape(batch, -1)
 
 
+def reference_step(queries: torch.Tensor, new_keys: torch.Tensor, new_values: torch.Tensor,
+                   cos: torch.Tensor, signed_sin: torch.Tensor, keys: torch.Tensor,
+                   values: torch.Tensor, scale: float, allowed: torch.Tensor | None = None,
+                   prefix_row: torch.Tensor | None = None,
+                   prefix_len: torch.Tensor | None = None) -> torch.Tensor:
+    """What DecodeAttention.step computes (writing the last column of keys and values, as it
+    does), with torch's ops."""
+    batch, kv_heads, _, dim = keys.shape
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(batch, -1, dim)
+        return x * cos[:, None] + x.roll(dim // 2, dims=-1) * signed_sin[:, None]
+
+    keys[:, :, -1] = rotate(new_keys)
+    values[:, :, -1] = new_values.reshape(batch, kv_heads, dim)
+    return reference(rotate(queries).reshape(batch, -1), keys, values, scale, allowed,
+                     prefix_row, prefix_len)
+
+
 def _agrees_with_torch(kernel: DecodeAttention) -> bool:
     g = torch.Generator().manual_seed(0)
     keys, values = (torch.randn(3, 2, 150, 64, generator=g) for _ in range(2))
     queries = torch.randn(3, 2 * 3 * 64, generator=g)
+    new_keys, new_values = (torch.randn(3, 2 * 64, generator=g) for _ in range(2))
+    cos, sin = (torch.randn(3, 64, generator=g) for _ in range(2))
     allowed = torch.ones(3, 150, dtype=torch.uint8)
     allowed[1, :40] = 0
     with torch.inference_mode():
-        return torch.allclose(kernel(queries, keys, values, 0.125, allowed),
-                              reference(queries, keys, values, 0.125, allowed), atol=1e-5)
+        plain = torch.allclose(kernel(queries, keys, values, 0.125, allowed),
+                               reference(queries, keys, values, 0.125, allowed), atol=1e-5)
+        ours = kernel.step(queries, new_keys, new_values, cos, sin, keys, values, 0.125, allowed)
+        written = keys.clone(), values.clone()
+        theirs = reference_step(queries, new_keys, new_values, cos, sin, keys, values, 0.125,
+                                allowed)
+        return (plain and torch.allclose(ours, theirs, atol=1e-5)
+                and all(torch.allclose(a, b, atol=1e-6)
+                        for a, b in zip(written, (keys, values), strict=True)))

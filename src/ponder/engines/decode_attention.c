@@ -56,11 +56,33 @@ static inline v16 vexp(v16 x) {
 /* One (row, key/value head) pair. G (query heads per key/value head) and C (head_dim / 16)
    are constants where this is inlined below, so that the queries and the accumulators
    live in registers. */
+/* Rotary embedding of one head's vector x (C chunks of 16): x * cos + roll(x, dim / 2) *
+   signed_sin, signed_sin being sin with its first half negated (lean.py's _rotate). */
+static inline __attribute__((always_inline)) void rotate(v16 *out, const float *x,
+                                                         const float *cos, const float *sin,
+                                                         const int C) {
+  v16 xc[C];
+  for (int c = 0; c < C; c++) __builtin_memcpy(&xc[c], x + 16 * c, sizeof xc[c]);
+  for (int c = 0; c < C; c++) {
+    v16 cc, sc;
+    __builtin_memcpy(&cc, cos + 16 * c, sizeof cc);
+    __builtin_memcpy(&sc, sin + 16 * c, sizeof sc);
+    out[c] = xc[c] * cc + xc[(c + C / 2) % C] * sc;
+  }
+}
+
+/* The step's new inputs where the loop also rotates and stores them (NULL q_new: the
+   queries are rotated already and the new column is in the cache). */
+struct fresh {
+  const float *k, *v, *cos, *sin; /* new keys/values [batch, kv_heads*dim], rows of k_row */
+  long k_row, v_row;
+};
+
 static inline __attribute__((always_inline)) void attend_pair(
-    const float *q, long q_row, const float *k, long kb, long kh, long kl, const float *v,
-    long vb, long vh, long vl, const long *prefix_row, const long *prefix_len,
-    const unsigned char *allowed, float *out, int heads, int length, float scale, long pair,
-    const int G, const int C) {
+    const float *q, long q_row, const struct fresh *fresh, float *k, long kb, long kh,
+    long kl, float *v, long vb, long vh, long vl, const long *prefix_row,
+    const long *prefix_len, const unsigned char *allowed, float *out, int heads, int length,
+    float scale, long pair, const int G, const int C) {
   const int dim = 16 * C;
   const long b = pair / heads, h = pair % heads;
   /* Columns before `shared` are read from row `lead` (rows that share a prompt's keys and
@@ -69,12 +91,27 @@ static inline __attribute__((always_inline)) void attend_pair(
   const unsigned char *mask = allowed ? allowed + b * length : NULL;
   v16 qv[G][C], acc[G][C];
   float best[G], total[G];
+  if (fresh) { /* this pair's new key (rotated) and value into the cache's last column */
+    const float *cos = fresh->cos + b * dim, *sin = fresh->sin + b * dim;
+    v16 kr[C];
+    rotate(kr, fresh->k + b * fresh->k_row + h * dim, cos, sin, C);
+    float *kd = k + b * kb + h * kh + (length - 1) * kl;
+    float *vd = v + b * vb + h * vh + (length - 1) * vl;
+    const float *vs = fresh->v + b * fresh->v_row + h * dim;
+    for (int c = 0; c < C; c++) {
+      __builtin_memcpy(kd + 16 * c, &kr[c], sizeof kr[c]);
+      __builtin_memcpy(vd + 16 * c, vs + 16 * c, sizeof kr[c]);
+    }
+  }
   for (int g = 0; g < G; g++) {
     const float *qg = q + b * q_row + (h * G + g) * dim;
+    if (fresh) {
+      rotate(qv[g], qg, fresh->cos + b * dim, fresh->sin + b * dim, C);
+    } else {
+      for (int c = 0; c < C; c++) __builtin_memcpy(&qv[g][c], qg + 16 * c, sizeof qv[g][c]);
+    }
     for (int c = 0; c < C; c++) {
-      v16 x;
-      __builtin_memcpy(&x, qg + 16 * c, sizeof x);
-      qv[g][c] = x * scale;
+      qv[g][c] *= scale;
       acc[g][c] = (v16){0};
     }
     best[g] = -FLT_MAX;
@@ -148,21 +185,16 @@ static inline __attribute__((always_inline)) void attend_pair(
   {                                                                                       \
     _Pragma("omp parallel for schedule(static)")                                          \
     for (long p = 0; p < (long)batch * heads; p++)                                        \
-      attend_pair(q, q_row, k, kb, kh, kl, v, vb, vh, vl, prefix_row, prefix_len, allowed, \
-                  out, heads, length, scale, p, G, C);                                    \
+      attend_pair(q, q_row, fresh, k, kb, kh, kl, v, vb, vh, vl, prefix_row, prefix_len,  \
+                  allowed, out, heads, length, scale, p, G, C);                           \
     return 0;                                                                             \
   }
 
-/* q: row b's queries at q + b*q_row, query head j at j*dim (query head j reads key/value head
-   j / groups). Keys: element (b, h, l, d) at k + b*kb + h*kh + l*kl + d; values likewise.
-   prefix_row, prefix_len: per row, or NULL (see attend_pair). allowed: [batch, length], 0 =
-   masked, or NULL. out: [batch, heads*groups*dim]. Returns 0, or -1 for a head size or group
-   this file has no code for (the caller then keeps torch's path). */
-int ponder_decode_attention(const float *q, long q_row, const float *k, long kb, long kh,
-                            long kl, const float *v, long vb, long vh, long vl,
-                            const long *prefix_row, const long *prefix_len,
-                            const unsigned char *allowed, float *out, int batch, int heads,
-                            int groups, int length, int dim, float scale) {
+static int attend(const float *q, long q_row, const struct fresh *fresh, float *k, long kb,
+                  long kh, long kl, float *v, long vb, long vh, long vl,
+                  const long *prefix_row, const long *prefix_len,
+                  const unsigned char *allowed, float *out, int batch, int heads, int groups,
+                  int length, int dim, float scale) {
   if (dim == 64) {
     switch (groups) {
       case 1: PAIRS(1, 4)
@@ -187,4 +219,33 @@ int ponder_decode_attention(const float *q, long q_row, const float *k, long kb,
     }
   }
   return -1;
+}
+
+/* q: row b's queries at q + b*q_row, query head j at j*dim (query head j reads key/value head
+   j / groups). Keys: element (b, h, l, d) at k + b*kb + h*kh + l*kl + d; values likewise.
+   prefix_row, prefix_len: per row, or NULL (see attend_pair). allowed: [batch, length], 0 =
+   masked, or NULL. out: [batch, heads*groups*dim]. Returns 0, or -1 for a head size or group
+   this file has no code for (the caller then keeps torch's path). */
+int ponder_decode_attention(const float *q, long q_row, const float *k, long kb, long kh,
+                            long kl, const float *v, long vb, long vh, long vl,
+                            const long *prefix_row, const long *prefix_len,
+                            const unsigned char *allowed, float *out, int batch, int heads,
+                            int groups, int length, int dim, float scale) {
+  return attend(q, q_row, NULL, (float *)k, kb, kh, kl, (float *)v, vb, vh, vl, prefix_row,
+                prefix_len, allowed, out, batch, heads, groups, length, dim, scale);
+}
+
+/* The same, from the step's projections as they come: the queries and the new keys are
+   rotated here (cos, sin: [batch, dim], sin's first half negated), and each row's new key and
+   value are written into the cache's last column (length - 1) before it is read. q, k_new,
+   v_new: rows of q_row, k_row, v_row floats, heads contiguous. */
+int ponder_decode_step(const float *q, long q_row, const float *k_new, long k_row,
+                       const float *v_new, long v_row, const float *cos, const float *sin,
+                       float *k, long kb, long kh, long kl, float *v, long vb, long vh, long vl,
+                       const long *prefix_row, const long *prefix_len,
+                       const unsigned char *allowed, float *out, int batch, int heads,
+                       int groups, int length, int dim, float scale) {
+  const struct fresh fresh = {k_new, v_new, cos, sin, k_row, v_row};
+  return attend(q, q_row, &fresh, k, kb, kh, kl, v, vb, vh, vl, prefix_row, prefix_len,
+                allowed, out, batch, heads, groups, length, dim, scale);
 }

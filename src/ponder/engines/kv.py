@@ -250,8 +250,11 @@ def forward(model, batch: KVBatch, input_ids: torch.Tensor, input_mask: torch.Te
                     return keys.contiguous(), values.contiguous()
                 return _extend(cached[layer][0], keys), _extend(cached[layer][1], values)
 
+            def grow(layer: int) -> LayerKV:  # the caller writes the new columns
+                return _longer(cached[layer][0], new), _longer(cached[layer][1], new)
+
             logits, kv, _ = twin(input_ids, positions, mask, append, logits_to_keep,
-                                 shared=batch.shared)
+                                 shared=batch.shared, grow=grow if cached is not None else None)
         else:
             cache = _cache_from(kv)  # the model appends to it in place
             logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
@@ -337,10 +340,16 @@ def _with_room(batch: KVBatch, new: int) -> tuple[list[LayerKV], int]:
 
 def _extend(view: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """Write `new` into the free columns after `view` (see _with_room); the longer view."""
-    b, h, n, d = view.shape
-    longer = view.as_strided((b, h, n + new.shape[2], d), view.stride(), view.storage_offset())
+    n = view.shape[2]
+    longer = _longer(view, new.shape[2])
     longer[:, :, n:] = new
     return longer
+
+
+def _longer(view: torch.Tensor, columns: int) -> torch.Tensor:
+    """`view` with `columns` more of the free columns after it (see _with_room), unwritten."""
+    b, h, n, d = view.shape
+    return view.as_strided((b, h, n + columns, d), view.stride(), view.storage_offset())
 
 
 class _InPlaceLayer(DynamicLayer):

@@ -354,10 +354,14 @@ class LeanForward:
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                  append: Append, logits_to_keep: int, hidden: Sequence[int] = (),
-                 shared: Sequence = ()) -> tuple[torch.Tensor, list[LayerKV], list[torch.Tensor]]:
+                 shared: Sequence = (), grow: Callable[[int], LayerKV] | None = None
+                 ) -> tuple[torch.Tensor, list[LayerKV], list[torch.Tensor]]:
         """Feed `input_ids` [batch, n] at `positions` after `mask`'s cached columns (`mask`
         covers cached and new columns, 1 = real token); `shared`: runs of rows whose first
-        cached columns are equal (kv.SharedRun), read once per run in a decode step.
+        cached columns are equal (kv.SharedRun), read once per run in a decode step;
+        `grow(layer)`: the layer's keys and values with the new columns after them, unwritten
+        (None where there is no cache yet): a decode step then has the compiled loop rotate
+        and write them itself (DecodeStep.fused), instead of `append`.
         Returns the logits of the last `logits_to_keep` positions, every layer's keys and
         values, and the hidden states `hidden` names, as transformers' output_hidden_states
         numbers them (0: the embeddings, i: after layer i, the last one after the final
@@ -380,6 +384,9 @@ class LeanForward:
             causal = True
         plan = shared_prefix.plan(shared, batch, old, input_ids.device) if grouped else None
         cos, sin = self._rope(positions)
+        fused = step is not None and grow is not None
+        if fused:  # [batch, dim]: one position a row
+            cos, sin = cos.reshape(batch, -1), sin.reshape(batch, -1)
         linear, heads, kv_heads, dim = self.linear, self.heads, self.kv_heads, self.head_dim
         many = getattr(linear, "many", None) or partial(_one_by_one, linear)
         x = self.inner.embed_tokens(input_ids)
@@ -388,22 +395,28 @@ class LeanForward:
                 enumerate(self.params)):
             h = self._norm(x, norm1)
             queries, keys, values = many(h, (q, k, v), (qb, kb, vb))
-            queries = queries.view(batch, n, heads, dim).transpose(1, 2)
-            keys = keys.view(batch, n, kv_heads, dim).transpose(1, 2)
-            values = values.view(batch, n, kv_heads, dim).transpose(1, 2)
-            keys, values = append(index, self._rotate(keys, cos, sin), values)
-            caches.append((keys, values))
-            if step is not None:
-                attended = step(self._rotate(queries, cos, sin), keys, values, self.scaling)
-            elif grouped:
-                attended = self._decode_attention(self._rotate(queries, cos, sin), keys, values,
-                                                  allowed, plan)
+            if fused:  # rotation, the cache's new column and attention in one call
+                cache = grow(index)
+                caches.append(cache)
+                attended = step.fused(queries, keys, values, cos, sin, *cache, self.scaling)
+                x = x + linear(attended, o, ob)
             else:
-                attended = F.scaled_dot_product_attention(
-                    self._rotate(queries, cos, sin), keys, values, attn_mask=allowed,
-                    is_causal=causal, scale=self.scaling, enable_gqa=True
-                ).transpose(1, 2).reshape(batch, n, heads * dim)
-            x = x + linear(attended, o, ob)
+                queries = queries.view(batch, n, heads, dim).transpose(1, 2)
+                keys = keys.view(batch, n, kv_heads, dim).transpose(1, 2)
+                values = values.view(batch, n, kv_heads, dim).transpose(1, 2)
+                keys, values = append(index, self._rotate(keys, cos, sin), values)
+                caches.append((keys, values))
+                if step is not None:
+                    attended = step(self._rotate(queries, cos, sin), keys, values, self.scaling)
+                elif grouped:
+                    attended = self._decode_attention(self._rotate(queries, cos, sin), keys,
+                                                      values, allowed, plan)
+                else:
+                    attended = F.scaled_dot_product_attention(
+                        self._rotate(queries, cos, sin), keys, values, attn_mask=allowed,
+                        is_causal=causal, scale=self.scaling, enable_gqa=True
+                    ).transpose(1, 2).reshape(batch, n, heads * dim)
+                x = x + linear(attended, o, ob)
             h = self._norm(x, norm2)
             gated, upped = many(h, (gate, up), (gb, ub))
             x = x + linear(F.silu(gated) * upped, down, db)
@@ -445,8 +458,21 @@ class DecodeStep:
 
     def __call__(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                  scale: float) -> torch.Tensor:
-        """queries [batch, heads, 1, dim] -> attended [batch, 1, heads * dim]."""
+        """Rotated queries [batch, heads, 1, dim] over the cache with this step's column
+        written -> attended [batch, 1, heads * dim]."""
         batch = queries.shape[0]
         out = self.kernel(queries.reshape(batch, -1), keys, values, scale, self.allowed,
                           self.prefix_row, self.prefix_len)
+        return out.view(batch, 1, -1)
+
+    def fused(self, queries: torch.Tensor, new_keys: torch.Tensor, new_values: torch.Tensor,
+              cos: torch.Tensor, signed_sin: torch.Tensor, keys: torch.Tensor,
+              values: torch.Tensor, scale: float) -> torch.Tensor:
+        """The projections as they come ([batch, 1, heads * dim], [batch, 1, kv_heads * dim]
+        twice), cos and sin [batch, dim], the cache ending at this step's column, unwritten
+        -> attended [batch, 1, heads * dim], the column written."""
+        batch = queries.shape[0]
+        out = self.kernel.step(queries.reshape(batch, -1), new_keys.reshape(batch, -1),
+                               new_values.reshape(batch, -1), cos, signed_sin, keys, values,
+                               scale, self.allowed, self.prefix_row, self.prefix_len)
         return out.view(batch, 1, -1)
