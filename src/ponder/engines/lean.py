@@ -100,6 +100,12 @@ def _projections(layer) -> list[nn.Module]:
     return out
 
 
+def _parent(layer: nn.Module, path: tuple[str, ...]) -> nn.Module:
+    for name in path[:-1]:
+        layer = getattr(layer, name)
+    return layer
+
+
 def _norm_of(norm: nn.Module) -> tuple[torch.Tensor, float]:
     """An RMSNorm's weight (the parameter itself: in-place changes show through) and epsilon."""
     return norm.weight, norm.variance_epsilon
@@ -267,6 +273,12 @@ class LeanForward:
         inner = model.model
         self.model, self.inner, self.layers = weakref.ref(model), inner, list(inner.layers)
         self.linears = [_projections(layer) for layer in self.layers]
+        # Where each projection hangs: (its parent's module dict, its name, the module). A
+        # swap (peft's LoRA layers) replaces the dict's entry; reading the dicts is a lookup
+        # each, where walking the modules' attributes cost ~0.3 ms a decode step.
+        self.slots = [(_parent(layer, path)._modules, path[-1], module)
+                      for layer, linears in zip(self.layers, self.linears, strict=True)
+                      for path, module in zip(PROJECTIONS, linears, strict=True)]
         # The parameters themselves, read once: in-place changes (load_state_dict, .to())
         # show through; a swapped module turns the twin off (still_matches).
         # Norms as (weight, epsilon): a module's attribute lookup per norm and step cost more
@@ -296,8 +308,7 @@ class LeanForward:
         model = self.model()
         return (model is not None and model.lm_head.weight.dtype == torch.float32
                 and model.lm_head.weight.device.type == "cpu"
-                and all(now is then for layer, linears in zip(self.layers, self.linears, strict=True)
-                        for now, then in zip(_projections(layer), linears, strict=True)))
+                and all(modules.get(name) is module for modules, name, module in self.slots))
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin at `positions` [batch, n] -> [batch, 1, n, head_dim] each, from a table
