@@ -35,9 +35,12 @@ def test_in_place_appends_match_a_fresh_forward_and_forks_do_not_clobber(engine)
     assert storage(b2_fork) != storage(b2)
     w_logits, _ = feed(engine, b2, [w])  # b2's columns are untouched by the fork
 
-    torch.testing.assert_close(y_logits, fresh(engine, [*prompt, x, y]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(z_logits, fresh(engine, [*prompt, x, z]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(w_logits, fresh(engine, [*prompt, x, y, w]), atol=1e-4, rtol=0)
+    # A decode step and a fresh prefill sum in different orders: the largest gap on these
+    # logits was 9.9e-5 with torch's decode attention and 1.0e-4 with the compiled loop
+    # (2-core AMD EPYC); a clobbered or misplaced column moves them by ~1.
+    torch.testing.assert_close(y_logits, fresh(engine, [*prompt, x, y]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(z_logits, fresh(engine, [*prompt, x, z]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(w_logits, fresh(engine, [*prompt, x, y, w]), atol=1e-3, rtol=0)
 
 
 def test_room_runs_out_and_regrows_without_changing_results(engine):
@@ -49,7 +52,8 @@ def test_room_runs_out_and_regrows_without_changing_results(engine):
         logits, batch = feed(engine, batch, [token])
         buffers.add(storage(batch))
     assert len(buffers) >= 2
-    torch.testing.assert_close(logits, fresh(engine, [*prompt, *continuation]), atol=1e-4, rtol=0)
+    # decode steps against a fresh prefill: see the tolerance above
+    torch.testing.assert_close(logits, fresh(engine, [*prompt, *continuation]), atol=1e-3, rtol=0)
 
 
 def test_trim_hands_its_room_to_the_trimmed_batch(engine):
