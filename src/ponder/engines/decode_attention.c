@@ -53,9 +53,6 @@ static inline v16 vexp(v16 x) {
   return (v16)((i16)(p * (v16)scale) & ~below);
 }
 
-/* One (row, key/value head) pair. G (query heads per key/value head) and C (head_dim / 16)
-   are constants where this is inlined below, so that the queries and the accumulators
-   live in registers. */
 /* Rotary embedding of one head's vector x (C chunks of 16): x * cos + roll(x, dim / 2) *
    signed_sin, signed_sin being sin with its first half negated (lean.py's _rotate). */
 static inline __attribute__((always_inline)) void rotate(v16 *out, const float *x,
@@ -71,13 +68,16 @@ static inline __attribute__((always_inline)) void rotate(v16 *out, const float *
   }
 }
 
-/* The step's new inputs where the loop also rotates and stores them (NULL q_new: the
-   queries are rotated already and the new column is in the cache). */
+/* The step's new inputs where the loop also rotates and stores them (a NULL `fresh`:
+   the queries are rotated already and the new column is in the cache). */
 struct fresh {
   const float *k, *v, *cos, *sin; /* new keys/values [batch, kv_heads*dim], rows of k_row */
   long k_row, v_row;
 };
 
+/* One (row, key/value head) pair. G (query heads per key/value head) and C (head_dim / 16)
+   are constants where this is inlined below, so that the queries and the accumulators
+   live in registers. */
 static inline __attribute__((always_inline)) void attend_pair(
     const float *q, long q_row, const struct fresh *fresh, float *k, long kb, long kh,
     long kl, float *v, long vb, long vh, long vl, const long *prefix_row,
@@ -190,34 +190,26 @@ static inline __attribute__((always_inline)) void attend_pair(
     return 0;                                                                             \
   }
 
+/* One case per supported group size (query heads per key/value head), C chunks a head. */
+#define BY_GROUPS(C)                                                                      \
+  switch (groups) {                                                                       \
+    case 1: PAIRS(1, C)                                                                   \
+    case 2: PAIRS(2, C)                                                                   \
+    case 3: PAIRS(3, C)                                                                   \
+    case 4: PAIRS(4, C)                                                                   \
+    case 5: PAIRS(5, C)                                                                   \
+    case 6: PAIRS(6, C)                                                                   \
+    case 7: PAIRS(7, C)                                                                   \
+    case 8: PAIRS(8, C)                                                                   \
+  }
+
 static int attend(const float *q, long q_row, const struct fresh *fresh, float *k, long kb,
                   long kh, long kl, float *v, long vb, long vh, long vl,
                   const long *prefix_row, const long *prefix_len,
                   const unsigned char *allowed, float *out, int batch, int heads, int groups,
                   int length, int dim, float scale) {
-  if (dim == 64) {
-    switch (groups) {
-      case 1: PAIRS(1, 4)
-      case 2: PAIRS(2, 4)
-      case 3: PAIRS(3, 4)
-      case 4: PAIRS(4, 4)
-      case 5: PAIRS(5, 4)
-      case 6: PAIRS(6, 4)
-      case 7: PAIRS(7, 4)
-      case 8: PAIRS(8, 4)
-    }
-  } else if (dim == 128) {
-    switch (groups) {
-      case 1: PAIRS(1, 8)
-      case 2: PAIRS(2, 8)
-      case 3: PAIRS(3, 8)
-      case 4: PAIRS(4, 8)
-      case 5: PAIRS(5, 8)
-      case 6: PAIRS(6, 8)
-      case 7: PAIRS(7, 8)
-      case 8: PAIRS(8, 8)
-    }
-  }
+  if (dim == 64) BY_GROUPS(4)
+  if (dim == 128) BY_GROUPS(8)
   return -1;
 }
 

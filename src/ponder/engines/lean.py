@@ -15,7 +15,7 @@ Why. A decode step through transformers spent time this forward does not:
     padding, where attention without a mask took 135 us a layer instead of 232 at batch 16)
     and no cache or mask objects; RMSNorm is torch's fused one;
   - a decode step attends through a compiled loop of ours (attention_kernel.py,
-    decode_attention.c: 2.1-2.2x torch's ops a layer at batch 16 and 64 on the AMD machine)
+    decode_attention.c: about 2x torch's ops a layer at batch 16 and 64 on the AMD machine)
     where this machine can build it, else, batched, by grouped matmuls (`_decode_attention`).
 The keys and values live in `kv`'s tensors, appended in place by the function `kv.forward`
 passes in; logits equal transformers' within fp32 rounding (tests/test_lean_forward.py).
@@ -347,7 +347,7 @@ class LeanForward:
                           ) -> torch.Tensor:
         """Attention of one new query per sample [batch, heads, 1, dim] over the cache, each
         key/value head shared by its group of query heads through a reshape, not a copy;
-        returns [batch, 1, heads * dim]. Where the compiled loop is missing (DecodeStep).
+        returns [batch, 1, heads * dim]. Used where the compiled loop is not (DecodeStep).
         Why: at decode shapes this beat scaled_dot_product_attention(enable_gqa=True) on a
         2-core Intel Xeon (SmolLM2-135M, 160 cached tokens: 600 vs 930 us a layer at batch 64,
         155 vs 210 at batch 16); at batch 1 SDPA was faster (22 vs 31 us), so it keeps that.
@@ -410,7 +410,6 @@ class LeanForward:
                 cache = grow(index)
                 caches.append(cache)
                 attended = step.fused(queries, keys, values, cos, sin, *cache, self.scaling)
-                x = x + linear(attended, o, ob)
             else:
                 queries = queries.view(batch, n, heads, dim).transpose(1, 2)
                 keys = keys.view(batch, n, kv_heads, dim).transpose(1, 2)
@@ -427,7 +426,7 @@ class LeanForward:
                         self._rotate(queries, cos, sin), keys, values, attn_mask=allowed,
                         is_causal=causal, scale=self.scaling, enable_gqa=True
                     ).transpose(1, 2).reshape(batch, n, heads * dim)
-                x = x + linear(attended, o, ob)
+            x = x + linear(attended, o, ob)
             h = self._norm(x, norm2)
             gated, upped = many(h, (gate, up), (gb, ub))
             x = x + linear(F.silu(gated) * upped, down, db)
