@@ -91,13 +91,7 @@ def why_not_lean(model) -> str | None:
 
 
 def _projections(layer) -> list[nn.Module]:
-    out = []
-    for path in PROJECTIONS:
-        module = layer
-        for name in path:
-            module = getattr(module, name)
-        out.append(module)
-    return out
+    return [getattr(_parent(layer, path), path[-1]) for path in PROJECTIONS]
 
 
 def _parent(layer: nn.Module, path: tuple[str, ...]) -> nn.Module:
