@@ -1,8 +1,10 @@
-"""The compiled decode attention loop (engines/attention_kernel.py, decode_attention.c): the
-same attention as torch's ops for every head size and grouping it has code for, with masks,
-rows that read a shared prompt through another row, and cache views with room after them;
-a clear error for tensors it has no code for; torch's path where it cannot be built; and the
-engine samples the same tokens with it as without."""
+"""The compiled decode loops (engines/attention_kernel.py, decode_attention.c,
+decode_glue.c): the same attention as torch's ops for every head size and grouping it has
+code for, with masks, rows that read a shared prompt through another row, and cache views
+with room after them; the residual add with RMSNorm and the SiLU gate as torch computes
+them; a clear error for tensors they have no code for; torch's path where they cannot be
+built; a decode step through them equal to torch's path, hidden states included; and the
+engine samples the same tokens with them as without."""
 
 import os
 import shutil
@@ -12,6 +14,7 @@ import sys
 import pytest
 import torch
 
+from ponder import sampling
 from ponder.engines import attention_kernel, lean
 from ponder.engines import kv as kvlib
 from ponder.types import GenerateRequest, SamplingParams
@@ -125,6 +128,86 @@ def test_supports_matches_the_c_file_and_other_layouts_are_refused_with_a_clear_
         kernel(queries, keys, values, 0.125, torch.ones(2, 9, dtype=torch.uint8))
 
 
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 3, 64])  # 64 x 1536 floats run on the thread pool
+@pytest.mark.parametrize("width", [16, 576, 1536])
+def test_the_glue_adds_normalises_and_gates_as_torch_does(rows, width):
+    g = torch.Generator().manual_seed(rows * width)
+    x = torch.randn(rows, width, generator=g) * torch.logspace(-3, 2, rows).unsqueeze(1)
+    wide = torch.randn(rows, 3 * width, generator=g) * 8  # strided rows, as views of a matmul
+    delta, gate, up = wide[:, :width], wide[:, width:2 * width], wide[:, 2 * width:]
+    gate[0, :16] = torch.tensor([-1e4, -100, -88, -87, -20, -1, -1e-30, 0, 1e-30, 1, 20, 87,
+                                 88, 100, 1e4, -0.0])  # where e^-|g| underflows, and signs
+    weight = torch.randn(width, generator=g)
+    with torch.inference_mode():
+        summed = x.clone()
+        normed = kernel.add_rms_norm(summed, delta, weight, 1e-5)
+        torch.testing.assert_close(summed, x + delta, rtol=0, atol=0)  # in place, exactly
+        torch.testing.assert_close(normed, torch.rms_norm(x + delta, (width,), weight, 1e-5),
+                                   rtol=1e-5, atol=1e-6)
+        alone = x.clone()
+        torch.testing.assert_close(kernel.add_rms_norm(alone, None, weight, 1e-5),
+                                   torch.rms_norm(x, (width,), weight, 1e-5),
+                                   rtol=1e-5, atol=1e-6)
+        assert torch.equal(alone, x)  # nothing added
+        torch.testing.assert_close(kernel.silu_mul(gate, up), torch.nn.functional.silu(gate) * up,
+                                   rtol=1e-5, atol=1e-6)
+
+
+@needs_kernel
+def test_the_glue_refuses_widths_and_layouts_it_has_no_code_for():
+    assert kernel.supports_widths(576, 1536) and not kernel.supports_widths(576, 1500)
+    for width in (8, 24, 100):  # the C functions agree with supports_widths
+        x, out = torch.randn(2, width), torch.empty(2, width)
+        status = kernel.add_rms_norm_function(x.data_ptr(), width, None, 0,
+                                              torch.ones(width).data_ptr(), 1e-5,
+                                              out.data_ptr(), width, 2, width)
+        assert status == -1
+        assert kernel.silu_mul_function(x.data_ptr(), width, x.data_ptr(), width,
+                                        out.data_ptr(), width, 2, width) == -1
+    x = torch.randn(4, 32)
+    for bad in ((x, torch.randn(4, 16)), (x.double(), None), (x.t().contiguous().t(), None),
+                (torch.randn(4, 24), None)):
+        with pytest.raises(ValueError, match="add_rms_norm"):
+            kernel.add_rms_norm(bad[0], bad[1], torch.ones(bad[0].shape[1]), 1e-5)
+    with pytest.raises(ValueError, match="silu_mul"):
+        kernel.silu_mul(x, torch.randn(4, 16))
+    with pytest.raises(ValueError, match="silu_mul"):
+        kernel.silu_mul(x[:, :8], x[:, 8:16])
+
+
+@needs_kernel
+@pytest.mark.parametrize("scale", [0.01, 3.0, 30.0])
+@pytest.mark.parametrize("vocab", [16, 1003, 49152])  # a tail after the last 16 columns
+def test_the_compiled_softmax_stats_equal_torch_s(scale, vocab):
+    g = torch.Generator().manual_seed(vocab)
+    wide = torch.randn(5, vocab + 9, generator=g) * scale
+    logits = wide[:, :vocab]  # rows that are not next to each other
+    logits[0, 3] += 40  # a row with one token far above the rest
+    with torch.inference_mode():
+        got = kernel.softmax_stats(logits, sampling.CERTAINTY_LOGPROB_FLOOR)
+        want = sampling.softmax_stats(logits)
+    assert got is not None
+    for ours, theirs in zip(got, want, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_the_compiled_softmax_stats_leave_other_rows_to_torch_s_path():
+    """A NaN, an infinity, a token ruled out or below the floor in any row, other dtypes
+    and strided columns: None (the caller then takes sampling.softmax_stats)."""
+    floor = sampling.CERTAINTY_LOGPROB_FLOOR
+    for value in (float("nan"), float("inf"), float("-inf"), -3000.0):
+        logits = torch.randn(3, 100)
+        logits[2, 40] = value
+        assert kernel.softmax_stats(logits, floor) is None, value
+    logits = torch.randn(3, 100)
+    assert kernel.softmax_stats(logits.double(), floor) is None
+    assert kernel.softmax_stats(logits.t().contiguous().t(), floor) is None
+    assert kernel.softmax_stats(logits[0], floor) is None
+    assert kernel.softmax_stats(logits, floor) is not None
+
+
 def test_the_loop_is_built_where_a_c_compiler_and_gnu_openmp_are():
     """A loop that fails its own check falls back to torch silently; here that is a failure."""
     if not (shutil.which("cc") or shutil.which("gcc")) or not (
@@ -159,7 +242,7 @@ def test_the_library_is_built_once_and_reused(tmp_path):
     env = {**os.environ, "PONDER_HOME": str(tmp_path)}
     first = run_fresh(WHY, env)
     assert first.stdout.strip() == "False None", first.stderr
-    [library] = tmp_path.glob("kernels/decode_attention-*.so")
+    [library] = tmp_path.glob("kernels/decode_kernels-*.so")
     built = library.stat().st_mtime_ns
     assert run_fresh(WHY, env).stdout.strip() == "False None"
     assert [library] == list(tmp_path.glob("kernels/*")) and library.stat().st_mtime_ns == built
@@ -193,6 +276,47 @@ def test_decode_steps_with_the_loop_equal_torch_s_path_on_the_bundled_model(engi
     with_loop = decode(lambda: kernel)
     assert used
     torch.testing.assert_close(with_loop, decode(lambda: None), atol=1e-4, rtol=1e-4)
+
+
+@needs_kernel
+def test_a_decode_step_through_the_glue_equals_the_step_without_it_hidden_states_too(
+        engine, monkeypatch):
+    """The glue's path (lean._fused_decode) against the lean forward's general loop with the
+    same attention loop, on padded rows sharing prompts: logits, the new keys and values, and
+    the hidden states of the embeddings, a middle layer and the last (after the final norm:
+    x is added to in place there, so a kept state must be a copy)."""
+    prompts = [engine.tokenize("What is 3 + 4?"), engine.tokenize("Name a colour, please")]
+    width = max(map(len, prompts))
+    ids = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):], mask[row, width - len(p):] = torch.tensor(p), 1
+    _, start = kvlib.forward(engine.model, kvlib.KVBatch.empty(2, "cpu"), ids, mask)
+    layers = engine.model.config.num_hidden_layers
+    real_call, states = lean.LeanForward.__call__, []
+
+    def with_hidden(self, *args, **kwargs):
+        logits, caches, hidden = real_call(self, *args, **kwargs, hidden=(0, 7, layers))
+        states.append(hidden)
+        return logits, caches, hidden
+
+    monkeypatch.setattr(lean.LeanForward, "__call__", with_hidden)
+
+    def decode(glue):
+        monkeypatch.setattr(lean.LeanForward, "_glue", lambda self, kernel: glue)
+        batch = start.select(torch.tensor([0, 0, 1]))
+        column = torch.full((batch.size, 1), 11)
+        logits, batch = kvlib.forward(engine.model, batch, column, torch.ones_like(column))
+        return logits, [t[:, :, -1].clone() for layer in batch.kv for t in layer], states[-1]
+
+    used, real_fused = [], lean.LeanForward._fused_decode
+    monkeypatch.setattr(lean.LeanForward, "_fused_decode",
+                        lambda *a: used.append(1) or real_fused(*a))
+    glued, plain = decode(True), decode(False)
+    assert used == [1]
+    for ours, theirs in zip((glued[0], *glued[1], *glued[2]), (plain[0], *plain[1], *plain[2]),
+                            strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
 @needs_kernel

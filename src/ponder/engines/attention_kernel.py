@@ -1,21 +1,24 @@
-"""The lean forward's decode attention as one compiled loop (decode_attention.c), built on
-first use with this machine's C compiler and loaded through ctypes.
+"""The lean forward's compiled decode loops, built on first use with this machine's C
+compiler and loaded through ctypes: attention as one loop (decode_attention.c), and the
+residual add with its RMSNorm and the MLP's SiLU gate (decode_glue.c), the steps between a
+decode step's matmuls.
 
-Why: in a batched decode step the cached keys and values come from memory, not cache (the
-weights streamed since have evicted them), and torch's batched matmuls, one small product
-per (row, key/value head), read them at about a third of the memory's bandwidth. On a
-2-core AMD EPYC (2026-12-05; the bundled model's 3 key/value heads x 3 query heads, 64
-dims, caches flushed first): 16 rows x 100 columns 75-86 against 176-180 us a layer, 64 x
-173 414-487 against 866-990 us; reading the same bytes with a sum took 75-84 and 354-446.
-See decode_attention.c for how.
+Why the attention: in a batched decode step the cached keys and values come from memory,
+not cache (the weights streamed since have evicted them), and torch's batched matmuls, one
+small product per (row, key/value head), read them at about a third of the memory's
+bandwidth. On a 2-core AMD EPYC (2026-12-05; the bundled model's 3 key/value heads x 3
+query heads, 64 dims, caches flushed first): 16 rows x 100 columns 75-86 against 176-180 us
+a layer, 64 x 173 414-487 against 866-990 us; reading the same bytes with a sum took 75-84
+and 354-446. See decode_attention.c for how. Why the glue: see decode_glue.c.
 
-Where it is not used (`why_not` says why): no C compiler, a torch whose threads are not GNU
-OpenMP's (the loop would bring a second thread pool), a build or self-check that fails,
-`PONDER_ATTENTION_KERNEL=0`, or a model whose head size is not 64 or 128 or that has more than
-8 query heads per key/value head. The lean forward then attends with torch's ops, as before.
+Where they are not used (`why_not` says why): no C compiler, a torch whose threads are not
+GNU OpenMP's (the loops would bring a second thread pool), a build or self-check that fails,
+`PONDER_ATTENTION_KERNEL=0`, or a model whose head size is not 64 or 128, that has more
+than 8 query heads per key/value head, or whose hidden or MLP width is not a multiple of
+16. The lean forward then runs torch's ops, as before.
 
 The built library lives under ponder's cache (models.ponder_home()/kernels), named by a
-hash of the source, the flags, the compiler and this CPU, so a machine with another CPU or
+hash of the sources, the flags, the compiler and this CPU, so a machine with another CPU or
 compiler builds its own; it is written to a temporary file and renamed, so processes that
 build at once do not see half a file.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -36,19 +40,26 @@ import torch
 
 from ponder.engines.cpu import cpu_info
 
-SOURCE = Path(__file__).with_name("decode_attention.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in (
+    "decode_attention.c", "decode_glue.c", "softmax_stats.c"))
+HEADERS = (Path(__file__).with_name("simd.h"),)  # included by the sources
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 DIMS = frozenset({64, 128})
 MAX_GROUPS = 8
-SYMBOLS = ("ponder_decode_attention", "ponder_decode_step")
+SYMBOLS = ("ponder_decode_attention", "ponder_decode_step", "ponder_add_rms_norm",
+           "ponder_silu_mul", "ponder_softmax_stats")
 
 
-class DecodeAttention:
-    """The loaded function, called with tensors it checks first (a wrong layout must raise,
+class DecodeKernels:
+    """The loaded functions, called with tensors they check first (a wrong layout must raise,
     not read outside them)."""
 
-    def __init__(self, function, step_function):
+    def __init__(self, function, step_function, add_rms_norm_function, silu_mul_function,
+                 softmax_stats_function):
         self.function, self.step_function = function, step_function
+        self.add_rms_norm_function = add_rms_norm_function
+        self.silu_mul_function = silu_mul_function
+        self.softmax_stats_function = softmax_stats_function
 
     @staticmethod
     def supports(head_dim: int, groups: int) -> bool:
@@ -99,6 +110,59 @@ class DecodeAttention:
             *_pointers(prefix_row, prefix_len, allowed), out.data_ptr(), *shape, scale)
         return _done(status, out)
 
+    @staticmethod
+    def supports_widths(*widths: int) -> bool:
+        """Whether the glue loops have code for rows of these widths (multiples of 16)."""
+        return all(width % 16 == 0 for width in widths)
+
+    def add_rms_norm(self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
+                     eps: float) -> torch.Tensor:
+        """`x` += `delta` in place (None: nothing added), then torch.rms_norm(x, weight, eps)
+        as a new tensor. x, delta: [rows, width] with contiguous rows; weight: [width]."""
+        rows, width = x.shape
+        if not (_rows_of(x, width) and (delta is None or (
+                delta.shape == x.shape and _rows_of(delta, width)))
+                and weight.shape == (width,) and _rows_of(weight, width)
+                and self.supports_widths(width)):
+            raise ValueError("add_rms_norm: x and delta [rows, width] with contiguous rows, "
+                             f"weight [width], CPU fp32, width a multiple of 16; got x "
+                             f"{tuple(x.shape)}, weight {tuple(weight.shape)}")
+        out = x.new_empty(rows, width)
+        status = self.add_rms_norm_function(
+            x.data_ptr(), x.stride(0), None if delta is None else delta.data_ptr(),
+            0 if delta is None else delta.stride(0), weight.data_ptr(), eps, out.data_ptr(),
+            width, rows, width)
+        return _done(status, out)
+
+    def silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """F.silu(gate) * up as a new tensor; gate, up: [rows, width] with contiguous rows
+        (views of one stacked projection, say)."""
+        rows, width = gate.shape
+        if not (up.shape == gate.shape and _rows_of(gate, width) and _rows_of(up, width)
+                and self.supports_widths(width)):
+            raise ValueError("silu_mul: gate and up [rows, width] with contiguous rows, CPU "
+                             f"fp32, width a multiple of 16; got {tuple(gate.shape)}, "
+                             f"{tuple(up.shape)}")
+        out = gate.new_empty(rows, width)
+        status = self.silu_mul_function(gate.data_ptr(), gate.stride(0), up.data_ptr(),
+                                        up.stride(0), out.data_ptr(), width, rows, width)
+        return _done(status, out)
+
+    def softmax_stats(self, logits: torch.Tensor, floor: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """sampling.softmax_stats of [rows, vocab] CPU fp32 logits with contiguous rows: log
+        Z, entropy and self-certainty per row; None for other logits, or when a row has a
+        logit that is not finite or a token below `floor` (that function's
+        CERTAINTY_LOGPROB_FLOOR; its torch path handles those)."""
+        if not (logits.dim() == 2 and _rows_of(logits, logits.shape[1])):
+            return None
+        rows, vocab = logits.shape
+        out = logits.new_empty(3, rows)
+        refused = self.softmax_stats_function(
+            logits.data_ptr(), logits.stride(0), rows, vocab, floor, out[0].data_ptr(),
+            out[1].data_ptr(), out[2].data_ptr())
+        return None if refused else (out[0], out[1], out[2])
+
     def _checked(self, queries, keys, values, allowed, prefix_row, prefix_len):
         """The output tensor and (batch, kv_heads, groups, length, dim), or ValueError for
         tensors the loop would read wrongly or outside of."""
@@ -127,13 +191,19 @@ class DecodeAttention:
         return out, (batch, kv_heads, groups, length, dim)
 
 
+def _rows_of(t: torch.Tensor, width: int) -> bool:
+    """t is CPU fp32 with rows of `width` contiguous floats, a row stride at least that."""
+    return (t.dtype == torch.float32 and t.device.type == "cpu" and t.stride(-1) == 1
+            and (t.dim() == 1 or t.stride(0) >= width))
+
+
 def _pointers(*tensors: torch.Tensor | None) -> list[int | None]:
     return [None if t is None else t.data_ptr() for t in tensors]
 
 
 def _done(status: int, out: torch.Tensor) -> torch.Tensor:
-    if status != 0:  # supports() agrees with the C file's cases (tested)
-        raise ValueError("no decode attention code for this head size and grouping")
+    if status != 0:  # supports() and supports_widths() agree with the C files (tested)
+        raise ValueError("no compiled code for this head size, grouping or width")
     return out
 
 
@@ -147,7 +217,7 @@ def why_not() -> str | None:
 
 
 @functools.cache
-def load() -> DecodeAttention | None:
+def load() -> DecodeKernels | None:
     """The loop, built (once per machine) and checked on first use; None where it cannot be
     had (why_not() says why)."""
     global _why_not
@@ -164,7 +234,7 @@ class _Unavailable(Exception):
     pass
 
 
-def _load() -> DecodeAttention:
+def _load() -> DecodeKernels:
     if os.environ.get("PONDER_ATTENTION_KERNEL", "1") == "0":
         raise _Unavailable("turned off by PONDER_ATTENTION_KERNEL=0")
     if not _torch_runs_on_gnu_openmp():
@@ -175,7 +245,8 @@ def _load() -> DecodeAttention:
     library = _build(compiler)
     try:
         loaded = ctypes.CDLL(str(library))
-        function, step_function = (getattr(loaded, name) for name in SYMBOLS)
+        function, step_function, add_rms_norm, silu_mul, stats = (
+            getattr(loaded, name) for name in SYMBOLS)
     except (OSError, AttributeError) as error:
         raise _Unavailable(f"the built library did not load: {error}") from error
     p, i, n = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
@@ -183,8 +254,12 @@ def _load() -> DecodeAttention:
     tail = [p, p, p, p, i, i, i, i, i, ctypes.c_float]  # prefixes, mask, out, shape, scale
     function.argtypes = [p, n, *cache, *tail]
     step_function.argtypes = [p, n, p, n, p, n, p, p, *cache, *tail]
-    function.restype = step_function.restype = ctypes.c_int
-    kernel = DecodeAttention(function, step_function)
+    add_rms_norm.argtypes = [p, n, p, n, p, ctypes.c_float, p, n, n, i]
+    silu_mul.argtypes = [p, n, p, n, p, n, n, i]
+    stats.argtypes = [p, n, n, n, ctypes.c_float, p, p, p]
+    for f in (function, step_function, add_rms_norm, silu_mul, stats):
+        f.restype = ctypes.c_int
+    kernel = DecodeKernels(function, step_function, add_rms_norm, silu_mul, stats)
     if not _agrees_with_torch(kernel):
         raise _Unavailable("the built loop's results differ from torch's")
     return kernel
@@ -203,17 +278,18 @@ def _torch_runs_on_gnu_openmp() -> bool:
 def _build(compiler: str) -> Path:
     from ponder.models import ponder_home
 
-    source = SOURCE.read_bytes()
+    sources = b"\0".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                                  timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as error:
         raise _Unavailable(f"the C compiler {compiler!r} did not run: {error}") from error
     key = hashlib.sha256(b"\0".join(s.encode() if isinstance(s, str) else s for s in (
-        source, " ".join(FLAGS), compiler, version, platform.machine(),
+        sources, " ".join(FLAGS), compiler, version, platform.machine(),
         cpu_info("model name"), cpu_info("flags")))).hexdigest()[:16]
     folder = ponder_home() / "kernels"
-    library = folder / f"decode_attention-{key}.so"
+    names = " and ".join(path.name for path in SOURCES)
+    library = folder / f"decode_kernels-{key}.so"
     if library.exists():
         return library
     try:
@@ -223,14 +299,14 @@ def _build(compiler: str) -> Path:
     except OSError as error:
         raise _Unavailable(f"cannot write to {folder}: {error}") from error
     try:
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", temporary, "-lm"],
+        result = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", temporary, "-lm"],
                                 capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
             first = (result.stderr.strip().splitlines() or ["(no message)"])[0]
-            raise _Unavailable(f"the C compiler failed on {SOURCE.name}: {first}")
+            raise _Unavailable(f"the C compiler failed on {names}: {first}")
         os.replace(temporary, library)
     except (OSError, subprocess.SubprocessError) as error:
-        raise _Unavailable(f"building {SOURCE.name} failed: {error}") from error
+        raise _Unavailable(f"building {names} failed: {error}") from error
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
@@ -240,7 +316,7 @@ def _build(compiler: str) -> Path:
 def reference(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float,
               allowed: torch.Tensor | None = None, prefix_row: torch.Tensor | None = None,
               prefix_len: torch.Tensor | None = None) -> torch.Tensor:
-    """What DecodeAttention computes, with torch's ops (for checks and tests)."""
+    """What DecodeKernels.__call__ computes, with torch's ops (for checks and tests)."""
     batch, kv_heads, length, dim = keys.shape
     if prefix_row is not None:  # each row's first columns come from its prefix row
         columns = torch.arange(length)
@@ -260,7 +336,7 @@ def reference_step(queries: torch.Tensor, new_keys: torch.Tensor, new_values: to
                    values: torch.Tensor, scale: float, allowed: torch.Tensor | None = None,
                    prefix_row: torch.Tensor | None = None,
                    prefix_len: torch.Tensor | None = None) -> torch.Tensor:
-    """What DecodeAttention.step computes (writing the last column of keys and values, as it
+    """What DecodeKernels.step computes (writing the last column of keys and values, as it
     does), with torch's ops."""
     batch, kv_heads, _, dim = keys.shape
 
@@ -274,7 +350,7 @@ def reference_step(queries: torch.Tensor, new_keys: torch.Tensor, new_values: to
                      prefix_row, prefix_len)
 
 
-def _agrees_with_torch(kernel: DecodeAttention) -> bool:
+def _agrees_with_torch(kernel: DecodeKernels) -> bool:
     g = torch.Generator().manual_seed(0)
     keys, values = (torch.randn(3, 2, 150, 64, generator=g) for _ in range(2))
     queries = torch.randn(3, 2 * 3 * 64, generator=g)
@@ -289,6 +365,44 @@ def _agrees_with_torch(kernel: DecodeAttention) -> bool:
         written = keys.clone(), values.clone()
         theirs = reference_step(queries, new_keys, new_values, cos, sin, keys, values, 0.125,
                                 allowed)
-        return (plain and torch.allclose(ours, theirs, atol=1e-5)
-                and all(torch.allclose(a, b, atol=1e-6)
-                        for a, b in zip(written, (keys, values), strict=True)))
+        attention = (plain and torch.allclose(ours, theirs, atol=1e-5)
+                     and all(torch.allclose(a, b, atol=1e-6)
+                             for a, b in zip(written, (keys, values), strict=True)))
+        return (attention and _glue_agrees_with_torch(kernel, g)
+                and _stats_agree_with_torch(kernel, g))
+
+
+def _glue_agrees_with_torch(kernel: DecodeKernels, g: torch.Generator) -> bool:
+    """The norm and the gate on rows of several scales, and gate values from -100 to 100
+    (where e^-|g| underflows)."""
+    x = torch.randn(5, 96, generator=g) * torch.tensor([[1e-3], [1.0], [30.0], [1.0], [5.0]])
+    delta, weight = torch.randn(5, 96, generator=g), torch.randn(96, generator=g)
+    gate_up = torch.randn(5, 2 * 96, generator=g) * 8
+    gate_up[0, :96] = torch.linspace(-100, 100, 96)
+    gate, up = gate_up[:, :96], gate_up[:, 96:]
+    with torch.inference_mode():
+        want = torch.rms_norm(x + delta, (96,), weight, 1e-6)
+        summed = x.clone()
+        got = kernel.add_rms_norm(summed, delta, weight, 1e-6)
+        gated = kernel.silu_mul(gate, up)
+    return (torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+            and torch.allclose(summed, x + delta, rtol=0, atol=0)
+            and torch.allclose(gated, torch.nn.functional.silu(gate) * up, rtol=1e-5,
+                               atol=1e-6))
+
+
+def _stats_agree_with_torch(kernel: DecodeKernels, g: torch.Generator) -> bool:
+    """Log Z, entropy and self-certainty of rows of several scales, one not a multiple of 16
+    wide, against their definitions from the log-softmax."""
+    logits = torch.randn(4, 1003, generator=g) * torch.tensor([[0.01], [1.0], [5.0], [30.0]])
+    with torch.inference_mode():
+        stats = kernel.softmax_stats(logits, -1000.0)
+        logprobs = logits.log_softmax(dim=-1)
+    if stats is None:
+        return False
+    log_z, entropy, certainty = stats
+    return (torch.allclose(log_z, logits.logsumexp(dim=-1), rtol=1e-5, atol=1e-5)
+            and torch.allclose(entropy, -(logprobs.exp() * logprobs).sum(dim=-1), rtol=1e-4,
+                               atol=1e-5)
+            and torch.allclose(certainty, -logprobs.mean(dim=-1) - math.log(1003), rtol=1e-4,
+                               atol=1e-4))

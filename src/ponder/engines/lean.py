@@ -200,20 +200,23 @@ class PackedOneDNNLinear(PackedLinear):
         AMD machine (q/k/v at 16 rows: 80 against 114 us a layer; at 1 row 52 against 78).
         Returns views of the one output. Remade when a weight or bias changes in place."""
         tensors = (*weights, *(b for b in biases if b is not None))
-        if torch.is_grad_enabled() or any(t.is_inference() for t in tensors):
-            return [self(x, w, b) for w, b in zip(weights, biases, strict=True)]
-        key, versions = tuple(map(id, tensors)), tuple(t._version for t in tensors)
-        entry = self.packed.get(key)
-        if (entry is None or entry[1] != versions
-                or not all(a is b for a, b in zip(entry[0], tensors, strict=True))):
+        # An entry holds its tensors, so no other live tensor has their ids: the same ids are
+        # the same tensors, and only an in-place change (a new version) makes it stale. (An
+        # inference tensor has no version; none ever gets an entry.)
+        entry = self.packed.get(key := tuple(map(id, tensors)))
+        if (entry is None or torch.is_grad_enabled()
+                or entry[1] != tuple(t._version for t in tensors)):
+            if torch.is_grad_enabled() or any(t.is_inference() for t in tensors):
+                return [self(x, w, b) for w, b in zip(weights, biases, strict=True)]
             stacked_bias = None
             if any(b is not None for b in biases):
                 stacked_bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0])
                                           for w, b in zip(weights, biases, strict=True)])
-            entry = (tensors, versions, self.pack(torch.cat(list(weights))), stacked_bias)
+            entry = (tensors, tuple(t._version for t in tensors),
+                     self.pack(torch.cat(list(weights))), stacked_bias,
+                     [w.shape[0] for w in weights])
             self.packed[key] = entry
-        out = self.multiply(x, entry[2], None, entry[3])
-        return list(out.split([w.shape[0] for w in weights], dim=-1))
+        return self.multiply(x, entry[2], None, entry[3]).split_with_sizes(entry[4], dim=-1)
 
 
 # Models whose Linear weights are larger keep the plain call: the packed copies double them.
@@ -287,6 +290,7 @@ class LeanForward:
         self.kv_heads = model.config.num_key_value_heads
         self.head_dim = attention.head_dim
         self.scaling = attention.scaling
+        self.widths = (model.config.hidden_size, model.config.intermediate_size)
         weights = {id(w): w for w in (model.lm_head.weight,
                                       *(m.weight for ms in self.linears for m in ms))}
         self.linear = pick_linear(sum(w.numel() * w.element_size() for w in weights.values()))
@@ -387,11 +391,10 @@ class LeanForward:
             allowed = (mask.bool()[:, None, None, :] & (key <= query)) | (key == query)
         else:
             causal = True
-        plan = shared_prefix.plan(shared, batch, old, input_ids.device) if grouped else None
         cos, sin = self._rope(positions)
-        fused = step is not None and grow is not None
-        if fused:  # [batch, dim]: one position a row
-            cos, sin = cos.reshape(batch, -1), sin.reshape(batch, -1)
+        if step is not None and grow is not None and self._glue(step.kernel):
+            return self._fused_decode(input_ids, cos, sin, step, grow, hidden)
+        plan = shared_prefix.plan(shared, batch, old, input_ids.device) if grouped else None
         linear, heads, kv_heads, dim = self.linear, self.heads, self.kv_heads, self.head_dim
         many = getattr(linear, "many", None) or partial(_one_by_one, linear)
         x = self.inner.embed_tokens(input_ids)
@@ -400,26 +403,21 @@ class LeanForward:
                 enumerate(self.params)):
             h = self._norm(x, norm1)
             queries, keys, values = many(h, (q, k, v), (qb, kb, vb))
-            if fused:  # rotation, the cache's new column and attention in one call
-                cache = grow(index)
-                caches.append(cache)
-                attended = step.fused(queries, keys, values, cos, sin, *cache, self.scaling)
+            queries = queries.view(batch, n, heads, dim).transpose(1, 2)
+            keys = keys.view(batch, n, kv_heads, dim).transpose(1, 2)
+            values = values.view(batch, n, kv_heads, dim).transpose(1, 2)
+            keys, values = append(index, self._rotate(keys, cos, sin), values)
+            caches.append((keys, values))
+            if step is not None:
+                attended = step(self._rotate(queries, cos, sin), keys, values, self.scaling)
+            elif grouped:
+                attended = self._decode_attention(self._rotate(queries, cos, sin), keys,
+                                                  values, allowed, plan)
             else:
-                queries = queries.view(batch, n, heads, dim).transpose(1, 2)
-                keys = keys.view(batch, n, kv_heads, dim).transpose(1, 2)
-                values = values.view(batch, n, kv_heads, dim).transpose(1, 2)
-                keys, values = append(index, self._rotate(keys, cos, sin), values)
-                caches.append((keys, values))
-                if step is not None:
-                    attended = step(self._rotate(queries, cos, sin), keys, values, self.scaling)
-                elif grouped:
-                    attended = self._decode_attention(self._rotate(queries, cos, sin), keys,
-                                                      values, allowed, plan)
-                else:
-                    attended = F.scaled_dot_product_attention(
-                        self._rotate(queries, cos, sin), keys, values, attn_mask=allowed,
-                        is_causal=causal, scale=self.scaling, enable_gqa=True
-                    ).transpose(1, 2).reshape(batch, n, heads * dim)
+                attended = F.scaled_dot_product_attention(
+                    self._rotate(queries, cos, sin), keys, values, attn_mask=allowed,
+                    is_causal=causal, scale=self.scaling, enable_gqa=True
+                ).transpose(1, 2).reshape(batch, n, heads * dim)
             x = x + linear(attended, o, ob)
             h = self._norm(x, norm2)
             gated, upped = many(h, (gate, up), (gb, ub))
@@ -436,19 +434,61 @@ class LeanForward:
                 [states[i] for i in hidden])
 
 
+    def _glue(self, kernel: attention_kernel.DecodeKernels) -> bool:
+        """Whether a decode step can run as _fused_decode: the glue loops have code for this
+        model's widths, and no gradient is wanted (they write in place, which autograd
+        cannot follow)."""
+        return not torch.is_grad_enabled() and kernel.supports_widths(*self.widths)
+
+    def _fused_decode(self, input_ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      step: DecodeStep, grow: Callable[[int], LayerKV], hidden: Sequence[int]
+                      ) -> tuple[torch.Tensor, list[LayerKV], list[torch.Tensor]]:
+        """A decode step (one new token a row) with the compiled loops between the matmuls:
+        attention (rotating and writing the new column itself, DecodeStep.fused), the
+        residual add with the next norm, and the MLP's gate; __call__'s result. Rows are
+        [batch, width] throughout. Why: these replace seven torch calls a layer with three
+        (see decode_glue.c)."""
+        batch = input_ids.shape[0]
+        kernel, linear, params = step.kernel, self.linear, self.params
+        many = getattr(linear, "many", None) or partial(_one_by_one, linear)
+        cos, sin = cos.reshape(batch, -1), sin.reshape(batch, -1)  # one position a row
+        x = self.inner.embed_tokens(input_ids).view(batch, -1)  # a new tensor: added to below
+        states = {0: x.clone().view(batch, 1, -1)} if 0 in hidden else {}
+        h = kernel.add_rms_norm(x, None, *params[0][0])
+        norms = [p[0] for p in params[1:]] + [self.final_norm]  # the norm after each layer
+        caches = []
+        for index, (_, q, qb, k, kb, v, vb, o, ob, gate, gb, up, ub, down, db, norm2) in (
+                enumerate(params)):
+            queries, keys, values = many(h, (q, k, v), (qb, kb, vb))
+            cache = grow(index)
+            caches.append(cache)
+            attended = step.fused(queries, keys, values, cos, sin, *cache, self.scaling)
+            h = kernel.add_rms_norm(x, linear(attended, o, ob), *norm2)
+            gated, upped = many(h, (gate, up), (gb, ub))
+            h = kernel.add_rms_norm(x, linear(kernel.silu_mul(gated, upped), down, db),
+                                    *norms[index])
+            if index + 1 in hidden:  # x changes in place in the next layer
+                states[index + 1] = x.clone().view(batch, 1, -1)
+        if len(params) in hidden:  # after the final norm, as transformers numbers it
+            states[len(params)] = h.view(batch, 1, -1)
+        head = self.model().lm_head
+        return (linear(h, head.weight, head.bias).view(batch, 1, -1), caches,
+                [states[i] for i in hidden])
+
+
 class DecodeStep:
     """What one decode step hands the compiled attention loop (attention_kernel.py), made
     once per step for all layers: the mask as bytes (None without padding) and, for rows in
     a run that shares its first columns (kv.SharedRun), the run's first row and the number
     of those columns, so that the loop reads one copy of them (which then stays in cache)."""
 
-    def __init__(self, kernel: attention_kernel.DecodeAttention, allowed: torch.Tensor | None,
+    def __init__(self, kernel: attention_kernel.DecodeKernels, allowed: torch.Tensor | None,
                  prefix_row: torch.Tensor | None, prefix_len: torch.Tensor | None):
         self.kernel, self.allowed = kernel, allowed
         self.prefix_row, self.prefix_len = prefix_row, prefix_len
 
     @classmethod
-    def make(cls, kernel: attention_kernel.DecodeAttention, mask: torch.Tensor, padded: bool,
+    def make(cls, kernel: attention_kernel.DecodeKernels, mask: torch.Tensor, padded: bool,
              shared: Sequence, cached: int) -> DecodeStep:
         prefix_row = prefix_len = None
         if shared:
@@ -472,11 +512,8 @@ class DecodeStep:
     def fused(self, queries: torch.Tensor, new_keys: torch.Tensor, new_values: torch.Tensor,
               cos: torch.Tensor, signed_sin: torch.Tensor, keys: torch.Tensor,
               values: torch.Tensor, scale: float) -> torch.Tensor:
-        """The projections as they come ([batch, 1, heads * dim], [batch, 1, kv_heads * dim]
-        twice), cos and sin [batch, dim], the cache ending at this step's column, unwritten
-        -> attended [batch, 1, heads * dim], the column written."""
-        batch = queries.shape[0]
-        out = self.kernel.step(queries.reshape(batch, -1), new_keys.reshape(batch, -1),
-                               new_values.reshape(batch, -1), cos, signed_sin, keys, values,
-                               scale, self.allowed, self.prefix_row, self.prefix_len)
-        return out.view(batch, 1, -1)
+        """The projections as they come ([batch, heads * dim], [batch, kv_heads * dim] twice),
+        cos and sin [batch, dim], the cache ending at this step's column, unwritten ->
+        attended [batch, heads * dim], the column written."""
+        return self.kernel.step(queries, new_keys, new_values, cos, signed_sin, keys, values,
+                                scale, self.allowed, self.prefix_row, self.prefix_len)

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ponder.engines import attention_kernel
 from ponder.engines.base import TokenCallback
 from ponder.engines.core.collect import SampleRecord
 from ponder.sampling import (
+    CERTAINTY_LOGPROB_FLOOR,
     process_logits,
     sample_nucleus,
     sample_rows,
@@ -132,7 +134,7 @@ def _draw(logits: torch.Tensor, params: list, uniforms: list[float], top_k: int)
             top_p=top_p, min_p=torch.tensor([p.min_p for p in params]))
         drawn = sample_rows(processed, uniform)
     tokens, chosen_sampling = drawn
-    log_z, entropies, certainties = softmax_stats(logits)
+    log_z, entropies, certainties = _stats(logits)
     chosen_model = logits.gather(1, tokens.unsqueeze(1)).squeeze(1) - log_z
     top = None
     if top_k:
@@ -175,3 +177,12 @@ class Detokenizer:
             return False
         self.text = self.text[: min(hits)]
         return True
+
+
+def _stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """sampling.softmax_stats, by the compiled loop where it is built and takes these logits
+    (softmax_stats.c: two passes over a row instead of torch's eight; 0.14 against ~0.5 ms
+    for 16 rows of the bundled model's vocabulary on a 2-core AMD EPYC)."""
+    kernel = attention_kernel.load()
+    stats = kernel.softmax_stats(logits, CERTAINTY_LOGPROB_FLOOR) if kernel else None
+    return stats if stats is not None else softmax_stats(logits)
