@@ -14,9 +14,11 @@ Why. A decode step through transformers spent time this forward does not:
   - at most one boolean attention mask is built per call (none for a decode step with no
     padding, where attention without a mask took 135 us a layer instead of 232 at batch 16)
     and no cache or mask objects; RMSNorm is torch's fused one;
-  - a decode step attends through a compiled loop of ours (attention_kernel.py,
-    decode_attention.c: about 2x torch's ops a layer at batch 16 and 64 on the AMD machine)
-    where this machine can build it, else, batched, by grouped matmuls (`_decode_attention`).
+  - a decode step runs compiled loops of ours where this machine can build them
+    (attention_kernel.py): attention (decode_attention.c: about 2x torch's ops a layer at
+    batch 16 and 64 on the AMD machine), and between the matmuls the residual add with its
+    norm and the MLP's gate (decode_glue.c; `_fused_decode`); else it attends, batched, by
+    grouped matmuls (`_decode_attention`).
 The keys and values live in `kv`'s tensors, appended in place by the function `kv.forward`
 passes in; logits equal transformers' within fp32 rounding (tests/test_lean_forward.py).
 
