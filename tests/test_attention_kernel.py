@@ -1,10 +1,11 @@
 """The compiled decode loops (engines/attention_kernel.py, decode_attention.c,
-decode_glue.c): the same attention as torch's ops for every head size and grouping it has
-code for, with masks, rows that read a shared prompt through another row, and cache views
-with room after them; the residual add with RMSNorm and the SiLU gate as torch computes
-them; a clear error for tensors they have no code for; torch's path where they cannot be
-built; a decode step through them equal to torch's path, hidden states included; and the
-engine samples the same tokens with them as without."""
+decode_glue.c, sampling.c): the same attention as torch's ops for every head size and
+grouping it has code for, with masks, rows that read a shared prompt through another row,
+and cache views with room after them; the residual add with RMSNorm, the SiLU gate, the
+sampling statistics and a tempered draw as torch computes them; a clear error for tensors
+they have no code for; torch's path where they cannot be built; a decode step through them
+equal to torch's path, hidden states included; and the engine samples the same tokens with
+them as without."""
 
 import os
 import shutil
@@ -206,6 +207,42 @@ def test_the_compiled_softmax_stats_leave_other_rows_to_torch_s_path():
     assert kernel.softmax_stats(logits.t().contiguous().t(), floor) is None
     assert kernel.softmax_stats(logits[0], floor) is None
     assert kernel.softmax_stats(logits, floor) is not None
+
+
+@needs_kernel
+@pytest.mark.parametrize("vocab", [7, 1003, 49152])  # within one block, tails, the model's
+def test_the_compiled_tempered_draw_draws_what_torch_s_draws(vocab):
+    """Every uniform of a fine grid and temperatures from near-greedy to flat: the same
+    token (the float64 inverse CDF) and log q within fp32 rounding."""
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(8, vocab + 5, generator=g)[:, :vocab] * 4  # strided rows
+    logits[:, :3] += 10
+    temperature = torch.tensor([0.05, 0.3, 0.7, 0.8, 1.0, 1.0, 1.5, 4.0])
+    for step in range(40):
+        uniforms = (torch.arange(8, dtype=torch.float64) + step / 40) / 8
+        uniforms[0] = 1 - 2 ** -40 if step == 0 else uniforms[0]  # the float edge
+        with torch.inference_mode():
+            got = kernel.sample_tempered(logits, temperature, uniforms)
+            want = sampling.sample_tempered(logits, temperature, uniforms)
+        assert got is not None
+        assert torch.equal(got[0], want[0]), step
+        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+
+
+@needs_kernel
+def test_the_compiled_tempered_draw_leaves_other_rows_to_torch_s_path():
+    uniforms = torch.full((3,), 0.5, dtype=torch.float64)
+    temperature = torch.ones(3)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        logits = torch.randn(3, 100)
+        logits[1, 50] = value
+        assert kernel.sample_tempered(logits, temperature, uniforms) is None, value
+    logits = torch.randn(3, 100)
+    assert kernel.sample_tempered(logits, torch.tensor([1.0, 0.0, 1.0]), uniforms) is None
+    assert kernel.sample_tempered(logits.double(), temperature, uniforms) is None
+    assert kernel.sample_tempered(logits.t().contiguous().t(), temperature, uniforms) is None
+    assert kernel.sample_tempered(logits, torch.ones(2), uniforms) is None
+    assert kernel.sample_tempered(logits, temperature, uniforms) is not None
 
 
 def test_the_loop_is_built_where_a_c_compiler_and_gnu_openmp_are():

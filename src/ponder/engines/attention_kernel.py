@@ -1,7 +1,8 @@
-"""The lean forward's compiled decode loops, built on first use with this machine's C
-compiler and loaded through ctypes: attention as one loop (decode_attention.c), and the
+"""The native engine's compiled decode loops, built on first use with this machine's C
+compiler and loaded through ctypes: attention as one loop (decode_attention.c); the
 residual add with its RMSNorm and the MLP's SiLU gate (decode_glue.c), the steps between a
-decode step's matmuls.
+decode step's matmuls; and the sampling statistics and the tempered draw of the decode
+loop (sampling.c).
 
 Why the attention: in a batched decode step the cached keys and values come from memory,
 not cache (the weights streamed since have evicted them), and torch's batched matmuls, one
@@ -9,7 +10,7 @@ small product per (row, key/value head), read them at about a third of the memor
 bandwidth. On a 2-core AMD EPYC (2026-12-05; the bundled model's 3 key/value heads x 3
 query heads, 64 dims, caches flushed first): 16 rows x 100 columns 75-86 against 176-180 us
 a layer, 64 x 173 414-487 against 866-990 us; reading the same bytes with a sum took 75-84
-and 354-446. See decode_attention.c for how. Why the glue: see decode_glue.c.
+and 354-446. See decode_attention.c for how. Why the others: see their files.
 
 Where they are not used (`why_not` says why): no C compiler, a torch whose threads are not
 GNU OpenMP's (the loops would bring a second thread pool), a build or self-check that fails,
@@ -41,13 +42,13 @@ import torch
 from ponder.engines.cpu import cpu_info
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in (
-    "decode_attention.c", "decode_glue.c", "softmax_stats.c"))
+    "decode_attention.c", "decode_glue.c", "sampling.c"))
 HEADERS = (Path(__file__).with_name("simd.h"),)  # included by the sources
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 DIMS = frozenset({64, 128})
 MAX_GROUPS = 8
 SYMBOLS = ("ponder_decode_attention", "ponder_decode_step", "ponder_add_rms_norm",
-           "ponder_silu_mul", "ponder_softmax_stats")
+           "ponder_silu_mul", "ponder_softmax_stats", "ponder_sample_tempered")
 
 
 class DecodeKernels:
@@ -55,11 +56,12 @@ class DecodeKernels:
     not read outside them)."""
 
     def __init__(self, function, step_function, add_rms_norm_function, silu_mul_function,
-                 softmax_stats_function):
+                 softmax_stats_function, sample_tempered_function):
         self.function, self.step_function = function, step_function
         self.add_rms_norm_function = add_rms_norm_function
         self.silu_mul_function = silu_mul_function
         self.softmax_stats_function = softmax_stats_function
+        self.sample_tempered_function = sample_tempered_function
 
     @staticmethod
     def supports(head_dim: int, groups: int) -> bool:
@@ -163,6 +165,27 @@ class DecodeKernels:
             out[1].data_ptr(), out[2].data_ptr())
         return None if refused else (out[0], out[1], out[2])
 
+    def sample_tempered(self, logits: torch.Tensor, temperature: torch.Tensor,
+                        uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """sampling.sample_tempered of [rows, vocab] CPU fp32 logits with contiguous rows, a
+        temperature (> 0) and a float64 uniform per row: the tokens and their log q. None for
+        other inputs, or when a row has a logit that is not finite (that function's torch
+        path, or the general one, handles those)."""
+        if not (logits.dim() == 2 and _rows_of(logits, logits.shape[1])):
+            return None
+        rows, vocab = logits.shape
+        temperature = temperature.to(torch.float32).reshape(-1).contiguous()
+        uniforms = uniforms.to(torch.float64).reshape(-1).contiguous()
+        if temperature.shape != (rows,) or uniforms.shape != (rows,) or not bool(
+                (temperature > 0).all()):
+            return None
+        tokens = torch.empty(rows, dtype=torch.long)
+        log_q = logits.new_empty(rows)
+        refused = self.sample_tempered_function(
+            logits.data_ptr(), logits.stride(0), rows, vocab, temperature.data_ptr(),
+            uniforms.data_ptr(), tokens.data_ptr(), log_q.data_ptr())
+        return None if refused else (tokens, log_q)
+
     def _checked(self, queries, keys, values, allowed, prefix_row, prefix_len):
         """The output tensor and (batch, kv_heads, groups, length, dim), or ValueError for
         tensors the loop would read wrongly or outside of."""
@@ -245,7 +268,7 @@ def _load() -> DecodeKernels:
     library = _build(compiler)
     try:
         loaded = ctypes.CDLL(str(library))
-        function, step_function, add_rms_norm, silu_mul, stats = (
+        function, step_function, add_rms_norm, silu_mul, stats, tempered = (
             getattr(loaded, name) for name in SYMBOLS)
     except (OSError, AttributeError) as error:
         raise _Unavailable(f"the built library did not load: {error}") from error
@@ -257,9 +280,10 @@ def _load() -> DecodeKernels:
     add_rms_norm.argtypes = [p, n, p, n, p, ctypes.c_float, p, n, n, i]
     silu_mul.argtypes = [p, n, p, n, p, n, n, i]
     stats.argtypes = [p, n, n, n, ctypes.c_float, p, p, p]
-    for f in (function, step_function, add_rms_norm, silu_mul, stats):
+    tempered.argtypes = [p, n, n, n, p, p, p, p]
+    for f in (function, step_function, add_rms_norm, silu_mul, stats, tempered):
         f.restype = ctypes.c_int
-    kernel = DecodeKernels(function, step_function, add_rms_norm, silu_mul, stats)
+    kernel = DecodeKernels(function, step_function, add_rms_norm, silu_mul, stats, tempered)
     if not _agrees_with_torch(kernel):
         raise _Unavailable("the built loop's results differ from torch's")
     return kernel
@@ -369,7 +393,7 @@ def _agrees_with_torch(kernel: DecodeKernels) -> bool:
                      and all(torch.allclose(a, b, atol=1e-6)
                              for a, b in zip(written, (keys, values), strict=True)))
         return (attention and _glue_agrees_with_torch(kernel, g)
-                and _stats_agree_with_torch(kernel, g))
+                and _stats_agree_with_torch(kernel, g) and _draws_agree_with_torch(kernel, g))
 
 
 def _glue_agrees_with_torch(kernel: DecodeKernels, g: torch.Generator) -> bool:
@@ -406,3 +430,19 @@ def _stats_agree_with_torch(kernel: DecodeKernels, g: torch.Generator) -> bool:
                                atol=1e-5)
             and torch.allclose(certainty, -logprobs.mean(dim=-1) - math.log(1003), rtol=1e-4,
                                atol=1e-4))
+
+
+def _draws_agree_with_torch(kernel: DecodeKernels, g: torch.Generator) -> bool:
+    """Tempered draws over rows of several scales, one not a multiple of 8 wide, against
+    sampling.sample_tempered: the same tokens, log q within fp32 rounding."""
+    from ponder.sampling import sample_tempered
+
+    logits = torch.randn(6, 1003, generator=g) * torch.tensor([[0.01], [1.0], [5.0], [30.0],
+                                                                [3.0], [3.0]])
+    temperature = torch.tensor([1.0, 0.7, 1.3, 1.0, 0.05, 2.0])
+    uniforms = torch.rand(6, generator=g, dtype=torch.float64)
+    with torch.inference_mode():
+        ours = kernel.sample_tempered(logits, temperature, uniforms)
+        theirs = sample_tempered(logits, temperature, uniforms)
+    return (ours is not None and torch.equal(ours[0], theirs[0])
+            and torch.allclose(ours[1], theirs[1], rtol=1e-5, atol=1e-6))

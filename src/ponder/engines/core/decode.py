@@ -125,7 +125,7 @@ def _draw(logits: torch.Tensor, params: list, uniforms: list[float], top_k: int)
         drawn = logits.max(dim=-1).indices, logits.new_zeros(len(params))
     elif all(p.temperature > 0 and not p.top_k and not p.min_p for p in params):
         if all(p.top_p == 1 for p in params):
-            drawn = sample_tempered(logits, temperature, uniform)
+            drawn = _tempered(logits, temperature, uniform)
         elif all(p.top_p < 1 for p in params):
             drawn = sample_nucleus(logits, temperature, top_p, uniform)
     if drawn is None:
@@ -181,8 +181,18 @@ class Detokenizer:
 
 def _stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """sampling.softmax_stats, by the compiled loop where it is built and takes these logits
-    (softmax_stats.c: two passes over a row instead of torch's eight; 0.14 against ~0.5 ms
-    for 16 rows of the bundled model's vocabulary on a 2-core AMD EPYC)."""
+    (engines/sampling.c: two passes over a row instead of torch's eight; 0.14 against ~0.5
+    ms for 16 rows of the bundled model's vocabulary on a 2-core AMD EPYC)."""
     kernel = attention_kernel.load()
     stats = kernel.softmax_stats(logits, CERTAINTY_LOGPROB_FLOOR) if kernel else None
     return stats if stats is not None else softmax_stats(logits)
+
+
+def _tempered(logits: torch.Tensor, temperature: torch.Tensor, uniform: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """sampling.sample_tempered, by the compiled loop where it is built and takes these
+    logits (engines/sampling.c: a row at a time, in the core's cache, instead of a float64
+    copy, softmax and cumulative sum of the whole block)."""
+    kernel = attention_kernel.load()
+    drawn = kernel.sample_tempered(logits, temperature, uniform) if kernel else None
+    return drawn if drawn is not None else sample_tempered(logits, temperature, uniform)
