@@ -97,12 +97,11 @@ class DecodeKernels:
         that end at the step's column, not yet written) before attention reads them."""
         out, shape = self._checked(queries, keys, values, allowed, prefix_row, prefix_len)
         batch, kv_heads, _, dim = keys.shape
-        if not (all(t.shape == (batch, kv_heads * dim) and t.stride(-1) == 1
-                    and t.dtype == torch.float32 and t.device.type == "cpu"
-                    for t in (new_keys, new_values))
-                and all(t.shape == (batch, dim) and t.is_contiguous()
-                        and t.dtype == torch.float32 and t.device.type == "cpu"
-                        for t in (cos, signed_sin))):
+        if not (new_keys.shape == (batch, kv_heads * dim) and _floats(new_keys)
+                and new_values.shape == (batch, kv_heads * dim) and _floats(new_values)
+                and cos.shape == (batch, dim) and _floats(cos) and cos.is_contiguous()
+                and signed_sin.shape == (batch, dim) and _floats(signed_sin)
+                and signed_sin.is_contiguous()):
             raise ValueError("decode attention: new keys and values [batch, kv_heads*dim] and "
                              "cos, sin [batch, dim] in CPU fp32")
         status = self.step_function(
@@ -125,7 +124,7 @@ class DecodeKernels:
         if not (_rows_of(x, width) and (delta is None or (
                 delta.shape == x.shape and _rows_of(delta, width)))
                 and weight.shape == (width,) and _rows_of(weight, width)
-                and self.supports_widths(width)):
+                and width % 16 == 0):  # supports_widths, inline: this runs 61 times a step
             raise ValueError("add_rms_norm: x and delta [rows, width] with contiguous rows, "
                              f"weight [width], CPU fp32, width a multiple of 16; got x "
                              f"{tuple(x.shape)}, weight {tuple(weight.shape)}")
@@ -141,7 +140,7 @@ class DecodeKernels:
         (views of one stacked projection, say)."""
         rows, width = gate.shape
         if not (up.shape == gate.shape and _rows_of(gate, width) and _rows_of(up, width)
-                and self.supports_widths(width)):
+                and width % 16 == 0):  # supports_widths, inline: this runs 30 times a step
             raise ValueError("silu_mul: gate and up [rows, width] with contiguous rows, CPU "
                              f"fp32, width a multiple of 16; got {tuple(gate.shape)}, "
                              f"{tuple(up.shape)}")
@@ -191,19 +190,15 @@ class DecodeKernels:
         tensors the loop would read wrongly or outside of."""
         batch, kv_heads, length, dim = keys.shape
         groups = queries.shape[-1] // (kv_heads * dim)
-        tensors = (queries, keys, values, *(t for t in (allowed, prefix_row, prefix_len)
-                                            if t is not None))
-        if (not self.supports(dim, groups) or queries.shape[-1] != kv_heads * groups * dim
-                or any(t.device.type != "cpu" for t in tensors)
-                or any(t.dtype != torch.float32 or t.stride(-1) != 1
-                       for t in (queries, keys, values))
-                or values.shape != keys.shape or queries.shape[0] != batch
-                or (allowed is not None and (allowed.dtype != torch.uint8
-                                             or allowed.shape != (batch, length)
-                                             or not allowed.is_contiguous()))
-                or any(t is not None and (t.dtype != torch.long or t.shape != (batch,)
-                                          or not t.is_contiguous())
-                       for t in (prefix_row, prefix_len))):
+        # Spelled out, not looped over: this runs once a layer and decode step.
+        if not (self.supports(dim, groups) and queries.shape[-1] == kv_heads * groups * dim
+                and _floats(queries) and _floats(keys) and _floats(values)
+                and values.shape == keys.shape and queries.shape[0] == batch
+                and (allowed is None or (allowed.dtype is torch.uint8 and allowed.is_cpu
+                                         and allowed.shape == (batch, length)
+                                         and allowed.is_contiguous()))
+                and (prefix_row is None or _indices(prefix_row, batch))
+                and (prefix_len is None or _indices(prefix_len, batch))):
             raise ValueError(
                 "decode attention: queries [batch, heads*dim] and keys/values [batch, kv_heads, "
                 "length, 64 or 128] in CPU fp32 with contiguous last dims, at most "
@@ -214,10 +209,19 @@ class DecodeKernels:
         return out, (batch, kv_heads, groups, length, dim)
 
 
+def _floats(t: torch.Tensor) -> bool:
+    """t is CPU fp32 with a contiguous last dimension."""
+    return t.dtype is torch.float32 and t.is_cpu and t.stride(-1) == 1
+
+
+def _indices(t: torch.Tensor, batch: int) -> bool:
+    """t is a contiguous CPU int64 vector of `batch` entries."""
+    return t.dtype is torch.long and t.is_cpu and t.shape == (batch,) and t.is_contiguous()
+
+
 def _rows_of(t: torch.Tensor, width: int) -> bool:
     """t is CPU fp32 with rows of `width` contiguous floats, a row stride at least that."""
-    return (t.dtype == torch.float32 and t.device.type == "cpu" and t.stride(-1) == 1
-            and (t.dim() == 1 or t.stride(0) >= width))
+    return _floats(t) and (t.dim() == 1 or t.stride(0) >= width)
 
 
 def _pointers(*tensors: torch.Tensor | None) -> list[int | None]:
