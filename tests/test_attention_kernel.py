@@ -168,13 +168,15 @@ def test_the_glue_refuses_widths_and_layouts_it_has_no_code_for():
                                         out.data_ptr(), width, 2, width) == -1
     x = torch.randn(4, 32)
     for bad in ((x, torch.randn(4, 16)), (x.double(), None), (x.t().contiguous().t(), None),
-                (torch.randn(4, 24), None)):
+                (torch.randn(4, 24), None), (torch.randn(4, 1, 32), None)):
         with pytest.raises(ValueError, match="add_rms_norm"):
             kernel.add_rms_norm(bad[0], bad[1], torch.ones(bad[0].shape[1]), 1e-5)
     with pytest.raises(ValueError, match="silu_mul"):
         kernel.silu_mul(x, torch.randn(4, 16))
     with pytest.raises(ValueError, match="silu_mul"):
         kernel.silu_mul(x[:, :8], x[:, 8:16])
+    with pytest.raises(ValueError, match="silu_mul"):
+        kernel.silu_mul(x.view(4, 1, 32), x.view(4, 1, 32))
 
 
 @needs_kernel

@@ -120,8 +120,8 @@ class DecodeKernels:
                      eps: float) -> torch.Tensor:
         """`x` += `delta` in place (None: nothing added), then torch.rms_norm(x, weight, eps)
         as a new tensor. x, delta: [rows, width] with contiguous rows; weight: [width]."""
-        rows, width = x.shape
-        if not (_rows_of(x, width) and (delta is None or (
+        rows, width = x.shape if x.dim() == 2 else (0, 1)  # (0, 1): refused just below
+        if not (rows and _rows_of(x, width) and (delta is None or (
                 delta.shape == x.shape and _rows_of(delta, width)))
                 and weight.shape == (width,) and _rows_of(weight, width)
                 and width % 16 == 0):  # supports_widths, inline: this runs 61 times a step
@@ -138,8 +138,9 @@ class DecodeKernels:
     def silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """F.silu(gate) * up as a new tensor; gate, up: [rows, width] with contiguous rows
         (views of one stacked projection, say)."""
-        rows, width = gate.shape
-        if not (up.shape == gate.shape and _rows_of(gate, width) and _rows_of(up, width)
+        rows, width = gate.shape if gate.dim() == 2 else (0, 1)  # (0, 1): refused below
+        if not (rows and up.shape == gate.shape and _rows_of(gate, width)
+                and _rows_of(up, width)
                 and width % 16 == 0):  # supports_widths, inline: this runs 30 times a step
             raise ValueError("silu_mul: gate and up [rows, width] with contiguous rows, CPU "
                              f"fp32, width a multiple of 16; got {tuple(gate.shape)}, "

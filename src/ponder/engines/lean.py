@@ -435,7 +435,6 @@ class LeanForward:
         return (linear(x[:, -logits_to_keep:], head.weight, head.bias), caches,
                 [states[i] for i in hidden])
 
-
     def _glue(self, kernel: attention_kernel.DecodeKernels) -> bool:
         """Whether a decode step can run as _fused_decode: the glue loops have code for this
         model's widths, and no gradient is wanted (they write in place, which autograd
