@@ -287,16 +287,21 @@ def test_the_library_is_built_once_and_reused(tmp_path):
     assert [library] == list(tmp_path.glob("kernels/*")) and library.stat().st_mtime_ns == built
 
 
-@needs_kernel
-def test_decode_steps_with_the_loop_equal_torch_s_path_on_the_bundled_model(engine, monkeypatch):
-    """Padded rows of two prompts, their samples sharing each prompt (kv.SharedRun)."""
+def two_prompts(engine) -> kvlib.KVBatch:
+    """Two prompts of different lengths prefilled side by side, left-padded."""
     prompts = [engine.tokenize("What is 3 + 4?"), engine.tokenize("Name a colour, please")]
     width = max(map(len, prompts))
     ids = torch.zeros(2, width, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, p in enumerate(prompts):
         ids[row, width - len(p):], mask[row, width - len(p):] = torch.tensor(p), 1
-    _, start = kvlib.forward(engine.model, kvlib.KVBatch.empty(2, "cpu"), ids, mask)
+    return kvlib.forward(engine.model, kvlib.KVBatch.empty(2, "cpu"), ids, mask)[1]
+
+
+@needs_kernel
+def test_decode_steps_with_the_loop_equal_torch_s_path_on_the_bundled_model(engine, monkeypatch):
+    """Padded rows of two prompts, their samples sharing each prompt (kv.SharedRun)."""
+    start = two_prompts(engine)
 
     def decode(load):
         monkeypatch.setattr(attention_kernel, "load", load)
@@ -324,13 +329,7 @@ def test_a_decode_step_through_the_glue_equals_the_step_without_it_hidden_states
     same attention loop, on padded rows sharing prompts: logits, the new keys and values, and
     the hidden states of the embeddings, a middle layer and the last (after the final norm:
     x is added to in place there, so a kept state must be a copy)."""
-    prompts = [engine.tokenize("What is 3 + 4?"), engine.tokenize("Name a colour, please")]
-    width = max(map(len, prompts))
-    ids = torch.zeros(2, width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):], mask[row, width - len(p):] = torch.tensor(p), 1
-    _, start = kvlib.forward(engine.model, kvlib.KVBatch.empty(2, "cpu"), ids, mask)
+    start = two_prompts(engine)
     layers = engine.model.config.num_hidden_layers
     real_call, states = lean.LeanForward.__call__, []
 
