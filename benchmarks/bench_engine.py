@@ -16,7 +16,7 @@ top_p 0.95. Measured here, in the same run:
   sample (`_prompt_per_row`, the definition before the engine shared it).
 - ponder's native engine at B = 1, 16, 64, at B=16 with transformers' forward in place
   of its lean one (engines/lean.py), as the engine ran before that existed, and at B = 16
-  and 64 with torch's ops in place of the compiled decode loops (engines/attention_kernel.py:
+  and 64 with torch's ops in place of the compiled decode loops (engines/decode_kernels.py:
   attention, the norms and gate between the matmuls, the sampling statistics) where those
   are built;
 - `model.generate` at B=16, and the per-sample loop (one sample at a time, a KV cache, one
@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from ponder.engines import attention_kernel
+from ponder.engines import decode_kernels
 from ponder.engines import kv as kvlib
 from ponder.engines.cpu import cpu_info
 from ponder.engines.hf import HFEngine
@@ -166,7 +166,7 @@ def run_per_sample_loop(engine: HFEngine, samples: int, tokens: int) -> int:
 
 def run_with_torch_ops(engine: HFEngine, samples: int, tokens: int) -> int:
     """The engine with torch's ops instead of the compiled decode loops (as before them)."""
-    with patch.object(attention_kernel, "load", lambda: None):
+    with patch.object(decode_kernels, "load", lambda: None):
         return run_engine(engine, samples, tokens)
 
 
@@ -226,9 +226,9 @@ def main() -> None:
 
     runs = [(f"ponder_b{b}", run_engine, engine, b) for b in BATCHES]
     runs.append(("ponder_b16_transformers_forward", run_without_lean, engine, 16))
-    loop = attention_kernel.load() is not None and engine.device.type == "cpu"
-    print("decode loops: " + ("compiled (engines/attention_kernel.py)" if loop
-                              else f"torch's ops ({attention_kernel.why_not()})"))
+    loop = decode_kernels.load() is not None and engine.device.type == "cpu"
+    print("decode loops: " + ("compiled (engines/decode_kernels.py)" if loop
+                              else f"torch's ops ({decode_kernels.why_not()})"))
     if loop:
         runs += [(f"ponder_b{b}_torch_ops", run_with_torch_ops, engine, b)
                  for b in (16, 64)]
@@ -299,7 +299,7 @@ def main() -> None:
         "llamacpp_tokens_per_s_b16": round(rate["llamacpp_b16"], 1) if llama else None,
         "speedup_vs_per_sample_loop": round(rate["ponder_b16"] / rate["per_sample_loop"], 2),
         "speedup_vs_hf_generate": round(rate["ponder_b16"] / rate["hf_generate_b16"], 2),
-        "decode_loops": "compiled" if loop else attention_kernel.why_not(),
+        "decode_loops": "compiled" if loop else decode_kernels.why_not(),
         **{f"torch_ops_tokens_per_s_b{b}": round(rate[f"ponder_b{b}_torch_ops"], 1)
            if loop else None for b in (16, 64)},
         "transformers_forward_tokens_per_s_b16": round(rate["ponder_b16_transformers_forward"], 1),

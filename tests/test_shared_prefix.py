@@ -6,7 +6,7 @@ engine samples the same tokens with and without it."""
 import pytest
 import torch
 
-from ponder.engines import attention_kernel, shared_prefix
+from ponder.engines import decode_kernels, shared_prefix
 from ponder.engines import kv as kvlib
 from ponder.engines.kv import SharedRun
 from ponder.types import GenerateRequest, SamplingParams
@@ -135,8 +135,8 @@ def test_the_batch_keeps_its_runs_true_through_every_operation(engine):
 
 def test_the_engine_samples_the_same_tokens_reading_prompts_once(engine, monkeypatch):
     # torch's path, where the compiled decode loop is not built (it reads prompts once its own
-    # way: tests/test_attention_kernel.py)
-    monkeypatch.setattr(attention_kernel, "load", lambda: None)
+    # way: tests/test_decode_kernels.py)
+    monkeypatch.setattr(decode_kernels, "load", lambda: None)
     prompts = ["What is 17 + 26? Think step by step, then answer.",
                "Name three colours and say which one you like best."]
     requests = [GenerateRequest([{"role": "user", "content": p}],

@@ -1,7 +1,7 @@
 /* Attention of one decode step: each row's one new query per query head over that row's
    cached keys and values, in fp32, as one loop over (row, key/value head) pairs.
 
-   Built on first use by attention_kernel.py with the machine's C compiler (-O3
+   Built on first use by decode_kernels.py with the machine's C compiler (-O3
    -march=native -fopenmp) and called through ctypes; its OpenMP loop runs on the thread
    pool torch already has (the process has one libgomp). Why a loop of our own: in a decode
    step the cached keys and values come from memory, not cache (the weights streamed since

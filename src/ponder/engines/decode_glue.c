@@ -1,7 +1,7 @@
 /* The steps of a decode step between the lean forward's matmuls, each one compiled loop:
    the residual add with the RMSNorm after it, and the SiLU gate of the MLP.
 
-   Built with decode_attention.c into one library (attention_kernel.py). Why: at decode
+   Built with decode_attention.c into one library (decode_kernels.py). Why: at decode
    shapes (1 to 64 rows of 576 or 1536 floats for the bundled model) torch spends more on
    dispatching these small ops than on their arithmetic: torch.rms_norm alone is a chain of
    five (square, mean, add, rsqrt, two products), ~7-15 us a call where the arithmetic takes

@@ -15,7 +15,7 @@ Why. A decode step through transformers spent time this forward does not:
     padding, where attention without a mask took 135 us a layer instead of 232 at batch 16)
     and no cache or mask objects; RMSNorm is torch's fused one;
   - a decode step runs compiled loops of ours where this machine can build them
-    (attention_kernel.py): attention (decode_attention.c: about 2x torch's ops a layer at
+    (decode_kernels.py): attention (decode_attention.c: about 2x torch's ops a layer at
     batch 16 and 64 on the AMD machine), and between the matmuls the residual add with its
     norm and the MLP's gate (decode_glue.c; `_fused_decode`); else it attends, batched, by
     grouped matmuls (`_decode_attention`).
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ponder.engines import attention_kernel, shared_prefix
+from ponder.engines import decode_kernels, shared_prefix
 from ponder.engines.cpu import cpu_vendor
 
 FAMILIES = frozenset({"llama", "qwen2", "mistral"})
@@ -336,8 +336,8 @@ class LeanForward:
     def _decode_step(self, mask: torch.Tensor, padded: bool, shared: Sequence, cached: int
                      ) -> DecodeStep | None:
         """The compiled loop's inputs for this step, or None where it is not built or has no
-        code for this model's head size and grouping (attention_kernel.supports)."""
-        kernel = attention_kernel.load()
+        code for this model's head size and grouping (decode_kernels.supports)."""
+        kernel = decode_kernels.load()
         if kernel is None or not kernel.supports(self.head_dim, self.heads // self.kv_heads):
             return None
         return DecodeStep.make(kernel, mask, padded, shared, cached)
@@ -435,7 +435,7 @@ class LeanForward:
         return (linear(x[:, -logits_to_keep:], head.weight, head.bias), caches,
                 [states[i] for i in hidden])
 
-    def _glue(self, kernel: attention_kernel.DecodeKernels) -> bool:
+    def _glue(self, kernel: decode_kernels.DecodeKernels) -> bool:
         """Whether a decode step can run as _fused_decode: the glue loops have code for this
         model's widths, and no gradient is wanted (they write in place, which autograd
         cannot follow)."""
@@ -478,18 +478,18 @@ class LeanForward:
 
 
 class DecodeStep:
-    """What one decode step hands the compiled attention loop (attention_kernel.py), made
+    """What one decode step hands the compiled attention loop (decode_kernels.py), made
     once per step for all layers: the mask as bytes (None without padding) and, for rows in
     a run that shares its first columns (kv.SharedRun), the run's first row and the number
     of those columns, so that the loop reads one copy of them (which then stays in cache)."""
 
-    def __init__(self, kernel: attention_kernel.DecodeKernels, allowed: torch.Tensor | None,
+    def __init__(self, kernel: decode_kernels.DecodeKernels, allowed: torch.Tensor | None,
                  prefix_row: torch.Tensor | None, prefix_len: torch.Tensor | None):
         self.kernel, self.allowed = kernel, allowed
         self.prefix_row, self.prefix_len = prefix_row, prefix_len
 
     @classmethod
-    def make(cls, kernel: attention_kernel.DecodeKernels, mask: torch.Tensor, padded: bool,
+    def make(cls, kernel: decode_kernels.DecodeKernels, mask: torch.Tensor, padded: bool,
              shared: Sequence, cached: int) -> DecodeStep:
         prefix_row = prefix_len = None
         if shared:

@@ -6,7 +6,7 @@
    - a draw at a temperature with no filter: the first token whose cumulative probability
      (float64) exceeds the row's uniform, what sampling.sample_tempered draws with torch's.
 
-   Built with the other decode loops into one library (attention_kernel.py). Why: torch
+   Built with the other decode loops into one library (decode_kernels.py). Why: torch
    takes eight passes over the [rows, vocab] block for the statistics (max, subtract, exp,
    sum, min, product, sum, mean), 0.44 ms a step at 16 rows of the bundled model's 49152
    tokens on a 2-core AMD EPYC, and for the draw a float64 copy, softmax and cumulative sum

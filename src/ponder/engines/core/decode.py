@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ponder.engines import attention_kernel
+from ponder.engines import decode_kernels
 from ponder.engines.base import TokenCallback
 from ponder.engines.core.collect import SampleRecord
 from ponder.sampling import (
@@ -183,7 +183,7 @@ def _stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     """sampling.softmax_stats, by the compiled loop where it is built and takes these logits
     (engines/sampling.c: two passes over a row instead of torch's eight; 0.14 against ~0.5
     ms for 16 rows of the bundled model's vocabulary on a 2-core AMD EPYC)."""
-    kernel = attention_kernel.load()
+    kernel = decode_kernels.load()
     stats = kernel.softmax_stats(logits, CERTAINTY_LOGPROB_FLOOR) if kernel else None
     return stats if stats is not None else softmax_stats(logits)
 
@@ -193,6 +193,6 @@ def _tempered(logits: torch.Tensor, temperature: torch.Tensor, uniform: torch.Te
     """sampling.sample_tempered, by the compiled loop where it is built and takes these
     logits (engines/sampling.c: a row at a time, in the core's cache, instead of a float64
     copy, softmax and cumulative sum of the whole block)."""
-    kernel = attention_kernel.load()
+    kernel = decode_kernels.load()
     drawn = kernel.sample_tempered(logits, temperature, uniform) if kernel else None
     return drawn if drawn is not None else sample_tempered(logits, temperature, uniform)

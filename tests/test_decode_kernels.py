@@ -1,4 +1,4 @@
-"""The compiled decode loops (engines/attention_kernel.py, decode_attention.c,
+"""The compiled decode loops (engines/decode_kernels.py, decode_attention.c,
 decode_glue.c, sampling.c): the same attention as torch's ops for every head size and
 grouping it has code for, with masks, rows that read a shared prompt through another row,
 and cache views with room after them; the residual add with RMSNorm, the SiLU gate, the
@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from ponder import sampling
-from ponder.engines import attention_kernel, lean
+from ponder.engines import decode_kernels, lean
 from ponder.engines import kv as kvlib
 from ponder.types import GenerateRequest, SamplingParams
 
-kernel = attention_kernel.load()
-needs_kernel = pytest.mark.skipif(kernel is None, reason=f"not built: {attention_kernel.why_not()}")
+kernel = decode_kernels.load()
+needs_kernel = pytest.mark.skipif(kernel is None, reason=f"not built: {decode_kernels.why_not()}")
 
 
 def case(batch, kv_heads, groups, length, dim, seed=0, room=7):
@@ -43,7 +43,7 @@ def test_the_loop_equals_torch_s_attention(dim, groups, length):
     queries, keys, values = case(5, 2, groups, length, dim, seed=length)
     with torch.inference_mode():
         got = kernel(queries, keys, values, dim ** -0.5)
-        want = attention_kernel.reference(queries, keys, values, dim ** -0.5)
+        want = decode_kernels.reference(queries, keys, values, dim ** -0.5)
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
 
 
@@ -62,7 +62,7 @@ def test_the_step_rotates_and_writes_the_new_column_then_attends_as_torch_does(d
     with torch.inference_mode():
         got = kernel.step(queries, new_keys, new_values, cos, sin, ours_k, ours_v, 0.1, allowed,
                           prefix_row, prefix_len)
-        want = attention_kernel.reference_step(queries, new_keys, new_values, cos, sin, keys,
+        want = decode_kernels.reference_step(queries, new_keys, new_values, cos, sin, keys,
                                                values, 0.1, allowed, prefix_row, prefix_len)
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(ours_k, keys, atol=1e-6, rtol=1e-6)  # the column it wrote
@@ -79,9 +79,9 @@ def test_masked_columns_get_no_weight_and_a_fully_masked_row_stays_finite():
     allowed[2] = 0  # nothing to attend to: torch's path averages every column, finitely
     with torch.inference_mode():
         got = kernel(queries, keys, values, 0.125, allowed)
-        want = attention_kernel.reference(queries, keys, values, 0.125, allowed)
+        want = decode_kernels.reference(queries, keys, values, 0.125, allowed)
         # what row 0 attends to without the masked columns at all
-        alone = attention_kernel.reference(queries[:1], keys[:1, :, 30:], values[:1, :, 30:],
+        alone = decode_kernels.reference(queries[:1], keys[:1, :, 30:], values[:1, :, 30:],
                                            0.125)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
@@ -102,7 +102,7 @@ def test_rows_read_their_shared_prompt_through_their_run_s_first_row():
     allowed[4:, :5] = 0  # the second run's rows are left-padded alike
     with torch.inference_mode():
         got = kernel(queries, keys, values, 0.125, allowed, prefix_row, prefix_len)
-        want = attention_kernel.reference(queries, keys, values, 0.125, allowed, prefix_row,
+        want = decode_kernels.reference(queries, keys, values, 0.125, allowed, prefix_row,
                                           prefix_len)
     assert torch.isfinite(want).all()
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
@@ -250,11 +250,11 @@ def test_the_compiled_tempered_draw_leaves_other_rows_to_torch_s_path():
 def test_the_loop_is_built_where_a_c_compiler_and_gnu_openmp_are():
     """A loop that fails its own check falls back to torch silently; here that is a failure."""
     if not (shutil.which("cc") or shutil.which("gcc")) or not (
-            attention_kernel._torch_runs_on_gnu_openmp()):
+            decode_kernels._torch_runs_on_gnu_openmp()):
         pytest.skip("no C compiler or no GNU OpenMP here")
     if os.environ.get("PONDER_ATTENTION_KERNEL") == "0":
         pytest.skip("turned off by PONDER_ATTENTION_KERNEL=0")
-    assert kernel is not None, attention_kernel.why_not()
+    assert kernel is not None, decode_kernels.why_not()
 
 
 def run_fresh(code, env):
@@ -263,7 +263,7 @@ def run_fresh(code, env):
                           env=env, timeout=120)
 
 
-WHY = ("import torch\nfrom ponder.engines import attention_kernel as a\n"
+WHY = ("import torch\nfrom ponder.engines import decode_kernels as a\n"
        "print(a.load() is None, a.why_not())")
 
 
@@ -304,7 +304,7 @@ def test_decode_steps_with_the_loop_equal_torch_s_path_on_the_bundled_model(engi
     start = two_prompts(engine)
 
     def decode(load):
-        monkeypatch.setattr(attention_kernel, "load", load)
+        monkeypatch.setattr(decode_kernels, "load", load)
         batch = start.select(torch.tensor([0, 0, 0, 1, 1]))
         assert batch.shared and not bool(batch.mask.all())
         out = []
@@ -364,7 +364,7 @@ def test_the_engine_samples_the_same_tokens_with_the_loop_as_without(engine, mon
                                                seed=5))
                 for p, n in (("What is 17 + 26? Think step by step.", 5), ("Say hello.", 1))]
     with_loop = engine.generate(requests)
-    monkeypatch.setattr(attention_kernel, "load", lambda: None)
+    monkeypatch.setattr(decode_kernels, "load", lambda: None)
     without = engine.generate(requests)
     for a, b in zip(with_loop, without, strict=True):
         assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
