@@ -296,11 +296,18 @@ class LeanForward:
         weights = {id(w): w for w in (model.lm_head.weight,
                                       *(m.weight for ms in self.linears for m in ms))}
         self.linear = pick_linear(sum(w.numel() * w.element_size() for w in weights.values()))
+        # the norm each layer's output goes into: the next layer's first, the final one last
+        self.norms_after = [p[0] for p in self.params[1:]] + [self.final_norm]
         self.cos = self.sin = torch.empty(0, self.head_dim)
 
     @classmethod
     def build(cls, model) -> LeanForward | None:
         return None if why_not_lean(model) is not None else cls(model)
+
+    def _many(self) -> Callable:
+        """x times several weights that share it: one matmul where the kernel stacks them
+        (read from self.linear on each call, which a test may swap)."""
+        return getattr(self.linear, "many", None) or partial(_one_by_one, self.linear)
 
     def still_matches(self) -> bool:
         """The model still has the modules the twin reads (nobody swapped a projection for
@@ -371,8 +378,9 @@ class LeanForward:
         covers cached and new columns, 1 = real token); `shared`: runs of rows whose first
         cached columns are equal (kv.SharedRun), read once per run in a decode step;
         `grow(layer)`: the layer's keys and values with the new columns after them, unwritten
-        (None where there is no cache yet): a decode step then has the compiled loop rotate
-        and write them itself (DecodeStep.fused), instead of `append`.
+        (None where there is no cache yet): a decode step through _fused_decode (where the
+        compiled loops apply) has the attention loop rotate and write them itself
+        (DecodeStep.fused), instead of `append`.
         Returns the logits of the last `logits_to_keep` positions, every layer's keys and
         values, and the hidden states `hidden` names, as transformers' output_hidden_states
         numbers them (0: the embeddings, i: after layer i, the last one after the final
@@ -398,7 +406,7 @@ class LeanForward:
             return self._fused_decode(input_ids, cos, sin, step, grow, hidden)
         plan = shared_prefix.plan(shared, batch, old, input_ids.device) if grouped else None
         linear, heads, kv_heads, dim = self.linear, self.heads, self.kv_heads, self.head_dim
-        many = getattr(linear, "many", None) or partial(_one_by_one, linear)
+        many = self._many()
         x = self.inner.embed_tokens(input_ids)
         caches, states = [], {0: x}
         for index, (norm1, q, qb, k, kb, v, vb, o, ob, gate, gb, up, ub, down, db, norm2) in (
@@ -450,13 +458,11 @@ class LeanForward:
         [batch, width] throughout. Why: these replace seven torch calls a layer with three
         (see decode_glue.c)."""
         batch = input_ids.shape[0]
-        kernel, linear, params = step.kernel, self.linear, self.params
-        many = getattr(linear, "many", None) or partial(_one_by_one, linear)
+        kernel, linear, many, params = step.kernel, self.linear, self._many(), self.params
         cos, sin = cos.reshape(batch, -1), sin.reshape(batch, -1)  # one position a row
         x = self.inner.embed_tokens(input_ids).view(batch, -1)  # a new tensor: added to below
         states = {0: x.clone().view(batch, 1, -1)} if 0 in hidden else {}
         h = kernel.add_rms_norm(x, None, *params[0][0])
-        norms = [p[0] for p in params[1:]] + [self.final_norm]  # the norm after each layer
         caches = []
         for index, (_, q, qb, k, kb, v, vb, o, ob, gate, gb, up, ub, down, db, norm2) in (
                 enumerate(params)):
@@ -467,7 +473,7 @@ class LeanForward:
             h = kernel.add_rms_norm(x, linear(attended, o, ob), *norm2)
             gated, upped = many(h, (gate, up), (gb, ub))
             h = kernel.add_rms_norm(x, linear(kernel.silu_mul(gated, upped), down, db),
-                                    *norms[index])
+                                    *self.norms_after[index])
             if index + 1 in hidden:  # x changes in place in the next layer
                 states[index + 1] = x.clone().view(batch, 1, -1)
         if len(params) in hidden:  # after the final norm, as transformers numbers it
