@@ -122,7 +122,10 @@ def test_supports_matches_the_c_file_and_other_layouts_are_refused_with_a_clear_
     queries, keys, values = case(2, 2, 3, 10, 64)
     for bad in ((queries, keys.double(), values),  # not fp32
                 (queries, keys.transpose(-1, -2).contiguous().transpose(-1, -2), values),  # strided dims
-                (queries[:, :64 * 5], keys, values)):  # queries that are not heads x dim
+                (queries[:, :64 * 5], keys, values),  # queries that are not heads x dim
+                # rows that overlap (a row stride shorter than a row): the last would read
+                # past the tensor
+                (torch.randn(2 * 64 * 6).as_strided((2, 64 * 6), (64, 1)), keys, values)):
         with pytest.raises(ValueError, match="decode attention"):
             kernel(*bad, 0.125)
     with pytest.raises(ValueError, match="uint8 mask"):

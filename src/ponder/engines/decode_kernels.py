@@ -97,8 +97,9 @@ class DecodeKernels:
         that end at the step's column, not yet written) before attention reads them."""
         out, shape = self._checked(queries, keys, values, allowed, prefix_row, prefix_len)
         batch, kv_heads, _, dim = keys.shape
-        if not (new_keys.shape == (batch, kv_heads * dim) and _floats(new_keys)
-                and new_values.shape == (batch, kv_heads * dim) and _floats(new_values)
+        if not (new_keys.shape == (batch, kv_heads * dim) and _rows_of(new_keys, kv_heads * dim)
+                and new_values.shape == (batch, kv_heads * dim)
+                and _rows_of(new_values, kv_heads * dim)
                 and cos.shape == (batch, dim) and _floats(cos) and cos.is_contiguous()
                 and signed_sin.shape == (batch, dim) and _floats(signed_sin)
                 and signed_sin.is_contiguous()):
@@ -193,7 +194,7 @@ class DecodeKernels:
         groups = queries.shape[-1] // (kv_heads * dim)
         # Spelled out, not looped over: this runs once a layer and decode step.
         if not (self.supports(dim, groups) and queries.shape[-1] == kv_heads * groups * dim
-                and _floats(queries) and _floats(keys) and _floats(values)
+                and _rows_of(queries, queries.shape[-1]) and _floats(keys) and _floats(values)
                 and values.shape == keys.shape and queries.shape[0] == batch
                 and (allowed is None or (allowed.dtype is torch.uint8 and allowed.is_cpu
                                          and allowed.shape == (batch, length)
@@ -239,15 +240,16 @@ _why_not: str | None = None
 
 
 def why_not() -> str | None:
-    """Why the lean forward attends with torch's ops (None: it uses the loop)."""
+    """Why the decode step runs torch's ops instead of the compiled loops (None: it runs
+    them)."""
     load()
     return _why_not
 
 
 @functools.cache
 def load() -> DecodeKernels | None:
-    """The loop, built (once per machine) and checked on first use; None where it cannot be
-    had (why_not() says why)."""
+    """The compiled loops, built (once per machine) and checked on first use; None where
+    they cannot be had (why_not() says why)."""
     global _why_not
     try:
         kernel = _load()
