@@ -1,11 +1,11 @@
-"""The compiled decode loops (engines/decode_kernels.py, decode_attention.c,
-decode_glue.c, sampling.c): the same attention as torch's ops for every head size and
-grouping it has code for, with masks, rows that read a shared prompt through another row,
-and cache views with room after them; the residual add with RMSNorm, the SiLU gate, the
-sampling statistics and a tempered draw as torch computes them; a clear error for tensors
-they have no code for; torch's path where they cannot be built; a decode step through them
-equal to torch's path, hidden states included; and the engine samples the same tokens with
-them as without."""
+"""The compiled decode loops (engines/decode_kernels.py, decode_attention.c, decode_glue.c,
+sampling.c): the same attention as torch's ops for every head size and grouping it has code
+for, with masks, rows that read a shared prompt through another row, and cache views with
+room after them; the residual add with RMSNorm, the SiLU gate, the sampling statistics and
+a tempered draw as torch computes them; the panel matmul as F.linear; a clear error for
+tensors they have no code for; torch's path where they cannot be built; a decode step
+through them equal to torch's path, hidden states included; and the engine samples the same
+tokens with them as without."""
 
 import os
 import shutil
@@ -180,6 +180,45 @@ def test_the_glue_refuses_widths_and_layouts_it_has_no_code_for():
         kernel.silu_mul(x[:, :8], x[:, 8:16])
     with pytest.raises(ValueError, match="silu_mul"):
         kernel.silu_mul(x.view(4, 1, 32), x.view(4, 1, 32))
+
+
+needs_matmul = pytest.mark.skipif(kernel is None or not kernel.has_matmul,
+                                  reason="no compiled matmul here (it needs AVX-512)")
+
+
+@needs_matmul
+@pytest.mark.parametrize("cols", [1, 31, 32, 33, 70, 960])  # a part-empty last panel
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_panel_matmul_multiplies_as_f_linear_does(cols, bias):
+    g = torch.Generator().manual_seed(cols)
+    weight = torch.randn(cols, 100, generator=g)
+    b = torch.randn(cols, generator=g) if bias else None
+    panels = kernel.pack(weight)
+    assert panels.shape == (-(-cols // 32), 100, 32)
+    for rows in [*range(1, 20), 64]:  # every block of 8, 4, 2 and 1 rows, and their mixes
+        x = torch.randn(rows, 103, generator=g)[:, :100]  # rows 103 floats apart
+        torch.testing.assert_close(kernel.matmul(x, panels, cols, b),
+                                   torch.nn.functional.linear(x, weight, b))
+    empty = kernel.matmul(torch.empty(0, 100), panels, cols, b)
+    assert empty.shape == (0, cols)
+
+
+@needs_matmul
+def test_the_panel_matmul_refuses_layouts_it_has_no_code_for():
+    weight = torch.randn(40, 16)
+    panels, x = kernel.pack(weight), torch.randn(3, 16)
+    wrong = [
+        (x.t().contiguous().t(), panels, 40, None),  # columns not contiguous
+        (x.double(), panels, 40, None),
+        (x, panels, 70, None),  # the panels hold 40 columns, not 70
+        (x, panels.transpose(1, 2), 40, None),
+        (x, panels, 40, torch.randn(39)),
+        (torch.randn(3, 17), panels, 40, None),  # depth differs from the panels'
+        (x[None], panels, 40, None),
+    ]
+    for args in wrong:
+        with pytest.raises(ValueError, match="panel matmul"):
+            kernel.matmul(*args)
 
 
 @needs_kernel

@@ -140,6 +140,15 @@ def test_the_kernel_is_chosen_by_cpu_vendor_and_size_not_by_a_timing(monkeypatch
     monkeypatch.setattr(lean, "cpu_vendor", lambda: "GenuineIntel")
     assert lean.pick_linear(1) is linear
     monkeypatch.delenv("PONDER_PACKED_WEIGHTS")
+    # ponder's panels where the machine has them, but not on Intel CPUs (not measured there)
+    panel = lean.PanelLinear(None)
+    monkeypatch.setattr(lean, "linear_kernels",
+                        lambda: [linear, onednn, mkl_packed, onednn_packed, panel])
+    assert lean.pick_linear(1) is mkl_packed
+    monkeypatch.setattr(lean, "cpu_vendor", lambda: "AuthenticAMD")
+    assert lean.pick_linear(1) is panel
+    assert lean.pick_linear(lean.PACKED_MAX_BYTES + 1) is onednn
+    monkeypatch.setattr(lean, "cpu_vendor", lambda: "GenuineIntel")
     monkeypatch.setattr(lean, "linear_kernels", lambda: [linear, onednn])  # no packing here
     assert lean.pick_linear(1) is linear
     monkeypatch.setattr(lean, "cpu_vendor", lambda: "AuthenticAMD")
@@ -150,7 +159,7 @@ def test_the_kernel_is_chosen_by_cpu_vendor_and_size_not_by_a_timing(monkeypatch
     assert lean.pick_linear(1) is linear
 
 
-@pytest.mark.parametrize("name", ["packed_mkl_linear", "packed_onednn_linear"])
+@pytest.mark.parametrize("name", ["packed_mkl_linear", "packed_onednn_linear", "panel_linear"])
 def test_packed_weights_give_f_linear_results_and_follow_in_place_changes(name):
     if name not in KERNELS:
         pytest.skip(f"this torch has no {name}")
@@ -254,9 +263,11 @@ def test_making_the_twin_leaves_the_global_random_state_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
-@pytest.mark.skipif("packed_onednn_linear" not in KERNELS, reason="this torch has no oneDNN")
-def test_stacked_weights_give_each_weights_product_and_follow_in_place_changes():
-    packed = lean.PackedOneDNNLinear()
+@pytest.mark.parametrize("name", ["packed_onednn_linear", "panel_linear"])
+def test_stacked_weights_give_each_weights_product_and_follow_in_place_changes(name):
+    if name not in KERNELS:
+        pytest.skip(f"this torch or machine has no {name}")
+    packed = type(KERNELS[name])(*([KERNELS[name].kernel] if name == "panel_linear" else []))
     g = torch.Generator().manual_seed(5)
     weights = [torch.randn(rows, 32, generator=g) for rows in (48, 16, 16)]
     biases = [torch.randn(48, generator=g), None, torch.randn(16, generator=g)]

@@ -1,8 +1,9 @@
 """The native engine's compiled decode loops, built on first use with this machine's C
 compiler and loaded through ctypes: attention as one loop (decode_attention.c); the
 residual add with its RMSNorm and the MLP's SiLU gate (decode_glue.c), the steps between a
-decode step's matmuls; and the sampling statistics and the tempered draw of the decode
-loop (sampling.c).
+decode step's matmuls; the sampling statistics and the tempered draw of the decode loop
+(sampling.c); and, on AVX-512 machines, the matmuls themselves, on weights packed into
+panels (panel_matmul.c, used by lean.PanelLinear for every row count, prefills too).
 
 Why the attention: in a batched decode step the cached keys and values come from memory,
 not cache (the weights streamed since have evicted them), and torch's batched matmuls, one
@@ -13,10 +14,11 @@ a layer, 64 x 173 414-487 against 866-990 us; reading the same bytes with a sum 
 and 354-446. See decode_attention.c for how. Why the others: see their files.
 
 Where they are not used (`why_not` says why): no C compiler, a torch whose threads are not
-GNU OpenMP's (the loops would bring a second thread pool), a build or self-check that fails,
-`PONDER_ATTENTION_KERNEL=0`, or a model whose head size is not 64 or 128, that has more
-than 8 query heads per key/value head, or whose hidden or MLP width is not a multiple of
-16. The lean forward then runs torch's ops, as before.
+GNU OpenMP's (the loops would bring a second thread pool), a build or self-check that
+fails, `PONDER_ATTENTION_KERNEL=0` (which turns all of them off, the matmul too), or a
+model whose head size is not 64 or 128, that has more than 8 query heads per key/value
+head, or whose hidden or MLP width is not a multiple of 16. The lean forward then runs
+torch's ops, as before.
 
 The built library lives under ponder's cache (models.ponder_home()/kernels), named by a
 hash of the sources, the flags, the compiler and this CPU, so a machine with another CPU or
@@ -42,13 +44,15 @@ import torch
 from ponder.engines.cpu import cpu_info
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in (
-    "decode_attention.c", "decode_glue.c", "sampling.c"))
+    "decode_attention.c", "decode_glue.c", "sampling.c", "panel_matmul.c"))
 HEADERS = (Path(__file__).with_name("simd.h"),)  # included by the sources
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 DIMS = frozenset({64, 128})
 MAX_GROUPS = 8
 SYMBOLS = ("ponder_decode_attention", "ponder_decode_step", "ponder_add_rms_norm",
-           "ponder_silu_mul", "ponder_softmax_stats", "ponder_sample_tempered")
+           "ponder_silu_mul", "ponder_softmax_stats", "ponder_sample_tempered",
+           "ponder_panel_matmul")
+PANEL = 32  # columns a panel of packed weights holds (panel_matmul.c)
 
 
 class DecodeKernels:
@@ -56,8 +60,11 @@ class DecodeKernels:
     not read outside them)."""
 
     def __init__(self, function, step_function, add_rms_norm_function, silu_mul_function,
-                 softmax_stats_function, sample_tempered_function):
+                 softmax_stats_function, sample_tempered_function, panel_matmul_function):
         self.function, self.step_function = function, step_function
+        self.panel_matmul_function = panel_matmul_function
+        # panel_matmul.c has code only where the library was built for AVX-512
+        self.has_matmul = panel_matmul_function(None, 0, None, None, None, 0, 0, 0, 0) == 0
         self.add_rms_norm_function = add_rms_norm_function
         self.silu_mul_function = silu_mul_function
         self.softmax_stats_function = softmax_stats_function
@@ -187,6 +194,36 @@ class DecodeKernels:
             uniforms.data_ptr(), tokens.data_ptr(), log_q.data_ptr())
         return None if refused else (tokens, log_q)
 
+    @staticmethod
+    def pack(weight: torch.Tensor) -> torch.Tensor:
+        """A [cols, depth] weight as matmul's panels: [ceil(cols / 32), depth, 32], the last
+        panel's missing columns zero."""
+        cols, depth = weight.shape
+        count = -(-cols // PANEL)
+        padded = torch.nn.functional.pad(weight, (0, 0, 0, count * PANEL - cols))
+        return padded.view(count, PANEL, depth).transpose(1, 2).contiguous()
+
+    def matmul(self, x: torch.Tensor, panels: torch.Tensor, cols: int,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [rows, depth] (contiguous rows, any row stride) times the weight `panels` holds
+        (pack), plus `bias` [cols]: F.linear(x, weight, bias), a new [rows, cols] tensor."""
+        rows, depth = x.shape if x.dim() == 2 else (0, 0)
+        count = -(-cols // PANEL)
+        if not (x.dim() == 2 and _rows_of(x, depth) and _floats(panels)
+                and panels.shape == (count, depth, PANEL) and panels.is_contiguous()
+                and (bias is None or (bias.shape == (cols,) and _rows_of(bias, cols)))):
+            raise ValueError(
+                "panel matmul: x [rows, depth] with contiguous rows, panels [ceil(cols/32), "
+                f"depth, 32] contiguous, bias [cols], CPU fp32; got x {tuple(x.shape)}, "
+                f"panels {tuple(panels.shape)}, cols {cols}")
+        out = x.new_empty(rows, cols)
+        status = self.panel_matmul_function(
+            x.data_ptr(), x.stride(0), panels.data_ptr(),
+            None if bias is None else bias.data_ptr(), out.data_ptr(), cols, rows, cols, depth)
+        if status != 0:
+            raise ValueError("no compiled matmul here (it needs AVX-512): see has_matmul")
+        return out
+
     def _checked(self, queries, keys, values, allowed, prefix_row, prefix_len):
         """The output tensor and (batch, kv_heads, groups, length, dim), or ValueError for
         tensors the loop would read wrongly or outside of."""
@@ -275,7 +312,7 @@ def _load() -> DecodeKernels:
     library = _build(compiler)
     try:
         loaded = ctypes.CDLL(str(library))
-        function, step_function, add_rms_norm, silu_mul, stats, tempered = (
+        function, step_function, add_rms_norm, silu_mul, stats, tempered, matmul = (
             getattr(loaded, name) for name in SYMBOLS)
     except (OSError, AttributeError) as error:
         raise _Unavailable(f"the built library did not load: {error}") from error
@@ -288,9 +325,11 @@ def _load() -> DecodeKernels:
     silu_mul.argtypes = [p, n, p, n, p, n, n, i]
     stats.argtypes = [p, n, n, n, ctypes.c_float, p, p, p]
     tempered.argtypes = [p, n, n, n, p, p, p, p]
-    for f in (function, step_function, add_rms_norm, silu_mul, stats, tempered):
+    matmul.argtypes = [p, n, p, p, p, n, n, n, n]
+    for f in (function, step_function, add_rms_norm, silu_mul, stats, tempered, matmul):
         f.restype = ctypes.c_int
-    kernel = DecodeKernels(function, step_function, add_rms_norm, silu_mul, stats, tempered)
+    kernel = DecodeKernels(function, step_function, add_rms_norm, silu_mul, stats, tempered,
+                           matmul)
     if not _agrees_with_torch(kernel):
         raise _Unavailable("the built loop's results differ from torch's")
     return kernel
@@ -400,7 +439,8 @@ def _agrees_with_torch(kernel: DecodeKernels) -> bool:
                      and all(torch.allclose(a, b, atol=1e-6)
                              for a, b in zip(written, (keys, values), strict=True)))
         return (attention and _glue_agrees_with_torch(kernel, g)
-                and _stats_agree_with_torch(kernel, g) and _draws_agree_with_torch(kernel, g))
+                and _stats_agree_with_torch(kernel, g) and _draws_agree_with_torch(kernel, g)
+                and _matmul_agrees_with_torch(kernel, g))
 
 
 def _glue_agrees_with_torch(kernel: DecodeKernels, g: torch.Generator) -> bool:
@@ -453,3 +493,18 @@ def _draws_agree_with_torch(kernel: DecodeKernels, g: torch.Generator) -> bool:
         theirs = sample_tempered(logits, temperature, uniforms)
     return (ours is not None and torch.equal(ours[0], theirs[0])
             and torch.allclose(ours[1], theirs[1], rtol=1e-5, atol=1e-6))
+
+
+def _matmul_agrees_with_torch(kernel: DecodeKernels, g: torch.Generator) -> bool:
+    """The panel matmul against F.linear at 1-13 rows (every block size), strided rows, a
+    bias, and a width that leaves the last panel part empty (where it has code)."""
+    if not kernel.has_matmul:
+        return True
+    weight, bias = torch.randn(70, 100, generator=g), torch.randn(70, generator=g)
+    panels = kernel.pack(weight)
+    with torch.inference_mode():
+        return all(
+            torch.allclose(kernel.matmul(x, panels, 70, b),
+                           torch.nn.functional.linear(x, weight, b), rtol=1e-5, atol=1e-5)
+            for rows in (1, 2, 3, 13) for b in (None, bias)
+            for x in [torch.randn(rows, 104, generator=g)[:, :100]])

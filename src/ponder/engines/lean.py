@@ -2,9 +2,11 @@
 window) in fp32 on a CPU: what `kv.forward` runs instead of the transformers model when it can.
 
 Why. A decode step through transformers spent time this forward does not:
-  - every Linear runs through oneDNN's matmul (`torch.ops.mkldnn._linear_pointwise`) on
-    weights reordered once into its own layout (`PackedOneDNNLinear`; each layer's q/k/v as
-    one matmul, and gate/up as another, by their weights stacked), except on Intel CPUs,
+  - every Linear runs through ponder's own compiled matmul on weights packed once into
+    panels (`PanelLinear`, panel_matmul.c) where the machine has AVX-512, else oneDNN's
+    matmul (`torch.ops.mkldnn._linear_pointwise`) on weights reordered once into its own
+    layout (`PackedOneDNNLinear`); either way each layer's q/k/v as one matmul, and gate/up
+    as another, by their weights stacked; except on Intel CPUs,
     where aten's (MKL) is as fast or faster (`pick_linear`) and a decode step of 4-64 rows uses
     MKL on weights packed once (`PackedLinear`): on the 2-core AMD EPYC this project was first
     measured on, aten's fp32 GEMM took 18.8 ms for the lm_head at batch 16 where oneDNN's took
@@ -221,18 +223,57 @@ class PackedOneDNNLinear(PackedLinear):
         return self.multiply(x, entry[2], None, entry[3]).split_with_sizes(entry[4], dim=-1)
 
 
+class PanelLinear(PackedOneDNNLinear):
+    """ponder's own compiled matmul (decode_kernels, panel_matmul.c) on weights packed once
+    into panels of 32 columns, where the library is built with it (AVX-512 machines); the
+    stacked weights as PackedOneDNNLinear stacks them, oneDNN's plain call where a weight
+    cannot be packed, F.linear where autograd is on. Why: in a decode step the weights
+    stream from memory, and this loop overlaps that stream with its arithmetic better than
+    oneDNN's does. Measured on a 2-core AMD EPYC (Zen 4, 2026-12-05), the bundled model's 30
+    layers of projections with their weights cold: 16.9-18.5 against 20.4-21.2 ms at 32
+    rows, 10.4-11.2 against 13.5-14.1 at 16, 5.6-6.8 against 7.7-8.7 at 1, 29.5-32.5 against
+    36.5-37.0 at 64, 178-188 against 190-195 at 448 (a prefill). Same memory cost as
+    PackedOneDNNLinear (the panels replace its copies); results equal F.linear's within fp32
+    rounding."""
+
+    __name__ = "panel_linear"
+
+    def __init__(self, kernel: decode_kernels.DecodeKernels):
+        super().__init__()
+        self.kernel = kernel
+
+    def pack(self, weight: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return self.kernel.pack(weight), weight.shape[0]
+
+    def multiply(self, x: torch.Tensor, packed: tuple[torch.Tensor, int],
+                 weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+        panels, cols = packed
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.stride(-1) != 1:
+            rows = rows.contiguous()
+        return self.kernel.matmul(rows, panels, cols, bias).view(*x.shape[:-1], cols)
+
+
+def panel_linear() -> PanelLinear | None:
+    """PanelLinear, where the compiled loops load and have the matmul (see decode_kernels)."""
+    kernel = decode_kernels.load()
+    return PanelLinear(kernel) if kernel is not None and kernel.has_matmul else None
+
+
 # Models whose Linear weights are larger keep the plain call: the packed copies double them.
 PACKED_MAX_BYTES = 2 << 30
 
 
 def linear_kernels() -> list[Callable]:
-    """F.linear, then oneDNN's matmul, MKL's on packed weights and oneDNN's on packed weights,
-    each where this torch has it and it agrees with F.linear (on inputs of 3 and of 16 rows)."""
+    """F.linear, then oneDNN's matmul, MKL's on packed weights, oneDNN's on packed weights and
+    ponder's own on panels, each where this torch (or machine) has it and it agrees with
+    F.linear (on inputs of 3 and of 16 rows)."""
     kernels: list[Callable] = [F.linear]
     g = torch.Generator().manual_seed(0)  # leaves the global RNG as it was
     w, b = torch.randn(5, 8, generator=g), torch.randn(5, generator=g)
     probes = [torch.randn(rows, 8, generator=g) for rows in (3, 16)]
-    for kernel in (_onednn_linear, PackedLinear(), PackedOneDNNLinear()):
+    candidates = (_onednn_linear, PackedLinear(), PackedOneDNNLinear(), panel_linear())
+    for kernel in filter(None, candidates):
         try:
             with torch.inference_mode():
                 if all(torch.allclose(kernel(x, w, b), F.linear(x, w, b), atol=1e-5)
@@ -244,8 +285,9 @@ def linear_kernels() -> list[Callable]:
 
 
 def pick_linear(weight_bytes: int = 0) -> Callable:
-    """On Intel CPUs MKL's matmul, elsewhere oneDNN's: on weights packed once into its own
-    layout (PackedLinear, PackedOneDNNLinear) where this torch has it, the model's Linear
+    """On Intel CPUs MKL's matmul, elsewhere ponder's own (PanelLinear) or oneDNN's: on
+    weights packed once into its own layout (PackedLinear, PanelLinear, PackedOneDNNLinear)
+    where this torch or machine has it, the model's Linear
     weights (`weight_bytes`) are at most PACKED_MAX_BYTES and PONDER_PACKED_WEIGHTS is not 0,
     else its plain call (aten's for MKL). Measured: on a 2-core AMD EPYC oneDNN's took 10.0 ms
     for the bundled model's lm_head at batch 16 where aten's took 18.8 (MKL takes a generic
@@ -259,8 +301,10 @@ def pick_linear(weight_bytes: int = 0) -> Callable:
     if not intel and _onednn_linear not in kernels:
         return F.linear
     plain = F.linear if intel else _onednn_linear  # what each packed kind falls back to
-    packed = next((k for k in kernels
-                   if type(k) is (PackedLinear if intel else PackedOneDNNLinear)), None)
+    # Elsewhere ponder's panels where they are built, else oneDNN's packed weights. On Intel
+    # CPUs MKL's stays: the panels were measured on the AMD machine only.
+    wanted = (PackedLinear,) if intel else (PanelLinear, PackedOneDNNLinear)
+    packed = next((k for kind in wanted for k in kernels if type(k) is kind), None)
     if (packed is not None and weight_bytes <= PACKED_MAX_BYTES
             and os.environ.get("PONDER_PACKED_WEIGHTS", "1") != "0"):
         return packed
