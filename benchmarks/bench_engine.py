@@ -16,8 +16,9 @@ top_p 0.95. Measured here, in the same run:
   sample (`_prompt_per_row`, the definition before the engine shared it).
 - ponder's native engine at B = 1, 16, 64, at B=16 with transformers' forward in place
   of its lean one (engines/lean.py), as the engine ran before that existed, and at B = 16
-  and 64 with torch's ops in place of the compiled decode loops (engines/decode_kernels.py:
-  attention, the norms and gate between the matmuls, the sampling statistics) where those
+  and 64 with torch's ops in place of the compiled loops (engines/decode_kernels.py:
+  attention, the norms and gate between the matmuls, the sampling statistics and draw, and
+  the matmuls on panels, which give way to oneDNN's or MKL's packed weights) where those
   are built;
 - `model.generate` at B=16, and the per-sample loop (one sample at a time, a KV cache, one
   token per forward). The loop's tokens/s does not depend on B (each sample runs alone), so
@@ -55,7 +56,7 @@ from ponder.engines import kv as kvlib
 from ponder.engines.cpu import cpu_info
 from ponder.engines.hf import HFEngine
 from ponder.engines.kv import cache_argument
-from ponder.engines.lean import linear_kernels, weight_groups, why_not_lean
+from ponder.engines.lean import lean_twin, linear_kernels, pick_linear, weight_groups, why_not_lean
 from ponder.sampling import process_logits
 from ponder.types import GenerateRequest, SamplingParams
 
@@ -164,10 +165,23 @@ def run_per_sample_loop(engine: HFEngine, samples: int, tokens: int) -> int:
     return produced
 
 
+_TORCH_MATMUL: dict = {}  # the matmul kernel the engine takes without the compiled loops
+
+
 def run_with_torch_ops(engine: HFEngine, samples: int, tokens: int) -> int:
-    """The engine with torch's ops instead of the compiled decode loops (as before them)."""
+    """The engine with torch's ops instead of the compiled loops (as before them): the decode
+    loops off, and the matmuls through what lean.pick_linear takes without ponder's panels
+    (oneDNN's or MKL's packed weights; packed once, kept between rounds)."""
+    twin = lean_twin(engine.model)
     with patch.object(decode_kernels, "load", lambda: None):
-        return run_engine(engine, samples, tokens)
+        if twin is None:
+            return run_engine(engine, samples, tokens)
+        if not _TORCH_MATMUL:
+            weights = {id(w): w for group in weight_groups(engine.model) for w in group}
+            _TORCH_MATMUL["linear"] = pick_linear(
+                sum(w.numel() * w.element_size() for w in weights.values()))
+        with patch.object(twin, "linear", _TORCH_MATMUL["linear"]):
+            return run_engine(engine, samples, tokens)
 
 
 def run_hf_generate(engine: HFEngine, samples: int, tokens: int) -> int:
