@@ -4,6 +4,7 @@ the eval side (runner, spec, Ray pool) free of the command-line modules. No mode
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 
@@ -103,3 +104,26 @@ def test_sweep_checks_the_engine_flags_as_eval_does(tmp_path, capsys):
             assert main([*command, "--task", "arith:1", *flags, "--out", str(out)]) == 2
             assert message in capsys.readouterr().err
             assert not out.exists()
+
+
+OPENMP_WAITING = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
+@pytest.mark.parametrize("user", [{}, {"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "7"}])
+def test_commands_wait_for_openmp_work_with_a_short_spin_unless_the_user_chose(
+        user, monkeypatch, capsys):
+    # The settings reach torch only through the environment of a fresh process, so what is
+    # checked is what the CLI leaves in the environment before a command imports torch.
+    for name in OPENMP_WAITING:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in user.items():
+        monkeypatch.setenv(name, value)
+    assert main([]) == 2  # no command: the help, after the environment is set
+    got = {name: os.environ.get(name) for name in OPENMP_WAITING}
+    if "OMP_WAIT_POLICY" in user:  # the user's policy alone: no spin count added
+        assert got == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None,
+                       "KMP_BLOCKTIME": None}
+    else:
+        assert got == {"OMP_WAIT_POLICY": None,
+                       "GOMP_SPINCOUNT": user.get("GOMP_SPINCOUNT", "1000"),
+                       "KMP_BLOCKTIME": "0"}

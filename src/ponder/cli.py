@@ -26,10 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Torch's OpenMP threads spin while they wait; on a CPU shared with other busy processes
-    # that makes decoding several times slower. Passive waiting costs nothing when the CPU is
-    # free. Set before any command imports torch; a user's own setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # How torch's OpenMP threads wait between parallel regions. Spinning long (libgomp's
+    # default) made decoding several times slower on a CPU shared with another busy process;
+    # sleeping at once (OMP_WAIT_POLICY=PASSIVE, this default before) cost a decode step
+    # 20-40% on a free CPU, where each of its ~150 regions woke a sleeping thread. A short
+    # spin keeps most of both: on a 2-core AMD EPYC, tokens/s at batch 16 (2026-12-05) were
+    # 652 spinning 1000 times, 509-541 passive, 688 at libgomp's default on a free CPU, and
+    # 342, 398 and 184 beside a busy process. Set before any command imports torch; a
+    # user's own setting wins (OMP_WAIT_POLICY=PASSIVE for a shared machine).
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # libgomp's (torch's on Linux)
+        os.environ.setdefault("KMP_BLOCKTIME", "0")  # LLVM's and Intel's OpenMP: passive
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
