@@ -52,15 +52,19 @@ import statistics
 import threading
 import time
 
-import httpx
-import torch
-import uvicorn
-from budget_load import run_budget
-from prometheus_client.parser import text_string_to_metric_families
+from ponder.openmp import wait_briefly
 
-from ponder.engines.hf import HFEngine
-from ponder.server.app import create_app
-from ponder.server.limits import Limits
+wait_briefly()  # before torch loads OpenMP, as `ponder serve` does
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+import uvicorn  # noqa: E402
+from budget_load import run_budget  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from ponder.engines.hf import HFEngine  # noqa: E402
+from ponder.server.app import create_app  # noqa: E402
+from ponder.server.limits import Limits  # noqa: E402
 
 TOPICS = ["the sea", "a library", "winter", "a robot", "the moon", "bread", "a river", "chess"]
 

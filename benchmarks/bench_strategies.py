@@ -18,7 +18,8 @@ import os
 import time
 
 # Before torch loads OpenMP: spinning waiters crawl when another process shares the cores
-# (5-10x slower on a busy 2-core box); passive waiting costs little on an idle one.
+# (5-10x slower on a busy 2-core box). Passive waiting keeps this benchmark's ratios steady;
+# it costs a decode step 20-40% on an idle machine (see ponder/openmp.py), both sides alike.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ponder.engines.hf import HFEngine  # noqa: E402

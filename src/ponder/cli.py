@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
+
+from ponder.openmp import wait_briefly
 
 # Order here is the order `ponder --help` lists them.
 COMMANDS = ["generate", "run", "eval", "sweep", "report", "models", "rescore", "serve",
@@ -26,17 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # How torch's OpenMP threads wait between parallel regions. Spinning long (libgomp's
-    # default) made decoding several times slower on a CPU shared with another busy process;
-    # sleeping at once (OMP_WAIT_POLICY=PASSIVE, this default before) cost a decode step
-    # 20-40% on a free CPU, where each of its ~150 regions woke a sleeping thread. A short
-    # spin keeps most of both: on a 2-core AMD EPYC, tokens/s at batch 16 (2026-12-05) were
-    # 652 spinning 1000 times, 509-541 passive, 688 at libgomp's default on a free CPU, and
-    # 342, 398 and 184 beside a busy process. Set before any command imports torch; a
-    # user's own setting wins (OMP_WAIT_POLICY=PASSIVE for a shared machine).
-    if "OMP_WAIT_POLICY" not in os.environ:
-        os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # libgomp's (torch's on Linux)
-        os.environ.setdefault("KMP_BLOCKTIME", "0")  # LLVM's and Intel's OpenMP: passive
+    # Before any command imports torch: a short spin, then sleep (see ponder/openmp.py).
+    wait_briefly()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
