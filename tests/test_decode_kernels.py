@@ -1,8 +1,9 @@
 """The compiled decode loops (engines/decode_kernels.py, decode_attention.c, decode_glue.c,
-sampling.c): the same attention as torch's ops for every head size and grouping it has code
+sampling.c, panel_matmul.c, decode_layer.c): the same attention as torch's ops for every head size and grouping it has code
 for, with masks, rows that read a shared prompt through another row, and cache views with
 room after them; the residual add with RMSNorm, the SiLU gate, the sampling statistics and
-a tempered draw as torch computes them; the panel matmul as F.linear; a clear error for
+a tempered draw as torch computes them; the panel matmul as F.linear; whole compiled layers
+as the layer's calls one by one, following weights changed in place; a clear error for
 tensors they have no code for; torch's path where they cannot be built; a decode step
 through them equal to torch's path, hidden states included; and the engine samples the same
 tokens with them as without."""
@@ -356,21 +357,30 @@ def test_decode_steps_with_the_loop_equal_torch_s_path_on_the_bundled_model(engi
             out.append(logits)
         return torch.stack(out)
 
-    used = []
-    real_step = lean.DecodeStep.fused
+    used = []  # the compiled attention, called alone or inside a whole compiled layer
+    real_step, real_layer = lean.DecodeStep.fused, decode_kernels.DecodeKernels.layer
     monkeypatch.setattr(lean.DecodeStep, "fused", lambda *a: used.append(1) or real_step(*a))
+    monkeypatch.setattr(decode_kernels.DecodeKernels, "layer",
+                        lambda *a: used.append(1) or real_layer(*a))
     with_loop = decode(lambda: kernel)
     assert used
     torch.testing.assert_close(with_loop, decode(lambda: None), atol=1e-4, rtol=1e-4)
 
 
 @needs_kernel
+@pytest.mark.parametrize("whole_layers", [True, False])
 def test_a_decode_step_through_the_glue_equals_the_step_without_it_hidden_states_too(
-        engine, monkeypatch):
-    """The glue's path (lean._fused_decode) against the lean forward's general loop with the
+        engine, monkeypatch, whole_layers):
+    """The glue's path (lean._fused_decode: each layer one compiled call where the matmuls
+    are ponder's panels, else call by call) against the lean forward's general loop with the
     same attention loop, on padded rows sharing prompts: logits, the new keys and values, and
     the hidden states of the embeddings, a middle layer and the last (after the final norm:
     x is added to in place there, so a kept state must be a copy)."""
+    if whole_layers and lean.LeanForward._layer_plan(lean.lean_twin(engine.model),
+                                                     kernel) is None:
+        pytest.skip("the matmuls here are not ponder's panels (no AVX-512, or an Intel CPU)")
+    if not whole_layers:
+        monkeypatch.setattr(lean.LeanForward, "_layer_plan", lambda self, kernel: None)
     start = two_prompts(engine)
     layers = engine.model.config.num_hidden_layers
     real_call, states = lean.LeanForward.__call__, []
@@ -410,3 +420,73 @@ def test_the_engine_samples_the_same_tokens_with_the_loop_as_without(engine, mon
     without = engine.generate(requests)
     for a, b in zip(with_loop, without, strict=True):
         assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
+
+
+def tiny_qwen2():
+    """A random Qwen2 (q/k/v biases, 64 dims a head, 2 query heads a key/value head)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=101, hidden_size=256, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+    return model
+
+
+@needs_matmul
+def test_whole_compiled_layers_follow_weights_changed_in_place():
+    model = tiny_qwen2()
+    twin = lean.lean_twin(model)
+    if not isinstance(twin.linear, lean.PanelLinear):
+        pytest.skip("the matmuls here are not ponder's panels (an Intel CPU)")
+    ids = torch.randint(3, 101, (3, 6), generator=torch.Generator().manual_seed(0))
+
+    def step():
+        _, batch = kvlib.forward(model, kvlib.KVBatch.empty(3, "cpu"), ids, torch.ones_like(ids))
+        column = torch.full((3, 1), 7)
+        return kvlib.forward(model, batch, column, torch.ones_like(column))[0]
+
+    with torch.inference_mode():
+        before = step()
+    first_plan = twin.plan[1]
+    with torch.no_grad():  # in place, as load_state_dict writes
+        model.model.layers[1].mlp.down_proj.weight.mul_(3)
+        model.model.layers[0].self_attn.q_proj.bias.add_(1)
+    with torch.inference_mode():
+        after = step()
+        assert twin.plan[1] is not first_plan  # remade from the changed weights
+        lean._TWINS[model] = None  # transformers' forward, for the reference
+        want = step()
+    assert not torch.allclose(before, after, atol=1e-3)
+    torch.testing.assert_close(after, want, atol=1e-4, rtol=1e-4)
+
+
+@needs_matmul
+def test_a_compiled_layer_refuses_shapes_it_was_not_planned_for():
+    model = tiny_qwen2()
+    twin = lean.lean_twin(model)
+    if not isinstance(twin.linear, lean.PanelLinear):
+        pytest.skip("the matmuls here are not ponder's panels (an Intel CPU)")
+    with torch.inference_mode():
+        plan = twin._layer_plan(kernel)
+    weights, shape = plan[0], plan[0].shape
+    qkv, o, gate_up, down, norm, next_norm = weights.tensors
+    with pytest.raises(ValueError, match="decode layer"):  # o's panels where q/k/v's belong
+        kernel.layer_weights(o, o, gate_up, down, norm, next_norm, shape)
+    with pytest.raises(ValueError, match="decode layer"):
+        kernel.layer_weights(qkv, o, gate_up, down, (torch.ones(3), 1e-6), next_norm, shape)
+    x, rotary = torch.randn(2, 256), torch.randn(2, 64)
+    with pytest.raises(ValueError, match="decode layer"):  # rows not contiguous
+        kernel.layer_step(x.t().contiguous().t(), rotary, rotary, 5, 0.125, shape)
+    with pytest.raises(ValueError, match="decode layer"):  # a mask of another length
+        kernel.layer_step(x, rotary, rotary, 5, 0.125, shape, torch.ones(2, 4, dtype=torch.uint8))
+    step = kernel.layer_step(x, rotary, rotary, 5, 0.125, shape)
+    keys = torch.zeros(2, 2, 6, 64)
+    with pytest.raises(ValueError, match="decode layer"):  # 6 columns, not the step's 5
+        kernel.layer(step, weights, torch.randn(2, 256), keys, keys.clone())
+    with pytest.raises(ValueError, match="decode layer"):
+        kernel.layer(step, weights, torch.randn(3, 256), keys[:, :, :5], keys[:, :, :5])

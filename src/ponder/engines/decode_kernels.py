@@ -2,8 +2,10 @@
 compiler and loaded through ctypes: attention as one loop (decode_attention.c); the
 residual add with its RMSNorm and the MLP's SiLU gate (decode_glue.c), the steps between a
 decode step's matmuls; the sampling statistics and the tempered draw of the decode loop
-(sampling.c); and, on AVX-512 machines, the matmuls themselves, on weights packed into
-panels (panel_matmul.c, used by lean.PanelLinear for every row count, prefills too).
+(sampling.c); on AVX-512 machines, the matmuls themselves, on weights packed into panels
+(panel_matmul.c, used by lean.PanelLinear for every row count, prefills too); and, where
+those are the matmuls, a whole decoder layer of a decode step as one call of them all
+(decode_layer.c: layer_weights once, layer_step once a step, layer once a layer).
 
 Why the attention: in a batched decode step the cached keys and values come from memory,
 not cache (the weights streamed since have evicted them), and torch's batched matmuls, one
@@ -38,20 +40,21 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from ponder.engines.cpu import cpu_info
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in (
-    "decode_attention.c", "decode_glue.c", "sampling.c", "panel_matmul.c"))
+    "decode_attention.c", "decode_glue.c", "sampling.c", "panel_matmul.c", "decode_layer.c"))
 HEADERS = (Path(__file__).with_name("simd.h"),)  # included by the sources
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 DIMS = frozenset({64, 128})
 MAX_GROUPS = 8
 SYMBOLS = ("ponder_decode_attention", "ponder_decode_step", "ponder_add_rms_norm",
            "ponder_silu_mul", "ponder_softmax_stats", "ponder_sample_tempered",
-           "ponder_panel_matmul")
+           "ponder_panel_matmul", "ponder_decode_layer")
 PANEL = 32  # columns a panel of packed weights holds (panel_matmul.c)
 
 
@@ -60,9 +63,10 @@ class DecodeKernels:
     not read outside them)."""
 
     def __init__(self, function, step_function, add_rms_norm_function, silu_mul_function,
-                 softmax_stats_function, sample_tempered_function, panel_matmul_function):
+                 softmax_stats_function, sample_tempered_function, panel_matmul_function,
+                 layer_function):
         self.function, self.step_function = function, step_function
-        self.panel_matmul_function = panel_matmul_function
+        self.panel_matmul_function, self.layer_function = panel_matmul_function, layer_function
         # panel_matmul.c has code only where the library was built for AVX-512
         self.has_matmul = panel_matmul_function(None, 0, None, None, None, 0, 0, 0, 0) == 0
         self.add_rms_norm_function = add_rms_norm_function
@@ -224,6 +228,88 @@ class DecodeKernels:
             raise ValueError("no compiled matmul here (it needs AVX-512): see has_matmul")
         return out
 
+    def layer_weights(self, qkv: tuple[torch.Tensor, torch.Tensor | None],
+                      o: tuple[torch.Tensor, torch.Tensor | None],
+                      gate_up: tuple[torch.Tensor, torch.Tensor | None],
+                      down: tuple[torch.Tensor, torch.Tensor | None],
+                      norm: tuple[torch.Tensor, float], next_norm: tuple[torch.Tensor, float],
+                      shape: LayerShape) -> LayerWeights:
+        """A decoder layer's weights for `layer`: each projection as (panels, stacked bias or
+        None), q/k/v stacked and gate/up stacked, as pack makes them; the norm after
+        attention and the one after the MLP as (weight, epsilon). Checked here, once."""
+        hidden, inter, q_width, kv_width = (shape.hidden, shape.inter, shape.q_width,
+                                            shape.kv_width)
+        wanted = ((qkv, q_width + 2 * kv_width, hidden), (o, hidden, q_width),
+                  (gate_up, 2 * inter, hidden), (down, hidden, inter))
+        for (panels, bias), cols, depth in wanted:
+            if not (_floats(panels) and panels.is_contiguous()
+                    and panels.shape == (-(-cols // PANEL), depth, PANEL)
+                    and (bias is None or (bias.shape == (cols,) and _rows_of(bias, cols)))):
+                raise ValueError(f"decode layer: panels for {cols} x {depth} weights expected, "
+                                 f"got {tuple(panels.shape)}")
+        for weight, _ in (norm, next_norm):
+            if not (weight.shape == (hidden,) and _rows_of(weight, hidden)):
+                raise ValueError("decode layer: norm weights [hidden] in CPU fp32")
+        pointers = [t.data_ptr() if t is not None else None
+                    for pair in (qkv, o, gate_up, down) for t in pair]
+        struct = _Layer(*pointers, norm[0].data_ptr(), next_norm[0].data_ptr(), norm[1],
+                        next_norm[1])
+        return LayerWeights(struct, ctypes.addressof(struct),
+                            (qkv, o, gate_up, down, norm, next_norm), shape)
+
+    def layer_step(self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor,
+                   length: int, scale: float, shape: LayerShape,
+                   allowed: torch.Tensor | None = None, prefix_row: torch.Tensor | None = None,
+                   prefix_len: torch.Tensor | None = None) -> LayerStep:
+        """What every `layer` call of one decode step shares: the residual rows `x` [batch,
+        hidden] (contiguous; updated in place), cos and sin [batch, dim] (as step takes
+        them), the cache's length with the step's column, and scratch rows."""
+        batch, hidden = x.shape if x.dim() == 2 else (0, 0)
+        if not (hidden == shape.hidden and x.is_contiguous() and _floats(x)
+                and cos.shape == signed_sin.shape == (batch, shape.dim) and _floats(cos)
+                and cos.is_contiguous() and _floats(signed_sin) and signed_sin.is_contiguous()
+                and (allowed is None or (allowed.dtype is torch.uint8 and allowed.is_cpu
+                                         and allowed.shape == (batch, length)
+                                         and allowed.is_contiguous()))
+                and (prefix_row is None or _indices(prefix_row, batch))
+                and (prefix_len is None or _indices(prefix_len, batch))
+                and self.supports(shape.dim, shape.groups)):
+            raise ValueError(f"decode layer: x [batch, {shape.hidden}] contiguous, cos and sin "
+                             f"[batch, {shape.dim}], uint8 mask [batch, length], int64 "
+                             f"prefixes [batch], CPU fp32; got x {tuple(x.shape)}")
+        scratch = [x.new_empty(batch, width) for width in (
+            shape.q_width + 2 * shape.kv_width, shape.q_width, hidden, hidden, 2 * shape.inter,
+            shape.inter)]
+        struct = _Step(batch, hidden, shape.inter, shape.kv_heads, shape.groups, shape.dim,
+                       length, scale, x.data_ptr(), cos.data_ptr(), signed_sin.data_ptr(),
+                       *_pointers(prefix_row, prefix_len, allowed),
+                       *(t.data_ptr() for t in scratch))
+        return LayerStep(struct, ctypes.addressof(struct),
+                         (x, cos, signed_sin, allowed, prefix_row, prefix_len, scratch), length)
+
+    def layer(self, step: LayerStep, weights: LayerWeights, h: torch.Tensor,
+              keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """One decoder layer of `step` on `h` (the normed residual [batch, hidden]): the
+        attention writes the step's column of `keys` and `values` ([batch, kv_heads,
+        length, dim] views ending at it), the residual is updated in place, and the next
+        normed residual is returned (lean.LeanForward._fused_decode's loop body)."""
+        shape, x = weights.shape, step.tensors[0]
+        if not (h.shape == x.shape and h.is_contiguous() and _floats(h)
+                and keys.shape == values.shape == (x.shape[0], shape.kv_heads, step.length,
+                                                   shape.dim)
+                and _floats(keys) and _floats(values)):
+            raise ValueError(f"decode layer: h {tuple(x.shape)} contiguous and keys, values "
+                             f"[batch, {shape.kv_heads}, {step.length}, {shape.dim}]; got h "
+                             f"{tuple(h.shape)}, keys {tuple(keys.shape)}")
+        out = h.new_empty(h.shape)
+        status = self.layer_function(step.address, weights.address,
+                                     h.data_ptr(), out.data_ptr(), keys.data_ptr(),
+                                     *keys.stride()[:3], values.data_ptr(),
+                                     *values.stride()[:3])
+        if status != 0:
+            raise ValueError("decode layer: no compiled code for this shape")
+        return out
+
     def _checked(self, queries, keys, values, allowed, prefix_row, prefix_len):
         """The output tensor and (batch, kv_heads, groups, length, dim), or ValueError for
         tensors the loop would read wrongly or outside of."""
@@ -246,6 +332,54 @@ class DecodeKernels:
                 f"{tuple(keys.shape)}")
         out = queries.new_empty(batch, kv_heads * groups * dim)
         return out, (batch, kv_heads, groups, length, dim)
+
+
+class LayerShape(NamedTuple):
+    """A decoder layer's widths: hidden, MLP, head size, key/value heads, query heads a
+    key/value head."""
+
+    hidden: int
+    inter: int
+    dim: int
+    kv_heads: int
+    groups: int
+
+    @property
+    def q_width(self) -> int:
+        return self.kv_heads * self.groups * self.dim
+
+    @property
+    def kv_width(self) -> int:
+        return self.kv_heads * self.dim
+
+
+class _Layer(ctypes.Structure):  # decode_layer.c's struct layer
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        "qkv", "qkv_bias", "o", "o_bias", "gate_up", "gate_up_bias", "down", "down_bias",
+        "norm", "next_norm")] + [("norm_eps", ctypes.c_float), ("next_eps", ctypes.c_float)]
+
+
+class _Step(ctypes.Structure):  # decode_layer.c's struct step
+    _fields_ = [("batch", ctypes.c_long), ("hidden", ctypes.c_long), ("inter", ctypes.c_long),
+                ("kv_heads", ctypes.c_int), ("groups", ctypes.c_int), ("dim", ctypes.c_int),
+                ("length", ctypes.c_int), ("scale", ctypes.c_float)] + [
+        (name, ctypes.c_void_p) for name in (
+            "x", "cos", "sin", "prefix_row", "prefix_len", "allowed", "qkv", "attended",
+            "projected", "normed", "gate_up", "gated")]
+
+
+class LayerWeights(NamedTuple):
+    struct: _Layer
+    address: int
+    tensors: tuple  # what the struct points into, kept alive with it
+    shape: LayerShape
+
+
+class LayerStep(NamedTuple):
+    struct: _Step
+    address: int
+    tensors: tuple  # what the struct points into, kept alive with it
+    length: int
 
 
 def _floats(t: torch.Tensor) -> bool:
@@ -312,7 +446,7 @@ def _load() -> DecodeKernels:
     library = _build(compiler)
     try:
         loaded = ctypes.CDLL(str(library))
-        function, step_function, add_rms_norm, silu_mul, stats, tempered, matmul = (
+        function, step_function, add_rms_norm, silu_mul, stats, tempered, matmul, layer = (
             getattr(loaded, name) for name in SYMBOLS)
     except (OSError, AttributeError) as error:
         raise _Unavailable(f"the built library did not load: {error}") from error
@@ -326,10 +460,11 @@ def _load() -> DecodeKernels:
     stats.argtypes = [p, n, n, n, ctypes.c_float, p, p, p]
     tempered.argtypes = [p, n, n, n, p, p, p, p]
     matmul.argtypes = [p, n, p, p, p, n, n, n, n]
-    for f in (function, step_function, add_rms_norm, silu_mul, stats, tempered, matmul):
+    layer.argtypes = [p, p, p, p, p, n, n, n, p, n, n, n]
+    for f in (function, step_function, add_rms_norm, silu_mul, stats, tempered, matmul, layer):
         f.restype = ctypes.c_int
     kernel = DecodeKernels(function, step_function, add_rms_norm, silu_mul, stats, tempered,
-                           matmul)
+                           matmul, layer)
     if not _agrees_with_torch(kernel):
         raise _Unavailable("the built loop's results differ from torch's")
     return kernel

@@ -19,8 +19,9 @@ Why. A decode step through transformers spent time this forward does not:
   - a decode step runs compiled loops of ours where this machine can build them
     (decode_kernels.py): attention (decode_attention.c: about 2x torch's ops a layer at
     batch 16 and 64 on the AMD machine), and between the matmuls the residual add with its
-    norm and the MLP's gate (decode_glue.c; `_fused_decode`); else it attends, batched, by
-    grouped matmuls (`_decode_attention`).
+    norm and the MLP's gate (decode_glue.c; `_fused_decode`), and where the matmuls are
+    ponder's panels, each layer as one compiled call of all of these (decode_layer.c,
+    `_layer_plan`); else it attends, batched, by grouped matmuls (`_decode_attention`).
 The keys and values live in `kv`'s tensors, appended in place by the function `kv.forward`
 passes in; logits equal transformers' within fp32 rounding (tests/test_lean_forward.py).
 
@@ -203,6 +204,17 @@ class PackedOneDNNLinear(PackedLinear):
         weights stacked and reordered once: one call instead of several, which paid on the
         AMD machine (q/k/v at 16 rows: 80 against 114 us a layer; at 1 row 52 against 78).
         Returns views of the one output. Remade when a weight or bias changes in place."""
+        entry = self.stacked(weights, biases)
+        if entry is None:
+            return [self(x, w, b) for w, b in zip(weights, biases, strict=True)]
+        return self.multiply(x, entry[2], None, entry[3]).split_with_sizes(entry[4], dim=-1)
+
+    def stacked(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None]
+                ) -> tuple | None:
+        """The entry for `weights` stacked (remade when one of them or of `biases` changed in
+        place): (tensors, their versions, packed weights, stacked bias or None, each weight's
+        rows); None where none can be kept (autograd on, or a tensor made under
+        inference_mode)."""
         tensors = (*weights, *(b for b in biases if b is not None))
         # An entry holds its tensors, so no other live tensor has their ids: the same ids are
         # the same tensors, and only an in-place change (a new version) makes it stale. (An
@@ -211,7 +223,7 @@ class PackedOneDNNLinear(PackedLinear):
         if (entry is None or torch.is_grad_enabled()
                 or entry[1] != tuple(t._version for t in tensors)):
             if torch.is_grad_enabled() or any(t.is_inference() for t in tensors):
-                return [self(x, w, b) for w, b in zip(weights, biases, strict=True)]
+                return None
             stacked_bias = None
             if any(b is not None for b in biases):
                 stacked_bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0])
@@ -220,7 +232,7 @@ class PackedOneDNNLinear(PackedLinear):
                      self.pack(torch.cat(list(weights))), stacked_bias,
                      [w.shape[0] for w in weights])
             self.packed[key] = entry
-        return self.multiply(x, entry[2], None, entry[3]).split_with_sizes(entry[4], dim=-1)
+        return entry
 
 
 class PanelLinear(PackedOneDNNLinear):
@@ -241,6 +253,14 @@ class PanelLinear(PackedOneDNNLinear):
     def __init__(self, kernel: decode_kernels.DecodeKernels):
         super().__init__()
         self.kernel = kernel
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        # A weight alone is a stack of one: a decode layer's plan (LeanForward._layer_plan)
+        # and the calls of a prefill then share its panels.
+        entry = None if torch.is_grad_enabled() else self.stacked((weight,), (bias,))
+        if entry is None:
+            return super().__call__(x, weight, bias)
+        return self.multiply(x, entry[2], None, entry[3])
 
     def pack(self, weight: torch.Tensor) -> tuple[torch.Tensor, int]:
         return self.kernel.pack(weight), weight.shape[0]
@@ -342,6 +362,8 @@ class LeanForward:
         self.linear = pick_linear(sum(w.numel() * w.element_size() for w in weights.values()))
         # the norm each layer's output goes into: the next layer's first, the final one last
         self.norms_after = [p[0] for p in self.params[1:]] + [self.final_norm]
+        # (the matmul kernel's id and the weights' versions it was made at, the plan)
+        self.plan: tuple[tuple[int, ...], list[decode_kernels.LayerWeights]] | None = None
         self.cos = self.sin = torch.empty(0, self.head_dim)
 
     @classmethod
@@ -508,8 +530,19 @@ class LeanForward:
         states = {0: x.clone().view(batch, 1, -1)} if 0 in hidden else {}
         h = kernel.add_rms_norm(x, None, *params[0][0])
         caches = []
+        plan = self._layer_plan(kernel)
+        if plan is not None:  # each layer one compiled call (decode_layer.c)
+            for index, weights in enumerate(plan):
+                caches.append(cache := grow(index))
+                if index == 0:
+                    shared = kernel.layer_step(x, cos, sin, cache[0].shape[2], self.scaling,
+                                               weights.shape, step.allowed, step.prefix_row,
+                                               step.prefix_len)
+                h = kernel.layer(shared, weights, h, *cache)
+                if index + 1 in hidden:  # x changes in place in the next layer
+                    states[index + 1] = x.clone().view(batch, 1, -1)
         for index, (_, q, qb, k, kb, v, vb, o, ob, gate, gb, up, ub, down, db, norm2) in (
-                enumerate(params)):
+                enumerate(params if plan is None else ())):
             queries, keys, values = many(h, (q, k, v), (qb, kb, vb))
             cache = grow(index)
             caches.append(cache)
@@ -525,6 +558,37 @@ class LeanForward:
         head = self.model().lm_head
         return (linear(h, head.weight, head.bias).view(batch, 1, -1), caches,
                 [states[i] for i in hidden])
+
+
+    def _layer_plan(self, kernel: decode_kernels.DecodeKernels
+                    ) -> list[decode_kernels.LayerWeights] | None:
+        """Each layer's weights for decode_kernels.layer (one call a layer), where the matmuls
+        run on ponder's panels (PanelLinear) and the attention loop has code for this model;
+        remade when a weight changed in place; None elsewhere (the layer then runs call by
+        call)."""
+        linear = self.linear
+        if not (isinstance(linear, PanelLinear) and linear.kernel is kernel):
+            return None
+        tensors = [t for layer in self.params for t in (layer[0][0], *layer[1:-1],
+                                                        layer[-1][0]) if t is not None]
+        versions = (id(linear), *(t._version for t in tensors))
+        if self.plan is not None and self.plan[0] == versions:
+            return self.plan[1]
+        shape = decode_kernels.LayerShape(*self.widths, self.head_dim, self.kv_heads,
+                                          self.heads // self.kv_heads)
+        plan = []
+        for index, (_, q, qb, k, kb, v, vb, o, ob, gate, gb, up, ub, down, db, norm2) in (
+                enumerate(self.params)):
+            entries = [linear.stacked(ws, bs) for ws, bs in (
+                ((q, k, v), (qb, kb, vb)), ((o,), (ob,)), ((gate, up), (gb, ub)),
+                ((down,), (db,)))]
+            if any(entry is None for entry in entries):  # weights made under inference_mode
+                return None
+            plan.append(kernel.layer_weights(
+                *((entry[2][0], entry[3]) for entry in entries), norm2,
+                self.norms_after[index], shape))
+        self.plan = (versions, plan)
+        return plan
 
 
 class DecodeStep:
