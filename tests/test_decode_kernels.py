@@ -437,12 +437,18 @@ def tiny_qwen2():
     return model
 
 
-@needs_matmul
-def test_whole_compiled_layers_follow_weights_changed_in_place():
+def panel_twin():
+    """tiny_qwen2 and its lean twin, where the twin's matmuls are ponder's panels."""
     model = tiny_qwen2()
     twin = lean.lean_twin(model)
     if not isinstance(twin.linear, lean.PanelLinear):
         pytest.skip("the matmuls here are not ponder's panels (an Intel CPU)")
+    return model, twin
+
+
+@needs_matmul
+def test_whole_compiled_layers_follow_weights_changed_in_place():
+    model, twin = panel_twin()
     ids = torch.randint(3, 101, (3, 6), generator=torch.Generator().manual_seed(0))
 
     def step():
@@ -467,10 +473,7 @@ def test_whole_compiled_layers_follow_weights_changed_in_place():
 
 @needs_matmul
 def test_a_compiled_layer_refuses_shapes_it_was_not_planned_for():
-    model = tiny_qwen2()
-    twin = lean.lean_twin(model)
-    if not isinstance(twin.linear, lean.PanelLinear):
-        pytest.skip("the matmuls here are not ponder's panels (an Intel CPU)")
+    _, twin = panel_twin()
     with torch.inference_mode():
         plan = twin._layer_plan(kernel)
     weights, shape = plan[0], plan[0].shape
