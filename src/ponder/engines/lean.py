@@ -362,6 +362,8 @@ class LeanForward:
         self.linear = pick_linear(sum(w.numel() * w.element_size() for w in weights.values()))
         # the norm each layer's output goes into: the next layer's first, the final one last
         self.norms_after = [p[0] for p in self.params[1:]] + [self.final_norm]
+        self.projection_tensors = [t for layer in self.params for t in layer[1:-1]
+                                   if t is not None]  # every layer's weights and biases
         # (the matmul kernel's id and the weights' versions it was made at, the plan)
         self.plan: tuple[tuple[int, ...], list[decode_kernels.LayerWeights]] | None = None
         self.cos = self.sin = torch.empty(0, self.head_dim)
@@ -559,7 +561,6 @@ class LeanForward:
         return (linear(h, head.weight, head.bias).view(batch, 1, -1), caches,
                 [states[i] for i in hidden])
 
-
     def _layer_plan(self, kernel: decode_kernels.DecodeKernels
                     ) -> list[decode_kernels.LayerWeights] | None:
         """Each layer's weights for decode_kernels.layer (one call a layer), where the matmuls
@@ -569,9 +570,9 @@ class LeanForward:
         linear = self.linear
         if not (isinstance(linear, PanelLinear) and linear.kernel is kernel):
             return None
-        tensors = [t for layer in self.params for t in (layer[0][0], *layer[1:-1],
-                                                        layer[-1][0]) if t is not None]
-        versions = (id(linear), *(t._version for t in tensors))
+        # The panels are copies: a weight or bias changed in place makes them stale (the
+        # norms are read where they live).
+        versions = (id(linear), *(t._version for t in self.projection_tensors))
         if self.plan is not None and self.plan[0] == versions:
             return self.plan[1]
         shape = decode_kernels.LayerShape(*self.widths, self.head_dim, self.kv_heads,
