@@ -268,11 +268,7 @@ class DecodeKernels:
         if not (hidden == shape.hidden and x.is_contiguous() and _floats(x)
                 and cos.shape == signed_sin.shape == (batch, shape.dim) and _floats(cos)
                 and cos.is_contiguous() and _floats(signed_sin) and signed_sin.is_contiguous()
-                and (allowed is None or (allowed.dtype is torch.uint8 and allowed.is_cpu
-                                         and allowed.shape == (batch, length)
-                                         and allowed.is_contiguous()))
-                and (prefix_row is None or _indices(prefix_row, batch))
-                and (prefix_len is None or _indices(prefix_len, batch))
+                and _extras(allowed, prefix_row, prefix_len, batch, length)
                 and self.supports(shape.dim, shape.groups)):
             raise ValueError(f"decode layer: x [batch, {shape.hidden}] contiguous, cos and sin "
                              f"[batch, {shape.dim}], uint8 mask [batch, length], int64 "
@@ -319,11 +315,7 @@ class DecodeKernels:
         if not (self.supports(dim, groups) and queries.shape[-1] == kv_heads * groups * dim
                 and _rows_of(queries, queries.shape[-1]) and _floats(keys) and _floats(values)
                 and values.shape == keys.shape and queries.shape[0] == batch
-                and (allowed is None or (allowed.dtype is torch.uint8 and allowed.is_cpu
-                                         and allowed.shape == (batch, length)
-                                         and allowed.is_contiguous()))
-                and (prefix_row is None or _indices(prefix_row, batch))
-                and (prefix_len is None or _indices(prefix_len, batch))):
+                and _extras(allowed, prefix_row, prefix_len, batch, length)):
             raise ValueError(
                 "decode attention: queries [batch, heads*dim] and keys/values [batch, kv_heads, "
                 "length, 64 or 128] in CPU fp32 with contiguous last dims, at most "
@@ -390,6 +382,17 @@ def _floats(t: torch.Tensor) -> bool:
 def _indices(t: torch.Tensor, batch: int) -> bool:
     """t is a contiguous CPU int64 vector of `batch` entries."""
     return t.dtype is torch.long and t.is_cpu and t.shape == (batch,) and t.is_contiguous()
+
+
+def _extras(allowed: torch.Tensor | None, prefix_row: torch.Tensor | None,
+            prefix_len: torch.Tensor | None, batch: int, length: int) -> bool:
+    """The attention's optional inputs are as the loop reads them: a contiguous uint8 mask
+    [batch, length], int64 shared-prompt rows and lengths [batch] (each may be None)."""
+    return ((allowed is None or (allowed.dtype is torch.uint8 and allowed.is_cpu
+                                 and allowed.shape == (batch, length)
+                                 and allowed.is_contiguous()))
+            and (prefix_row is None or _indices(prefix_row, batch))
+            and (prefix_len is None or _indices(prefix_len, batch)))
 
 
 def _rows_of(t: torch.Tensor, width: int) -> bool:
