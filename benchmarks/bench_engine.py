@@ -177,9 +177,7 @@ def run_with_torch_ops(engine: HFEngine, samples: int, tokens: int) -> int:
         if twin is None:
             return run_engine(engine, samples, tokens)
         if not _TORCH_MATMUL:
-            weights = {id(w): w for group in weight_groups(engine.model) for w in group}
-            _TORCH_MATMUL["linear"] = pick_linear(
-                sum(w.numel() * w.element_size() for w in weights.values()))
+            _TORCH_MATMUL["linear"] = pick_linear(twin.weight_bytes)
         with patch.object(twin, "linear", _TORCH_MATMUL["linear"]):
             return run_engine(engine, samples, tokens)
 

@@ -257,7 +257,7 @@ class PanelLinear(PackedOneDNNLinear):
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
         # A weight alone is a stack of one: a decode layer's plan (LeanForward._layer_plan)
         # and the calls of a prefill then share its panels.
-        entry = None if torch.is_grad_enabled() else self.stacked((weight,), (bias,))
+        entry = self.stacked((weight,), (bias,))  # None with autograd on
         if entry is None:
             return super().__call__(x, weight, bias)
         return self.multiply(x, entry[2], None, entry[3])
@@ -359,7 +359,8 @@ class LeanForward:
         self.widths = (model.config.hidden_size, model.config.intermediate_size)
         weights = {id(w): w for w in (model.lm_head.weight,
                                       *(m.weight for ms in self.linears for m in ms))}
-        self.linear = pick_linear(sum(w.numel() * w.element_size() for w in weights.values()))
+        self.weight_bytes = sum(w.numel() * w.element_size() for w in weights.values())
+        self.linear = pick_linear(self.weight_bytes)
         # the norm each layer's output goes into: the next layer's first, the final one last
         self.norms_after = [p[0] for p in self.params[1:]] + [self.final_norm]
         self.projection_tensors = [t for layer in self.params for t in layer[1:-1]
