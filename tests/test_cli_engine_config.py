@@ -114,8 +114,9 @@ def test_commands_wait_for_openmp_work_with_a_short_spin_unless_the_user_chose(
         user, monkeypatch, capsys):
     # The settings reach torch only through the environment of a fresh process, so what is
     # checked is what the CLI leaves in the environment before a command imports torch.
-    for name in OPENMP_WAITING:
-        monkeypatch.delenv(name, raising=False)
+    for name in OPENMP_WAITING:  # set, then deleted: each is put back as it was after the
+        monkeypatch.setenv(name, "")  # test (a delenv of an absent name records nothing,
+        monkeypatch.delenv(name)  # and what main() sets would leak into later tests)
     for name, value in user.items():
         monkeypatch.setenv(name, value)
     assert main([]) == 2  # no command: the help, after the environment is set
