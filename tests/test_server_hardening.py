@@ -198,9 +198,12 @@ def test_a_client_that_times_out_cancels_its_non_streaming_request(server):
     body = chat(max_tokens=500, ignore_eos=True, temperature=0.0)
     with pytest.raises(httpx.ReadTimeout), server.http() as http:
         http.post("/v1/chat/completions", json=body, timeout=1.5)
+    left = health(server)  # the steps decoded while the client waited depend on the machine
     after = wait_idle(server)
     assert after["cancelled"] == before["cancelled"] + 1
-    assert after["decode_steps"] - before["decode_steps"] < 100, (before, after)
+    # 500 tokens would be 500 steps; the request stopped within a few of the client leaving.
+    assert after["decode_steps"] - left["decode_steps"] < 30, (before, left, after)
+    assert after["decode_steps"] - before["decode_steps"] < 500, (before, after)
 
 
 def test_a_request_past_its_deadline_gets_408_and_stops(server):
