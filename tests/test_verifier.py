@@ -27,7 +27,7 @@ from ponder.train.contamination import check_disjoint, check_training_task, norm
 from ponder.train.examples import Example
 from ponder.train.probe import auroc, expected_calibration_error, train_probe
 from ponder.train.process_labels import mc_labels
-from ponder.train.trainer import content_of, split_by_problem
+from ponder.train.trainer import VerifierConfig, content_of, split_by_problem
 from ponder.types import SamplingParams
 
 # ---- Monte Carlo process labels converge to the exact value ----------------------------------
@@ -175,6 +175,58 @@ def test_an_answer_reading_process_verifier_reads_its_last_step_at_the_final_ans
     assert torch.allclose(rows[:, :hidden], at_ends[:, :hidden], atol=1e-4)
 
 
+@pytest.mark.parametrize("steps", [False, True])
+def test_pooled_rows_add_the_mean_and_maximum_of_the_response_states(engine, tmp_path, steps):
+    plain = Backbone(engine.model, engine.tokenizer, "smollm2-135m", reads="answer")
+    pooled = Backbone(engine.model, engine.tokenizer, "smollm2-135m", reads="answer",
+                      pool="mean-max")
+    states = engine.model.config.hidden_size * len(pooled.layers)
+    assert pooled.width == plain.width + 2 * states
+    prompt = question(2, 8)
+    text = "First, 2 + 8 = 10.\n\nSo it is 10. Also 7 is odd."
+    [rows], [base] = pooled.features([(prompt, text)], steps), plain.features([(prompt, text)], steps)
+    assert rows.shape == (len(base), pooled.width) == ((2 if steps else 1), pooled.width)
+    torch.testing.assert_close(rows[:, :plain.width], base)
+    # The pooled part, from transformers' own forward: each step's row pools the response
+    # up to that step's end; the last row the whole response (what follows the answer too).
+    e = pooled.encode(prompt, text)
+    with torch.no_grad():
+        out = engine.model(torch.tensor([e.ids]), output_hidden_states=True)
+    response = torch.cat([out.hidden_states[i][0] for i in pooled.layers], -1)[e.first:e.stop]
+    ends = e.ends if steps else [e.stop - 1]
+    for row, end in zip(rows, ends, strict=True):
+        upto = response[:end - e.first + 1]
+        torch.testing.assert_close(row[plain.width:plain.width + states], upto.mean(0),
+                                   atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(row[plain.width + states:], upto.max(0).values,
+                                   atol=1e-3, rtol=1e-4)
+    # An empty response has nothing to pool: zeros, at the same width.
+    [empty] = pooled.features([(prompt, "")])
+    assert empty.shape == (1, pooled.width) and not empty[0, plain.width:].any()
+    # The card says so, and the loaded verifier reads the same rows.
+    gen = torch.Generator().manual_seed(0)
+    probe = Probe(torch.zeros(pooled.width), torch.full((pooled.width,), 10.0),
+                  torch.randn(pooled.width, generator=gen) / pooled.width ** 0.5, 0.0)
+    kind = "process" if steps else "outcome"
+    save_verifier(tmp_path / "v", Card(kind, "smollm2-135m", pooled.hash, pooled.layers,
+                                       reads="answer", pool="mean-max"), probe)
+    assert json.loads((tmp_path / "v" / "card.json").read_text())["pool"] == "mean-max"
+    [rating] = make_scorer(f"verifier:{tmp_path / 'v'}", engine).score(
+        [ScoreItem("What is 2 + 8?", prompt, text)])
+    expected = probe.probs(rows).tolist()
+    assert all(0.01 < p < 0.99 for p in expected)  # not saturated: the comparison means something
+    assert list(rating.step_scores or [rating.score]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_pooling_is_for_a_probe_and_named_ones_only():
+    with pytest.raises(ValueError, match="pool must be one of"):
+        VerifierConfig(pool="sum")
+    with pytest.raises(ValueError, match="adds features for a probe"):
+        VerifierConfig(pool="mean-max", head="lora")
+    with pytest.raises(ValueError, match="pool must be one of"):
+        Backbone(None, None, "x", pool="avg")  # checked before the model is read
+
+
 def test_the_shipped_process_verifier_loads_for_the_bundled_model_and_scores_every_step(engine):
     # Loading checks the card's weights hash against the bundled model's.
     prm = make_scorer("verifier:smollm2-135m-arith-prm", engine)
@@ -306,6 +358,8 @@ def ponder(*args: str) -> list[str]:
     (["--task", "gsm8k"], "evaluation set"),
     (["--limit", "1"], "--limit must be >= 2"),
     (["--kind", "reward"], "invalid choice"),
+    (["--pool", "sum"], "invalid choice"),
+    (["--pool", "mean-max", "--head", "lora"], "adds features for a probe"),
 ])
 def test_bad_input_fails_with_what_to_do(tmp_path, args, message):
     result = subprocess.run(ponder("train-verifier", *args, "--data", str(tmp_path / "d.db"),
@@ -383,16 +437,17 @@ def test_a_process_verifier_trains_end_to_end_and_scores_steps(engine, tmp_path,
     assert len(rating.step_scores) == 2 and all(0 <= v <= 1 for v in rating.step_scores)
 
 
-@pytest.mark.parametrize("reads", ["end", "answer"])
+@pytest.mark.parametrize("reads, pool", [("end", "none"), ("answer", "none"),
+                                         ("answer", "mean-max")])
 @pytest.mark.parametrize("steps", [False, True])
 def test_items_that_share_a_prompt_feed_it_once_and_read_the_same_features(
-        engine, monkeypatch, reads, steps):
+        engine, monkeypatch, reads, pool, steps):
     """Best-of-N's samples share their prompt: the backbone feeds it once and reads every
     response over its keys and values; the features equal one forward per item, and each
     prompt's tokens are counted once."""
     from ponder.scorers import backbone as backbone_module
 
-    backbone = Backbone(engine.model, engine.tokenizer, "smollm2-135m", reads=reads)
+    backbone = Backbone(engine.model, engine.tokenizer, "smollm2-135m", reads=reads, pool=pool)
     question = [{"role": "user", "content": "What is 3 + 4?"}]
     other = [{"role": "user", "content": "What is 12 + 5? Show your work."}]
     items = [(question, "3 + 4 = 7.\nThe answer is 7."), (question, "It is 8"),

@@ -88,6 +88,11 @@ def register(sub) -> None:
                             "(default; a sample that rambles past its answer is judged by the "
                             "answer; a process verifier reads its last step there) or at the "
                             "response's last token")
+    model.add_argument("--pool", choices=["none", "mean-max"], default=None,
+                       help="probe: also read the mean and maximum of the response's hidden "
+                            "states, beside the state where the verdict is read (how the "
+                            "answer was reached, not only the answer; the shipped ORM's "
+                            "recipe uses mean-max). Default none")
     model.add_argument("--rollouts", type=int, default=None,
                        help="process labels: completions per step prefix (default 4)")
     model.add_argument("--head", choices=["probe", "lora"], default=None,
@@ -119,7 +124,7 @@ def config_from_args(args: argparse.Namespace):
 
     values = dict(RECIPES[args.recipe]) if args.recipe else {}
     for flag in ("task", "limit", "samples", "prompt", "temperature", "max_tokens", "seed",
-                 "kind", "reads", "rollouts", "val_fraction", "model", "eval_task", "head",
+                 "kind", "reads", "pool", "rollouts", "val_fraction", "model", "eval_task", "head",
                  "lora_layers", "lora_rank", "epochs"):
         given = getattr(args, flag)
         if given is not None:

@@ -22,6 +22,15 @@ how sure a model was of what it wrote is among the best-known signals of whether
 Reading the answer adds ANSWER_STATS: the answer tokens' summed log-probability (how sure it
 was of the answer itself), how many tokens follow the answer, and whether there is none.
 
+With `pool="mean-max"` each row also carries the mean and the element-wise maximum of the
+same layers' states over the response up to that position (the whole response for the last
+row, as its statistics): the state at one token holds what the model made of the answer,
+not how it got there, and the wrong samples a probe on the answer's state ranks first hold
+the right working followed by a second step to another number. On the shipped ORM's own
+training data (arith-train:1, 200 problems x 8 samples, 5-fold cross-validation by operand
+multiset, six fold draws) the pooled rows lifted best-of-8 accuracy from 0.58 to 0.63
+(docs/verifiers.md).
+
 Items that share a prompt (best-of-N's samples, a search's candidates) and go through in one
 pass have the prompt fed once: every response is then read over its keys and values
 (`_read_sharing_prompts`, with the lean forward), and the features are what one forward per
@@ -50,6 +59,7 @@ STATS = ("mean_logprob", "min_logprob", "std_logprob", "mean_entropy", "max_entr
          "log_length")
 ANSWER_STATS = ("answer_logprob", "log_tokens_after_answer", "no_answer")
 READS = ("end", "answer")
+POOLS = ("none", "mean-max")  # what else a row carries of the response (module docstring)
 
 
 class Encoded(NamedTuple):
@@ -83,14 +93,17 @@ class Backbone:
 
     layers: hidden_states indices to concatenate (default: default_layers).
     reads: where an outcome row is read, "end" or "answer" (module docstring).
+    pool: "mean-max" to add the response's pooled states to each row (module docstring).
     batch_tokens: most padded tokens per forward pass.
     """
 
     def __init__(self, model, tokenizer, name: str, layers: Sequence[int] | None = None,
-                 reads: str = "end", batch_tokens: int = 8192):
+                 reads: str = "end", pool: str = "none", batch_tokens: int = 8192):
         if reads not in READS:
             raise ValueError(f"reads must be one of {READS}, got {reads!r}")
-        self.reads = reads
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        self.reads, self.pool = reads, pool
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         count = model.config.num_hidden_layers
         self.layers = tuple(layers) if layers is not None else default_layers(count)
@@ -103,13 +116,14 @@ class Backbone:
 
     @classmethod
     def load(cls, name: str, dtype: str = "float32", device: str | None = None,
-             layers: Sequence[int] | None = None, reads: str = "end") -> Backbone:
+             layers: Sequence[int] | None = None, reads: str = "end", pool: str = "none"
+             ) -> Backbone:
         from ponder.models import dtype_name, load_model_and_tokenizer, resolve
 
         dtype = getattr(torch, dtype_name(dtype))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer = load_model_and_tokenizer(resolve(name), dtype, device)
-        return cls(model, tokenizer, name, layers, reads)
+        return cls(model, tokenizer, name, layers, reads, pool)
 
     @property
     def hash(self) -> str:
@@ -120,7 +134,8 @@ class Backbone:
     @property
     def width(self) -> int:
         extra = len(ANSWER_STATS) if self.reads == "answer" else 0
-        return self.model.config.hidden_size * len(self.layers) + len(STATS) + extra
+        states = self.model.config.hidden_size * len(self.layers)
+        return states * (3 if self.pool == "mean-max" else 1) + len(STATS) + extra
 
     def encode(self, prompt: Prompt, response: str) -> Encoded:
         """The response's tokens after the prompt's, and the positions read in them."""
@@ -207,8 +222,11 @@ class Backbone:
                 answers = [NO_ANSWER] * (len(where) - 1) + [
                     _answer_stats(chosen, answer, first, stop)]
                 stats = torch.cat([stats, torch.stack(answers)], dim=-1)
-            rows.append(torch.cat([hidden[[e - hidden_start for e in where]], stats.to(
-                hidden.device)], dim=-1).cpu())
+            parts = [hidden[[e - hidden_start for e in where]], stats.to(hidden.device)]
+            if self.pool == "mean-max":
+                parts.append(_pooled(hidden[first - hidden_start:stop - hidden_start],
+                                     [min(e, stop - 1) - first for e in upto]))
+            rows.append(torch.cat(parts, dim=-1).cpu())
         return rows, fed
 
     def _read_whole(self, twin, batch: list[Encoded]):
@@ -274,6 +292,17 @@ class Backbone:
             return stacked[row, shift:], e.first, predicting
 
         return read
+
+
+def _pooled(response: torch.Tensor, upto: list[int]) -> torch.Tensor:
+    """Per index in `upto`, the mean and maximum of `response`'s rows [tokens, width] up to
+    and including it; zeros for an empty response (its verdict is read at the prompt)."""
+    if len(response) == 0:
+        return response.new_zeros(len(upto), 2 * response.shape[1])
+    at = torch.tensor([max(0, i) for i in upto], device=response.device)
+    counts = torch.arange(1, len(response) + 1, device=response.device, dtype=response.dtype)
+    means = response.cumsum(0) / counts[:, None]
+    return torch.cat([means[at], response.cummax(0).values[at]], dim=-1)
 
 
 def _distinct_prompts(batch: list[Encoded]) -> list[tuple[int, ...]] | None:

@@ -44,6 +44,7 @@ class Card:
     head: str = "probe"  # or "lora" (scorers.adapted)
     lora: dict[str, int] = field(default_factory=dict)  # LoRA: {"layers": top, "rank": r}
     reads: str = "end"  # where the (last step's) verdict is read: "end" or "answer" (scorers.backbone)
+    pool: str = "none"  # "mean-max": rows carry the response's pooled states (scorers.backbone)
     task: str = ""
     prompt: str = ""
     labels: str = ""  # how the labels were made (graded samples, Monte Carlo rollouts)
@@ -190,12 +191,12 @@ class TrainedVerifier:
         model = getattr(self.engine, "model", None)
         if model is not None and getattr(self.engine, "tokenizer", None) is not None:
             backbone = Backbone(model, self.engine.tokenizer, self.engine.model_name,
-                                self.card.layers, self.card.reads)
+                                self.card.layers, self.card.reads, self.card.pool)
             if backbone.hash != self.card.base_hash:
                 backbone = None  # another model: load the card's own
         if backbone is None:
             backbone = Backbone.load(self.card.base_model, layers=self.card.layers,
-                                     reads=self.card.reads)
+                                     reads=self.card.reads, pool=self.card.pool)
         if backbone.hash != self.card.base_hash:
             raise ValueError(
                 f"the verifier in {self.folder} was trained on {self.card.base_model!r} with "

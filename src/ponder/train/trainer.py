@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ponder.models import DEFAULT_MODEL
-from ponder.scorers.backbone import READS
+from ponder.scorers.backbone import POOLS, READS
 from ponder.train.contamination import check_disjoint, check_training_task, normalise_question
 from ponder.train.examples import Example
 
@@ -46,6 +46,7 @@ class VerifierConfig:
     max_tokens: int = 96
     kind: str = "outcome"  # or "process"
     reads: str = "answer"  # the (last step's) verdict at the final answer ("answer") or "end"
+    pool: str = "none"  # probe: "mean-max" adds the response's pooled states (scorers.backbone)
     rollouts: int = 4  # process labels: completions per step prefix
     head: str = "probe"  # or "lora": adapt the backbone's top layers (scorers.adapted)
     lora_layers: int = 6  # LoRA: top layers adapted
@@ -63,6 +64,11 @@ class VerifierConfig:
             raise ValueError(f"reads must be one of {READS}, got {self.reads!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.pool != "none" and self.head != "probe":
+            raise ValueError(f"pool={self.pool!r} adds features for a probe; a {self.head} head "
+                             "reads the backbone's positions itself: use pool='none'")
         for option in ("samples", "rollouts", "lora_layers", "lora_rank", "epochs"):
             if getattr(self, option) < 1:
                 raise ValueError(f"{option} must be >= 1, got {getattr(self, option)}")
@@ -211,7 +217,7 @@ def train_verifier(config: VerifierConfig, engine, data: str | Path, out: str | 
     train, val = split_by_problem(examples, config.val_fraction, config.seed, content)
     steps = config.kind == "process"
     backbone = Backbone(engine.model, engine.tokenizer, config.model,
-                        reads=config.reads)
+                        reads=config.reads, pool=config.pool)
     mark = time.perf_counter()
     if config.head == "lora":
         head, fit, labels = _fit_lora(backbone, train, val, steps, config, progress)
@@ -236,7 +242,7 @@ def train_verifier(config: VerifierConfig, engine, data: str | Path, out: str | 
     timings["total_seconds"] = time.perf_counter() - started
     card = Card(
         kind=config.kind, head=config.head, lora=lora, base_model=config.model, base_hash=backbone.hash,
-        layers=backbone.layers, reads=backbone.reads, task=config.task, prompt=config.prompt,
+        layers=backbone.layers, reads=backbone.reads, pool=backbone.pool, task=config.task, prompt=config.prompt,
         labels=("graded samples (correct = 1)" if config.kind == "outcome" else
                 f"Monte Carlo: {config.rollouts} rollouts per step prefix, soft label"),
         data={"problems": len({e.problem_id for e in examples}), "samples": len(examples),
