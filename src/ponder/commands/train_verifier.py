@@ -35,7 +35,7 @@ stopped. Training problems must not be evaluation problems (arith:N, MATH-500, G
 RECIPES = {
     "smollm2-arith-orm": {"task": "arith-train:1", "model": DEFAULT_MODEL, "prompt": "plain",
                           "limit": 200, "samples": 8, "temperature": 0.8, "max_tokens": 64,
-                          "kind": "outcome", "seed": 0},
+                          "kind": "outcome", "pool": "mean-max", "seed": 0},
     "smollm2-arith-orm-lora": {"task": "arith-train:1", "model": DEFAULT_MODEL,
                                "prompt": "plain", "limit": 200, "samples": 8,
                                "temperature": 0.8, "max_tokens": 64, "kind": "outcome",
