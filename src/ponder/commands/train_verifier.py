@@ -91,8 +91,8 @@ def register(sub) -> None:
     model.add_argument("--pool", choices=["none", "mean-max"], default=None,
                        help="probe: also read the mean and maximum of the response's hidden "
                             "states, beside the state where the verdict is read (how the "
-                            "answer was reached, not only the answer; the shipped ORM's "
-                            "recipe uses mean-max). Default none")
+                            "answer was reached, not only the answer). Default: mean-max for "
+                            "an outcome probe, none for a process one or LoRA")
     model.add_argument("--rollouts", type=int, default=None,
                        help="process labels: completions per step prefix (default 4)")
     model.add_argument("--head", choices=["probe", "lora"], default=None,
