@@ -178,7 +178,7 @@ class PackedLinear:
 class PackedOneDNNLinear(PackedLinear):
     """oneDNN's matmul on weights reordered once into its own blocked layout
     (`torch.ops.mkldnn._reorder_linear_weight`); given the plain weight, oneDNN reorders it on
-    every call. Measured on a 2-core AMD EPYC (Zen 4, 2026-12-05), all of the bundled model's
+    every call. Measured on a 2-core AMD EPYC (Zen 5, 2026-12-05), all of the bundled model's
     projections and its lm_head: 6.9 against 7.9 ms at 1 row, 13.0 against 18.7 at 16, 36.4
     against 43.0 at 64, 215 against 226 at 384, so every row count takes it. Reordering the
     bundled model's weights takes ~0.8 s, once, on first use. Same caching, conditions and
@@ -241,7 +241,7 @@ class PanelLinear(PackedOneDNNLinear):
     stacked weights as PackedOneDNNLinear stacks them, oneDNN's plain call where a weight
     cannot be packed, F.linear where autograd is on. Why: in a decode step the weights
     stream from memory, and this loop overlaps that stream with its arithmetic better than
-    oneDNN's does. Measured on a 2-core AMD EPYC (Zen 4, 2026-12-05), the bundled model's 30
+    oneDNN's does. Measured on a 2-core AMD EPYC (Zen 5, 2026-12-05), the bundled model's 30
     layers of projections with their weights cold: 16.9-18.5 against 20.4-21.2 ms at 32
     rows, 10.4-11.2 against 13.5-14.1 at 16, 5.6-6.8 against 7.7-8.7 at 1, 29.5-32.5 against
     36.5-37.0 at 64, 178-188 against 190-195 at 448 (a prefill). Same memory cost as

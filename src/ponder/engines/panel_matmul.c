@@ -5,7 +5,7 @@
    Built with the decode loops into one library (decode_kernels.py). Why: in a decode step
    the weights come from memory, not cache (the model is ~540 MB for the bundled one, its
    cache 32 MB), and oneDNN's matmul on its own packed layout overlapped that stream with
-   its arithmetic poorly on a 2-core AMD EPYC (Zen 4, 2026-12-05): the bundled model's 30
+   its arithmetic poorly on a 2-core AMD EPYC (Zen 5, 2026-12-05): the bundled model's 30
    layers of projections, weights cold, took 20.9 ms at 32 rows where this loop takes
    16.9-17.0 (10.8 against 6.8 at 8 rows, 36.5 against 29.5 at 64, 195 against 182 at a
    448-row prefill). Each thread walks its own run of panels once, front to back; a block
