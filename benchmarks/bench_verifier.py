@@ -20,8 +20,11 @@ timed (the shipped recipe unless --orm names a folder; then its card's training 
 reported); then the PRM (recipe smollm2-arith-prm: Math-Shepherd labels, --rollouts completions
 from every step prefix, on the ORM recipe's problems and samples: --prm-limit training
 problems, 200 as the ORM's, x 8 samples; --prm-limit 0 skips it), timed too.
-Not measured here: PRM beam search at matched policy tokens (bench_smc runs verifier-guided
-search).
+Then PRM beam search on the same problems (--beam-widths, default 8 and 16 candidate steps,
+2 kept, at most 4 steps of at most --max-tokens tokens, temperature 0.8: the demo recipe's
+beam@8), guided by the same PRM, next to the pool's selectors at matched policy tokens: the
+N whose pool tokens (N samples' generated tokens) are nearest to the beam's generated
+tokens. Beam search's own tokens (re-prefills, the PRM's scoring) are reported beside.
 The LAST line is one JSON object with the figures.
 
     python benchmarks/bench_verifier.py [--problems 64] [--levels 1,2] [--orm FOLDER]
@@ -40,6 +43,7 @@ from ponder.commands.train_verifier import RECIPES
 from ponder.engines.hf import HFEngine
 from ponder.scorers.base import ScoreItem
 from ponder.scorers.trained import TrainedVerifier
+from ponder.strategies.registry import make_strategy
 from ponder.tasks.datasets import load_task
 from ponder.tasks.extract import extract_answer
 from ponder.tasks.grade import is_equiv
@@ -119,6 +123,43 @@ def evaluate_level(engine, orm, prm, level: int, args) -> dict:
             "prm_auroc": round(auroc([int(x) for x in labels], prm_scores), 4) if prm else None}
 
 
+def beam_search(engine, prm, level: int, width: int, args, pool_tokens: float) -> dict:
+    """PRM beam search (the demo recipe's beam@8 at width 8) on the level's problems; the
+    pool's N at matched policy tokens (pool_tokens: generated tokens a problem at N=16)."""
+    problems = load_task(f"arith:{level}", limit=args.problems)
+    strategy = make_strategy("beam_search", n=width, m=2, max_steps=4, temperature=0.8,
+                             max_tokens=args.max_tokens, seed=args.seed)
+    started = time.perf_counter()
+    results = strategy.run(problems, engine, prm,
+                           render=lambda p: build_prompt(p, args.prompt, chat=True))
+    seconds = time.perf_counter() - started
+    count = len(problems)
+    generated = sum(r.usage.generated_tokens for r in results) / count
+    matched = min(NS, key=lambda n: abs(pool_tokens * n / max(NS) - generated))
+    return {"acc": round(sum(is_equiv(r.answer, p.answer)
+                             for r, p in zip(results, problems, strict=True)) / count, 4),
+            "generated_tokens_per_problem": round(generated, 1),
+            "forward_tokens_per_problem": round(sum(r.usage.forward_tokens
+                                                    for r in results) / count, 1),
+            "scorer_tokens_per_problem": round(sum(r.usage.scorer_tokens
+                                                   for r in results) / count, 1),
+            "matched_n": matched, "seconds": round(seconds, 1)}
+
+
+def beam_table(level: int, figures: dict) -> str:
+    acc = figures["acc"]
+    rows = [f"arith:{level}, PRM beam search (2 kept) vs the pool at matched policy tokens",
+            f"{'width':>6}{'acc':>8}{'gen tok':>9}{'all tok':>9}{'N':>4}{'bon orm':>9}"
+            f"{'bon prm':>9}{'wbon orm':>10}{'maj':>7}"]
+    for width, b in figures["beam"].items():
+        n = b["matched_n"]
+        rows.append(f"{width:>6}{b['acc']:>8.3f}{b['generated_tokens_per_problem']:>9.1f}"
+                    f"{b['forward_tokens_per_problem'] + b['scorer_tokens_per_problem']:>9.1f}"
+                    f"{n:>4}{acc[f'bon@{n} orm']:>9.3f}{acc.get(f'bon@{n} prm', float('nan')):>9.3f}"
+                    f"{acc[f'wbon@{n} orm']:>10.3f}{acc[f'maj@{n}']:>7.3f}")
+    return "\n".join(rows)
+
+
 def table(level: int, figures: dict) -> str:
     acc = figures["acc"]
     prm = f", PRM AUROC {figures['prm_auroc']:.3f}" if figures["prm_auroc"] is not None else ""
@@ -155,6 +196,8 @@ def main() -> None:
                         help="training problems for the process verifier (0: no PRM)")
     parser.add_argument("--rollouts", type=int, default=RECIPES["smollm2-arith-prm"]["rollouts"],
                         help="the PRM's Monte Carlo completions per step prefix")
+    parser.add_argument("--beam-widths", default="8,16",
+                        help="PRM beam search widths, comma-separated (empty: none)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     engine = HFEngine("smollm2-135m", threads=args.threads)
@@ -186,8 +229,14 @@ def main() -> None:
     figures.setdefault("orm_val_auroc", orm.card.metrics.get("val_auroc"))
     per_level = {}
     for level in (int(x) for x in args.levels.split(",")):
-        per_level[level] = evaluate_level(engine, orm, prm, level, args)
-        print(table(level, per_level[level]), flush=True)
+        per_level[level] = figures_of = evaluate_level(engine, orm, prm, level, args)
+        print(table(level, figures_of), flush=True)
+        if prm and args.beam_widths:
+            figures_of["beam"] = {
+                width: beam_search(engine, prm, level, width, args,
+                                   figures_of["policy_tokens_per_problem_at_16"])
+                for width in (int(x) for x in args.beam_widths.split(","))}
+            print(beam_table(level, figures_of), flush=True)
     one = per_level[min(per_level)]["acc"]
     figures |= {
         "orm_auroc": per_level[min(per_level)]["orm_auroc"],
@@ -198,6 +247,7 @@ def main() -> None:
         "bon16_confidence_acc": one["bon@16 confidence"], "pass16": one["pass@16"],
         "prm_auroc": per_level[min(per_level)]["prm_auroc"],
         "bon16_prm_acc": one.get("bon@16 prm"),
+        "beam_prm_acc": {w: b["acc"] for w, b in per_level[min(per_level)].get("beam", {}).items()},
         "levels": per_level,
     }
     print(json.dumps(figures))
