@@ -219,9 +219,9 @@ def test_pooled_rows_add_the_mean_and_maximum_of_the_response_states(engine, tmp
 
 
 def test_pooling_is_for_a_probe_and_named_ones_only():
-    # By default an outcome probe pools (measured); a process probe and LoRA do not.
-    assert VerifierConfig().pool == "mean-max"
-    assert VerifierConfig(kind="process").pool == VerifierConfig(head="lora").pool == "none"
+    # By default a probe pools (measured for both kinds); LoRA does not.
+    assert VerifierConfig().pool == VerifierConfig(kind="process").pool == "mean-max"
+    assert VerifierConfig(head="lora").pool == "none"
     assert VerifierConfig(pool="none").pool == "none"
     with pytest.raises(ValueError, match="pool must be one of"):
         VerifierConfig(pool="sum")

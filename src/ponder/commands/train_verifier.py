@@ -43,7 +43,7 @@ RECIPES = {
                                "epochs": 4},
     "smollm2-arith-prm": {"task": "arith-train:1", "model": DEFAULT_MODEL, "prompt": "plain",
                           "limit": 200, "samples": 8, "temperature": 0.8, "max_tokens": 64,
-                          "kind": "process", "rollouts": 4, "seed": 0},
+                          "kind": "process", "rollouts": 4, "pool": "mean-max", "seed": 0},
 }
 
 
@@ -92,7 +92,7 @@ def register(sub) -> None:
                        help="probe: also read the mean and maximum of the response's hidden "
                             "states, beside the state where the verdict is read (how the "
                             "answer was reached, not only the answer). Default: mean-max for "
-                            "an outcome probe, none for a process one or LoRA")
+                            "a probe, none for LoRA")
     model.add_argument("--rollouts", type=int, default=None,
                        help="process labels: completions per step prefix (default 4)")
     model.add_argument("--head", choices=["probe", "lora"], default=None,

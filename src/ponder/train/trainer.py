@@ -47,8 +47,8 @@ class VerifierConfig:
     kind: str = "outcome"  # or "process"
     reads: str = "answer"  # the (last step's) verdict at the final answer ("answer") or "end"
     # "mean-max": a probe's rows add the response's pooled states (scorers.backbone); None:
-    # mean-max for an outcome probe (best-of-16 0.78 against 0.66-0.67 on the bundled model's
-    # held-out arith, docs/verifiers.md), none otherwise (not measured for process labels).
+    # mean-max for a probe (held-out best-of-16 on the bundled model's arith: ORM 0.78 against
+    # 0.66-0.67, PRM 0.69 against 0.64; docs/verifiers.md), none for LoRA.
     pool: str | None = None
     rollouts: int = 4  # process labels: completions per step prefix
     head: str = "probe"  # or "lora": adapt the backbone's top layers (scorers.adapted)
@@ -68,7 +68,7 @@ class VerifierConfig:
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.pool is None:  # frozen: the resolved default is set once, here
-            default = "mean-max" if self.kind == "outcome" and self.head == "probe" else "none"
+            default = "mean-max" if self.head == "probe" else "none"
             object.__setattr__(self, "pool", default)
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
