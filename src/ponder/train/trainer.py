@@ -74,7 +74,8 @@ class VerifierConfig:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
         if self.pool != "none" and self.head != "probe":
             raise ValueError(f"pool={self.pool!r} adds features for a probe; a {self.head} head "
-                             "reads the backbone's positions itself: use pool='none'")
+                             "reads the backbone's positions itself: use pool 'none' "
+                             "(--pool none)")
         for option in ("samples", "rollouts", "lora_layers", "lora_rank", "epochs"):
             if getattr(self, option) < 1:
                 raise ValueError(f"{option} must be >= 1, got {getattr(self, option)}")
