@@ -196,12 +196,27 @@ def test_the_panel_matmul_multiplies_as_f_linear_does(cols, bias):
     b = torch.randn(cols, generator=g) if bias else None
     panels = kernel.pack(weight)
     assert panels.shape == (-(-cols // 32), 100, 32)
-    for rows in [*range(1, 20), 64]:  # every block of 8, 4, 2 and 1 rows, and their mixes
+    # Every block of 8, 4, 2 and 1 rows and their mixes, down the panel (1-8 rows, 161 on)
+    # and by chunks (9-160: 96 of the depth of 100, then 4; groups of 64 rows, then the rest).
+    for rows in [*range(1, 20), 64, 77, 160, 161]:
         x = torch.randn(rows, 103, generator=g)[:, :100]  # rows 103 floats apart
         torch.testing.assert_close(kernel.matmul(x, panels, cols, b),
                                    torch.nn.functional.linear(x, weight, b))
     empty = kernel.matmul(torch.empty(0, 100), panels, cols, b)
     assert empty.shape == (0, cols)
+
+
+@needs_matmul
+def test_a_row_of_the_panel_matmul_is_the_same_whatever_rows_share_the_call():
+    """Bit for bit, down the panel or by chunks: a sample's numbers (and so its draws) must
+    not depend on how many other samples share its decode step."""
+    g = torch.Generator().manual_seed(7)
+    weight, bias = torch.randn(70, 300, generator=g), torch.randn(70, generator=g)
+    panels = kernel.pack(weight)
+    x = torch.randn(200, 300, generator=g)
+    alone = torch.cat([kernel.matmul(x[i:i + 1], panels, 70, bias) for i in range(200)])
+    for rows in (2, 8, 9, 13, 32, 36, 64, 100, 160, 161, 200):
+        assert torch.equal(kernel.matmul(x[:rows], panels, 70, bias), alone[:rows]), rows
 
 
 @needs_matmul
