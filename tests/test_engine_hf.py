@@ -74,15 +74,67 @@ def test_prompts_that_start_alike_share_one_prefill_of_their_common_start(engine
     assert start >= 16  # the system prompt and the user turn's opening
     # The start went through the model once for the three chats: one forward call of its
     # own (batch 1, `start` positions), then every prompt's rest.
+    engine.start_cache.clear()  # the batches above fed this start: it is kept for reuse
+    fed = fed_to_the_model(engine, [GenerateRequest(p, SamplingParams(temperature=0,
+                                                                       max_tokens=1))
+                                    for p in (chats[0], RAW, chats[1], chats[2])])
+    raw = len(engine.tokenize(RAW))
+    assert fed[0] == (1, start)
+    assert fed[1] == (4, raw + sum(len(t) - start for t in tokens))
+
+
+def fed_to_the_model(engine, requests) -> list[tuple[int, int]]:
+    """(rows, tokens fed) of each forward call the engine makes for `requests`."""
     fed = []
     forward = kvlib.forward
     with patch.object(kvlib, "forward", lambda model, batch, ids, mask, *a, **k: (
             fed.append((batch.size, int(mask.sum()))) or forward(model, batch, ids, mask, *a, **k))):
-        engine.generate([GenerateRequest(p, SamplingParams(temperature=0, max_tokens=1))
-                         for p in (chats[0], RAW, chats[1], chats[2])])
-    raw = len(engine.tokenize(RAW))
-    assert fed[0] == (1, start)
-    assert fed[1] == (4, raw + sum(len(t) - start for t in tokens))
+        engine.generate(requests)
+    return fed
+
+
+def test_a_later_batch_with_the_same_start_takes_it_from_the_start_cache(engine):
+    """The common start one batch fed is not fed again by the next batch that shares
+    exactly it, and the samples are the same, bit for bit, as with it fed again."""
+    topics = ["the sea", "a robot", "bread", "chess", "winter"]
+    def batch(seed):
+        return [GenerateRequest([{"role": "user", "content": f"Write a poem about {t}."}],
+                                SamplingParams(n=2, temperature=0.8, max_tokens=8, seed=seed))
+                for t in topics]
+    engine.start_cache.clear()
+    fed_first = fed_to_the_model(engine, batch(1))
+    hits = engine.start_cache.hits
+    fed_again = fed_to_the_model(engine, batch(2))
+    assert engine.start_cache.hits == hits + 1
+    assert fed_first[0][0] == 1  # the start's forward of its own, then what the rows feed
+    assert fed_again == fed_first[1:]
+    from_cache = engine.generate(batch(3))
+    engine.start_cache.clear()
+    fed_anew = engine.generate(batch(3))
+    for c, f in zip(from_cache, fed_anew, strict=True):
+        assert ids(c) == ids(f)
+        assert [x.logprobs for x in c.completions] == [x.logprobs for x in f.completions]
+        assert c.usage.forward_tokens == f.usage.forward_tokens
+
+
+def test_the_start_cache_is_bounded_and_forgets_when_the_weights_change():
+    from ponder.engines.start_cache import StartCache
+
+    model = torch.nn.Linear(2, 2)
+    layers = ((torch.zeros(3, 10, 4), torch.zeros(3, 10, 4)),)  # 960 bytes
+    cache = StartCache(max_bytes=2000)
+    cache.put(model, [1, 2], layers)
+    cache.put(model, [1, 3], layers)
+    assert cache.get(model, [1, 2]) is layers  # now the most recently used
+    cache.put(model, [1, 4], layers)  # over the bound: the least recently used leaves
+    assert cache.get(model, [1, 3]) is None and len(cache) == 2 and cache.bytes == 1920
+    assert cache.get(model, [1]) is None  # exactly the start, never a shorter one
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert cache.get(model, [1, 2]) is None and len(cache) == 0
+    cache.put(model, [1, 2], layers)
+    model.double()  # moved: new tensors
+    assert cache.get(model, [1, 2]) is None
 
 
 def test_score_alone_equals_score_in_a_mixed_batch(engine):

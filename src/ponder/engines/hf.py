@@ -30,6 +30,7 @@ from ponder.engines.core.requests import (
     score_rows,
 )
 from ponder.engines.core.scheduler import run_decode
+from ponder.engines.start_cache import StartCache
 from ponder.models import DEFAULT_MODEL, dtype_name, load_model_and_tokenizer, resolve
 from ponder.sampling import self_certainty
 from ponder.types import (
@@ -87,6 +88,7 @@ class HFEngine:
         self.device = torch.device(device)
         self.max_batch_size = max_batch_size
         self.decode_steps = 0  # batched decode steps run so far (a server reports it)
+        self.start_cache = StartCache()  # common prompt starts fed before (start_cache.py)
         self.score_batch_tokens = score_batch_tokens
         if self.device.type == "cpu":
             keep_freed_memory()
@@ -100,6 +102,7 @@ class HFEngine:
     def close(self) -> None:
         """Drop the model so its memory can be freed (the engine is not used afterwards)."""
         self.model = None
+        self.start_cache.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -283,7 +286,8 @@ class _Run:
 
     def _shared_starts(self, jobs: list[_Job]) -> list[tuple[list[int], tuple]]:
         """Uncached prompts that start alike, grouped, each group's common start fed through the
-        model once: [(the group's rows, (the start's per-layer cache, its length))]. A group
+        model once (or taken from the engine's start_cache, where an earlier batch fed exactly
+        that start): [(the group's rows, (the start's per-layer cache, its length))]. A group
         is kept only when sharing saves enough to repay its own forward call. Each prompt keeps
         at least its last token to feed, for its own next-token logits."""
         rows = sorted((row for row, j in enumerate(jobs) if not j.cached),
@@ -302,14 +306,19 @@ class _Run:
                     continue
             groups.append([row])
             shared.append(len(ids) - 1)
-        out = []
+        out, model, cache = [], self.engine.model, self.engine.start_cache
         for group, length in zip(groups, shared, strict=True):
             if len(group) < 2 or (len(group) - 1) * length < MIN_SHARED_SAVING:
                 continue
-            ids = torch.tensor([jobs[group[0]].ids[:length]], device=self.device)
-            _, batch = kvlib.forward(self.engine.model, kvlib.KVBatch.empty(1, self.device),
-                                     ids, torch.ones_like(ids))
-            out.append((sorted(group), batch.row_cache(0)))
+            start = jobs[group[0]].ids[:length]
+            layers = cache.get(model, start)
+            if layers is None:
+                ids = torch.tensor([start], device=self.device)
+                _, batch = kvlib.forward(model, kvlib.KVBatch.empty(1, self.device), ids,
+                                         torch.ones_like(ids))
+                layers = batch.row_cache(0)[0]
+                cache.put(model, start, layers)
+            out.append((sorted(group), (layers, length)))
         return out
 
     def release(self, finished, keep: list[int]) -> None:
