@@ -1,5 +1,6 @@
 """The engine worker's gathering, per-job checks, strategy grouping and budget guard, on a
-fake engine that records its calls (no model, no HTTP)."""
+fake engine that records its calls (no model, no HTTP); and the order in which a round's
+short and long jobs run, on the real engine (no HTTP)."""
 
 import asyncio
 
@@ -166,3 +167,38 @@ def test_metered_engine_refuses_a_call_that_could_pass_the_budget():
     assert roomy.spent == 3 + 6
     with pytest.raises(LimitError):
         roomy.generate([request] * 2)  # 9 spent + 2 x 19 > 40
+
+
+def test_a_rounds_long_jobs_wait_for_its_short_ones_then_join_the_running_loop(engine):
+    """Short ones first (server.plain): a job that may generate 4x the tokens of the round's
+    shortest starts once the shorter ones are done, in the same engine call; one under 4x
+    runs with them."""
+    def job(tag, events, max_tokens):
+        return Job(tag, events, "Count slowly:", 10_000, True,
+                   params=SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True))
+
+    async def main():
+        worker = EngineWorker(engine, gather_seconds=0.05)
+        await worker.start()
+        events = asyncio.Queue()
+        # tag 0: long (24 >= 4 x 4); 1-3: short; 4: medium (12 < 16), not held.
+        for tag, max_tokens in enumerate([24, 4, 4, 4, 12]):
+            worker.submit(job(tag, events, max_tokens))
+        order, done = [], 0
+        try:
+            while done < 5:
+                tag, kind, data = await asyncio.wait_for(events.get(), 60)
+                order.append((tag, kind))
+                done += kind in ("done", "error")
+                if kind == "done":
+                    assert data.usage.generated_tokens == [24, 4, 4, 4, 12][tag]
+        finally:
+            await worker.stop()
+        return order, worker
+
+    order, worker = asyncio.run(main())
+    first_token = {tag: order.index((tag, "token")) for tag in (0, 4)}
+    shorts_done = [order.index((tag, "done")) for tag in (1, 2, 3)]
+    assert order.index((0, "started")) > max(shorts_done) and first_token[0] > max(shorts_done)
+    assert first_token[4] < min(shorts_done)
+    assert worker.batches == 1  # one engine call: the long job joined the running loop

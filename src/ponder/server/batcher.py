@@ -213,7 +213,7 @@ class EngineWorker:
 
     def _run_plain(self, jobs: list[Job]) -> None:
         run = PlainRun(self)
-        requests = run.requests(jobs)
+        requests = run.first_round(jobs) if self.can_admit else run.requests(jobs)
         try:
             if self.can_admit:
                 generations = self.engine.generate(requests, run.on_token,
@@ -224,7 +224,7 @@ class EngineWorker:
                     requests, run.on_token if streaming else None) if requests else []
         except Exception as exc:
             log.exception("engine.generate failed")
-            for job, _ in run.generating:
+            for job, _ in run.generating + run.waiting:
                 self.emit(job, "error", exc)
             return
         run.finish_all(generations)
