@@ -169,36 +169,45 @@ def test_metered_engine_refuses_a_call_that_could_pass_the_budget():
         roomy.generate([request] * 2)  # 9 spent + 2 x 19 > 40
 
 
-def test_a_rounds_long_jobs_wait_for_its_short_ones_then_join_the_running_loop(engine):
-    """Short ones first (server.plain): a job that may generate 4x the tokens of the round's
-    shortest starts once the shorter ones are done, in the same engine call; one under 4x
-    runs with them."""
-    def job(tag, events, max_tokens):
-        return Job(tag, events, "Count slowly:", 10_000, True,
-                   params=SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True))
-
+def run_round(engine, lengths: list[int]) -> tuple[list[tuple[int, str]], EngineWorker]:
+    """Streaming jobs of these max_tokens, arriving together, on the real engine: every
+    event's (tag, kind) in the order they came."""
     async def main():
         worker = EngineWorker(engine, gather_seconds=0.05)
         await worker.start()
         events = asyncio.Queue()
-        # tag 0: long (24 >= 4 x 4); 1-3: short; 4: medium (12 < 16), not held.
-        for tag, max_tokens in enumerate([24, 4, 4, 4, 12]):
-            worker.submit(job(tag, events, max_tokens))
+        for tag, max_tokens in enumerate(lengths):
+            worker.submit(Job(tag, events, "Count slowly:", 10_000, True, params=SamplingParams(
+                max_tokens=max_tokens, temperature=0, ignore_eos=True)))
         order, done = [], 0
         try:
-            while done < 5:
+            while done < len(lengths):
                 tag, kind, data = await asyncio.wait_for(events.get(), 60)
                 order.append((tag, kind))
                 done += kind in ("done", "error")
                 if kind == "done":
-                    assert data.usage.generated_tokens == [24, 4, 4, 4, 12][tag]
+                    assert data.usage.generated_tokens == lengths[tag]
         finally:
             await worker.stop()
         return order, worker
 
-    order, worker = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_rounds_long_jobs_wait_for_its_short_ones_then_join_the_running_loop(engine):
+    """Short ones first (server.plain): a job that may generate 4x the tokens of the round's
+    shortest starts once the shorter ones are done, in the same engine call; one under 4x
+    runs with them."""
+    # tag 0: long (24 >= 4 x 4); 1-3: short; 4: medium (12 < 16), not held.
+    order, worker = run_round(engine, [24, 4, 4, 4, 12])
     first_token = {tag: order.index((tag, "token")) for tag in (0, 4)}
     shorts_done = [order.index((tag, "done")) for tag in (1, 2, 3)]
     assert order.index((0, "started")) > max(shorts_done) and first_token[0] > max(shorts_done)
     assert first_token[4] < min(shorts_done)
     assert worker.batches == 1  # one engine call: the long job joined the running loop
+
+
+def test_long_jobs_as_many_as_the_short_ones_are_not_held(engine):
+    order, worker = run_round(engine, [24, 24, 4, 4])
+    short_done = min(order.index((tag, "done")) for tag in (2, 3))
+    assert all(order.index((tag, "token")) < short_done for tag in (0, 1))

@@ -8,12 +8,14 @@ went away, or whose deadline passed, leaves the batch at the next step.
 
 Short ones first: of the jobs that arrive together (one round), a job that may generate at
 least SHORT_FIRST_RATIO times the tokens of the round's shortest waits until the jobs
-shorter than it are done, then joins the running loop. Why: on a CPU a decode step costs
-about in proportion to its rows, so long jobs in the batch slow every short one down for
-all of its steps (bench_server's mixed load: 4 long and 32 short requests together), while
-held back they lose little: they wait for jobs of at most a 1/SHORT_FIRST_RATIO of their
-length, and then run in a smaller, faster batch. Only the round's own jobs wait, and only
-for the round's shorter jobs, so nothing waits on work that arrives later.
+shorter than it are done, then joins the running loop, where such long jobs are fewer
+(in samples) than the others. Why: on a CPU a decode step costs about in proportion to its
+rows, so a few long jobs in the batch slow many short ones down for all of their steps
+(bench_server's mixed load: 4 long and 32 short requests together), while held back they
+lose little: they wait for jobs of at most a 1/SHORT_FIRST_RATIO of their length, and
+then run in a smaller, faster batch. Where the long ones are as many, holding them would
+cost them more than it saves the short ones, so nothing waits. Only the round's own jobs
+wait, and only for the round's shorter jobs, so nothing waits on work that arrives later.
 """
 
 from __future__ import annotations
@@ -83,10 +85,12 @@ class PlainRun:
         module's docstring)."""
         checked = [(job, ids) for job in jobs if (ids := self._check(job)) is not None]
         sizes = [_tokens(job) for job, _ in checked]
-        generating = [size for size in sizes if size]
-        if not generating or max(generating) < SHORT_FIRST_RATIO * min(generating):
+        limit = SHORT_FIRST_RATIO * min(filter(None, sizes), default=0)
+        samples = [job.params.n for job, _ in checked]
+        long = sum(n for n, size in zip(samples, sizes, strict=True) if size >= limit > 0)
+        short = sum(n for n, size in zip(samples, sizes, strict=True) if 0 < size < limit)
+        if long == 0 or long >= short:
             return [r for job, ids in checked if (r := self._start(job, ids)) is not None]
-        limit = SHORT_FIRST_RATIO * min(generating)
         now = []
         for (job, ids), size in zip(checked, sizes, strict=True):
             if size >= limit:
