@@ -78,6 +78,14 @@ async def collect(events: asyncio.Queue, jobs: int) -> dict[int, list]:
     return seen
 
 
+async def settled(worker: EngineWorker) -> None:
+    """Until the worker's round is over: it counts a batch after its last job's answer."""
+    for _ in range(1000):
+        if not worker.busy:
+            return
+        await asyncio.sleep(0.01)
+
+
 def run_jobs(engine, make_jobs, **worker_options):
     async def main():
         worker = EngineWorker(engine, **worker_options)
@@ -85,9 +93,11 @@ def run_jobs(engine, make_jobs, **worker_options):
         events = asyncio.Queue()
         jobs = make_jobs(events)
         for job in jobs:
-            worker.submit(job)
+            worker.submit([job])
         try:
-            return await collect(events, len(jobs)), worker
+            seen = await collect(events, len(jobs))
+            await settled(worker)
+            return seen, worker
         finally:
             await worker.stop()
 
@@ -104,6 +114,69 @@ def test_jobs_arriving_together_share_one_engine_call_and_a_bad_one_fails_alone(
     for tag in (0, 1, 3, 4, 5):
         assert [k for k, _ in seen[tag]] == ["started", "done"]
     assert worker.batches == 1
+
+
+def test_a_request_refused_for_one_prompt_runs_none_of_its_prompts():
+    """A request is answered whole: one bad prompt refuses it, and its good prompts (checked
+    before or after the bad one) cost the engine nothing; other requests run."""
+    engine = FakeEngine()
+
+    def jobs(q):
+        request, other = object(), object()
+        return [Job(0, q, "a b c", 1000, False, params=SamplingParams(max_tokens=4),
+                    request=request),
+                Job(1, q, "BAD", 1000, False, params=SamplingParams(max_tokens=4),
+                    request=request),
+                Job(2, q, "d e", 1000, False, params=SamplingParams(max_tokens=4),
+                    request=request),
+                Job(3, q, "f g", 1000, False, params=SamplingParams(max_tokens=4),
+                    request=other)]
+
+    async def main():
+        worker = EngineWorker(engine, gather_seconds=0.05)
+        await worker.start()
+        events = asyncio.Queue()
+        made = jobs(events)
+        worker.submit(made[:3])
+        worker.submit(made[3:])
+        try:
+            # Job 1's error and job 3's answer; jobs 0 and 2 are never started.
+            seen = await collect(events, 2)
+            await settled(worker)
+            return seen
+        finally:
+            await worker.stop()
+
+    seen = asyncio.run(main())
+    assert engine.calls == [1]  # the other request alone
+    assert [k for k, _ in seen[1]] == ["error"] and seen[1][0][1].status == 400
+    assert [k for k, _ in seen[3]] == ["started", "done"]
+    assert 0 not in seen and 2 not in seen
+
+
+class FailingEngine(FakeEngine):
+    """Fails any engine call holding a request with top_k 7."""
+
+    def generate(self, requests, on_token=None):
+        if any(r.params.top_k == 7 for r in requests):
+            self.calls.append(len(requests))
+            raise RuntimeError("this request broke the engine call")
+        return super().generate(requests, on_token)
+
+
+def test_a_request_that_breaks_an_engine_call_fails_alone():
+    """The others of its call run again on their own and are answered; a job that already
+    streamed tokens is not run twice."""
+    engine = FailingEngine()
+
+    def jobs(q):
+        return [Job(i, q, "a b", 1000, False, params=SamplingParams(
+            max_tokens=4, top_k=7 if i == 1 else 0)) for i in range(3)]
+
+    seen, _ = run_jobs(engine, jobs, gather_seconds=0.05)
+    assert engine.calls == [3, 1, 1, 1]  # together, then each alone
+    assert seen[1][-1][0] == "error"
+    assert seen[0][-1][0] == seen[2][-1][0] == "done"
 
 
 def test_one_at_a_time_mode_makes_a_call_per_request():
@@ -177,8 +250,8 @@ def run_round(engine, lengths: list[int]) -> tuple[list[tuple[int, str]], Engine
         await worker.start()
         events = asyncio.Queue()
         for tag, max_tokens in enumerate(lengths):
-            worker.submit(Job(tag, events, "Count slowly:", 10_000, True, params=SamplingParams(
-                max_tokens=max_tokens, temperature=0, ignore_eos=True)))
+            worker.submit([Job(tag, events, "Count slowly:", 10_000, True, params=SamplingParams(
+                max_tokens=max_tokens, temperature=0, ignore_eos=True))])
         order, done = [], 0
         try:
             while done < len(lengths):
@@ -187,6 +260,7 @@ def run_round(engine, lengths: list[int]) -> tuple[list[tuple[int, str]], Engine
                 done += kind in ("done", "error")
                 if kind == "done":
                     assert data.usage.generated_tokens == lengths[tag]
+            await settled(worker)
         finally:
             await worker.stop()
         return order, worker

@@ -216,3 +216,87 @@ def test_a_request_past_its_deadline_gets_408_and_stops(server):
     after = wait_idle(server)
     assert after["deadline_exceeded"] == before["deadline_exceeded"] + 1
     assert after["decode_steps"] - before["decode_steps"] < 600
+
+
+# ---- values past what the engine holds --------------------------------------------------
+
+
+def test_values_past_what_the_engine_holds_are_refused_naming_the_field(server):
+    http = server.http()
+    for body, param in ((chat(top_k=2**63), "top_k"), (chat(temperature=10**400), "temperature"),
+                        (chat(min_p=-(10**400)), "min_p"),
+                        (chat(ponder={"strategy": "deepconf_online", "window": 2**63}),
+                         "ponder.window"),
+                        (chat(ponder={"strategy": "deepconf_online", "window": 1e308}),
+                         "ponder.window"),
+                        (chat(model="sc" + "9" * 5000 + ":" + MODEL), "model")):
+        r = http.post("/v1/chat/completions", content=json.dumps(body))
+        error = assert_json_error(r, 400)
+        assert error["param"] == param, error
+        assert len(error["message"]) < 600  # a hostile value is not echoed whole
+    # json.dumps escapes the lone surrogate as JSON allows ("\\ud800"); httpx's json= cannot.
+    r = http.post("/v1/chat/completions",
+                  content=json.dumps(chat(messages=[{"role": "user", "content": "a\ud800b"}])))
+    error = assert_json_error(r, 400)
+    assert error["param"] == "messages[0].content" and "surrogate" in error["message"]
+
+
+def test_a_hostile_request_in_a_batch_fails_no_one_else(server):
+    """A top_p so small it rounds to 0 in float32, and a temperature that would overflow the
+    logits, sample as their limits (the top token: greedy) instead of failing the engine call
+    they share with other requests."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    greedy = server.http().post("/v1/chat/completions", json=chat(max_tokens=6, temperature=0))
+    bodies = [chat(max_tokens=6, temperature=1.0, top_p=5e-324),
+              chat(max_tokens=6, temperature=1e-40), chat(max_tokens=6, top_k=2**31 - 1),
+              *[chat(max_tokens=6, seed=i) for i in range(3)]]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda b: server.http().post("/v1/chat/completions", json=b),
+                                bodies))
+    assert [r.status_code for r in answers] == [200] * len(bodies), [r.text for r in answers]
+    text = greedy.json()["choices"][0]["message"]["content"]
+    assert [r.json()["choices"][0]["message"]["content"] for r in answers[:2]] == [text, text]
+
+
+def test_a_huge_budget_header_means_the_servers_limit(server):
+    r = server.http().post("/v1/chat/completions", json=chat(),
+                           headers={"X-Ponder-Budget": "9" * 5000})
+    assert r.status_code == 200, r.text
+
+
+# ---- slow clients -------------------------------------------------------------------------
+
+
+def test_a_body_that_never_arrives_holds_no_slot_and_gets_408(server):
+    """Clients that send their headers and then only part of the body, as many as the server
+    has slots (--max-concurrent 16): others are still served at once, and the slow ones are
+    refused with a 408 once the body's time (the request deadline here) is up."""
+    import socket
+    from urllib.parse import urlparse
+
+    wait_idle(server)
+    url = urlparse(server.url)
+    slow = []
+    for _ in range(16):
+        s = socket.create_connection((url.hostname, url.port))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                  b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mo")
+        slow.append(s)
+    try:
+        r = server.http().post("/v1/chat/completions", json=chat(max_tokens=2))
+        assert r.status_code == 200, r.text
+        slow[0].settimeout(DEADLINE + 30)
+        answer = b""
+        while chunk := slow[0].recv(4096):  # to the end: the refusal closes the connection
+            answer += chunk
+        answer = answer.decode()
+        assert answer.startswith("HTTP/1.1 408"), answer[:200]
+        assert "body_timeout" in answer
+    finally:
+        for s in slow:
+            s.close()
+    time.sleep(0.5)
+    metrics = server.http().get("/metrics").text
+    assert 'status="500"' not in metrics  # a client that left is no server error

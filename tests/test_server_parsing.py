@@ -4,10 +4,11 @@ import pytest
 
 from ponder.server.errors import ApiError, LimitError
 from ponder.server.limits import Limits
-from ponder.server.responses import StopHoldback, chosen, jsonable, usage_json
+from ponder.server.responses import chosen, jsonable, usage_json
 from ponder.server.routing import route, split_model
 from ponder.server.schemas import parse_chat, parse_completion, parse_json
 from ponder.strategies import registry
+from ponder.streaming import StopHoldback
 from ponder.types import Candidate, Result, Usage
 
 SERVED = ("smollm2-135m",)

@@ -11,6 +11,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+# The largest top_k: more than any vocabulary, and within the int32 the engines' tensors hold.
+TOP_K_MAX = 2**31 - 1
+# Temperatures above 0 and below this sample greedily; top_p below TOP_P_FLOOR is raised to it
+# (why: SamplingParams.__post_init__).
+GREEDY_BELOW = 1e-5
+TOP_P_FLOOR = 1e-7
+
 # A prompt is raw text, chat messages ({"role", "content"} mappings, rendered with the
 # model's chat template), or token ids that are used exactly as given.
 Prompt = str | Sequence[Mapping[str, str]] | Sequence[int]
@@ -72,7 +79,8 @@ class Usage:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample. temperature 0 means greedy; top_k 0 and top_p 1 and min_p 0 mean off.
+    """How to sample. temperature 0 means greedy (so does any under 1e-5); top_k 0 and top_p 1
+    and min_p 0 mean off.
 
     logprobs: how many top log-probabilities (model, T=1) to return per generated token.
     stop: strings that end a completion; the text is cut before the first match.
@@ -99,6 +107,9 @@ class SamplingParams:
         _check_int("n", self.n, 1, "ask for at least one sample")
         _check_int("max_tokens", self.max_tokens, 1, "ask for at least one new token")
         _check_int("top_k", self.top_k, 0, "use 0 to turn top-k off")
+        if self.top_k > TOP_K_MAX:
+            raise ValueError(f"top_k must be at most {TOP_K_MAX} (more than any vocabulary; "
+                             f"0 turns top-k off), got {self.top_k}")
         _check_int("logprobs", self.logprobs, 0, "use 0 for none")
         if not _is_real(self.temperature) or self.temperature < 0:
             raise ValueError(
@@ -108,6 +119,15 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1] (1 turns it off), got {self.top_p!r}")
         if not _is_real(self.min_p) or not 0 <= self.min_p <= 1:
             raise ValueError(f"min_p must be in [0, 1] (0 turns it off), got {self.min_p!r}")
+        # The engines hold these in float32, where dividing logits by a temperature this
+        # small overflows to inf (and a smaller one rounds to 0), and a top_p this small
+        # rounds to 0 and keeps nothing. Neither floor changes a draw: under it every gap
+        # between float32 logits is already infinite (greedy, as vLLM also treats it), and
+        # a top_p under 1/vocabulary keeps the top token alone.
+        if 0 < self.temperature < GREEDY_BELOW:
+            object.__setattr__(self, "temperature", 0.0)
+        if self.top_p < TOP_P_FLOOR:
+            object.__setattr__(self, "top_p", TOP_P_FLOOR)
         if any(not isinstance(s, str) or s == "" for s in self.stop):
             raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
@@ -177,6 +197,11 @@ class GenerateRequest:
     should_stop: called after every sampled token as should_stop(sample_index, step) with a
         StepView; returning True ends that sample there (finish_reason "stopped") and it
         leaves the batch. Engines without the `early_stop` capability reject it.
+    abandoned: called between the chunks of a long prompt's prefill (the native engine feeds
+        a long prompt in chunks between decode steps); True: nobody wants this request's
+        answer any more (a server's client left, or its deadline passed), so the engine
+        feeds no more of it and ends it after one token. Advisory: engines that prefill at
+        once never call it.
     """
 
     prompt: Prompt | None = None
@@ -184,6 +209,7 @@ class GenerateRequest:
     state: SequenceState | None = None
     keep_state: bool = False
     should_stop: Callable[[int, StepView], bool] | None = field(default=None, compare=False)
+    abandoned: Callable[[], bool] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.state is None):

@@ -31,7 +31,6 @@ from ponder.server.metrics import tag_request
 from ponder.server.responses import (
     FINISH,
     Envelope,
-    StopHoldback,
     chosen,
     jsonable,
     plain_choices,
@@ -48,6 +47,7 @@ from ponder.server.schemas import (
     parse_json,
     with_budget_header,
 )
+from ponder.streaming import StopHoldback
 from ponder.types import Usage
 
 log = logging.getLogger("ponder.server")
@@ -255,14 +255,15 @@ def as_api_error(exc: BaseException) -> ApiError:
 async def execute(plan: Plan, worker: EngineWorker, request: Request, seconds: float):
     events: asyncio.Queue = asyncio.Queue()
     deadline = time.monotonic() + seconds
+    request_token = object()
     jobs = [Job(i, events, prompt, plan.budget, plan.stream, params=plan.params,
                 strategy=plan.strategy, scorer=plan.scorer, question=plan.question,
                 output=plan.output if plan.output.wanted else None, options=plan.options,
-                deadline=deadline, seconds=seconds)
+                deadline=deadline, seconds=seconds, request=request_token,
+                own_budget=plan.own_budget)
             for i, prompt in enumerate(plan.prompts)]
     pending = Pending(jobs, events)
-    for job in jobs:
-        worker.submit(job)
+    worker.submit(jobs)
     env = Envelope(plan.endpoint, plan.model)
     try:
         await _until_done(pending.started(), request, deadline, seconds)

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ponder.server.errors import ApiError, LimitError, Stopped, deadline_error
-from ponder.server.jobs import Job
+from ponder.server.jobs import Job, whole_requests
 from ponder.server.limits import over_budget, over_context
 from ponder.server.logprobs import detailed
 from ponder.server.metered import MeteredEngine
@@ -116,11 +116,13 @@ class EngineWorker:
     def decode_steps(self) -> int | None:
         return getattr(self.engine, "decode_steps", None)
 
-    def submit(self, job: Job) -> None:
+    def submit(self, jobs: list[Job]) -> None:
+        """A request's jobs (one per prompt), queued in one step: the engine thread, taking
+        jobs to join its running loop, then never takes part of a request."""
         if not self.alive:
             raise ApiError(503, "the engine worker is not running", type="server_error",
                            code="unavailable")
-        self._waiting.append(job)
+        self._waiting.extend(jobs)  # one C call under the GIL: no thread sees it half done
         self._arrived.set()
 
     async def _serve(self) -> None:
@@ -131,7 +133,8 @@ class EngineWorker:
                 if self.gather_seconds and self.max_batch_requests > 1:
                     await asyncio.sleep(self.gather_seconds)
             jobs = []
-            while self._waiting and len(jobs) < self.max_batch_requests:
+            while self._waiting and (len(jobs) < self.max_batch_requests
+                                     or jobs[-1].sibling_of(self._waiting[0])):
                 job = self._waiting.popleft()
                 if self._wanted(job):
                     jobs.append(job)
@@ -154,15 +157,16 @@ class EngineWorker:
                 self.busy = False
 
     def _wanted(self, job: Job) -> bool:
-        """False for a job whose client left, or whose deadline passed while it waited
-        (that one is refused)."""
-        if job.cancelled:
-            self.cancelled += 1
-            log.info("request dropped from the queue: its client went away")
-            return False
+        """False for a job whose deadline passed while it waited (that one is refused), or
+        whose client left. The deadline is looked at first: a request the app gave up on at
+        its deadline is marked cancelled too, and counts as expired."""
         if job.expired():
             self.expired += 1
             self.emit(job, "error", deadline_error(job.seconds))
+            return False
+        if job.cancelled:
+            self.cancelled += 1
+            log.info("request dropped from the queue: its client went away")
             return False
         return True
 
@@ -207,11 +211,11 @@ class EngineWorker:
             return None
         if cost.tokens > job.budget:
             self.emit(job, "error", over_budget(what, cost.tokens, len(ids), job.budget,
-                                                options))
+                                                options, job.own_budget))
             return None
         return ids
 
-    def _run_plain(self, jobs: list[Job]) -> None:
+    def _run_plain(self, jobs: list[Job], alone: bool = False) -> None:
         run = PlainRun(self)
         requests = run.first_round(jobs) if self.can_admit else run.requests(jobs)
         try:
@@ -224,10 +228,22 @@ class EngineWorker:
                     requests, run.on_token if streaming else None) if requests else []
         except Exception as exc:
             log.exception("engine.generate failed")
-            for job, _ in run.generating + run.waiting:
-                self.emit(job, "error", exc)
+            self._after_failure(run, exc, alone)
             return
         run.finish_all(generations)
+
+    def _after_failure(self, run: PlainRun, exc: Exception, alone: bool) -> None:
+        """An engine call of several requests failed. Whatever one request did to it must not
+        fail the others: each request not yet answered, and that has streamed nothing (its
+        client would see tokens twice), runs again on its own; a failure alone is its own."""
+        answered = {id(run.generating[p][0]) for p in run.finished}
+        jobs = {id(job): job for job, _ in run.generating + run.waiting + run.detailed}
+        left = [job for key, job in jobs.items() if key not in answered and not job.stopped()]
+        for job in left:
+            if alone or len(left) == 1 or id(job) in run.streamed:
+                self.emit(job, "error", exc)
+            else:
+                self._run_plain([job], alone=True)
 
     def finish_detailed(self, items: list[tuple[Job, list[int], Generation | None]]) -> None:
         """Jobs that want logprobs or echo: score echoed prompts (one engine call for all of
@@ -262,14 +278,14 @@ class EngineWorker:
         from ponder.scorers.registry import make_scorer
         from ponder.types import Problem
 
-        ready = []
-        for job in jobs:
+        def passes(job: Job) -> list[int] | None:
             strategy = job.strategy
             options = cost_options(strategy, strategy.worst_case(1), job.options)
-            if self.check(job, strategy.worst_case, f"strategy {strategy.name!r}",
-                          options) is not None:
-                ready.append(job)
-                self.emit(job, "started")
+            return self.check(job, strategy.worst_case, f"strategy {strategy.name!r}", options)
+
+        ready = [job for job, _ids in whole_requests(jobs, passes)]
+        for job in ready:
+            self.emit(job, "started")
         if not ready:
             return
         plain = PlainRun(self) if self.can_admit else None
@@ -301,7 +317,7 @@ class EngineWorker:
             if plain is not None:
                 engine.finish_riders()
         for i, (job, error) in enumerate(zip(ready, errors, strict=True)):
-            if job.cancelled:
+            if job.cancelled and not job.expired():
                 self.cancelled += 1
                 log.info("strategy request cancelled by its client")
             elif error is not None:

@@ -98,7 +98,7 @@ def read_content(value: Any, where: str) -> str:
                       f"{kind(value)}", f"{where}.content", "invalid_type")
 
 
-def read_int(body, name, default, low=None, where=None):
+def read_int(body, name, default, low=None, where=None, high=None):
     value, where = body.get(name), where or name
     if value is None:
         return default
@@ -106,7 +106,9 @@ def read_int(body, name, default, low=None, where=None):
         raise bad_request(f"'{where}' must be an integer, got {kind(value)}", where,
                           "invalid_type")
     if low is not None and value < low:
-        raise bad_request(f"'{where}' must be >= {low}, got {value}", where)
+        raise bad_request(f"'{where}' must be >= {low}, got {_number(value)}", where)
+    if high is not None and value > high:
+        raise bad_request(f"'{where}' must be <= {high}, got {_number(value)}", where)
     return value
 
 
@@ -114,11 +116,14 @@ def read_number(body, name, default, low, high, open_low=False):
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise bad_request(f"'{name}' must be a number, got {kind(value)}", name, "invalid_type")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise bad_request(f"'{name}' must be a finite number, got {value}", name, "invalid_type")
+    # Compared before any float(): an int too large for a float is simply out of range.
     if value > high or value < low or (open_low and value == low):
         interval = f"{'(' if open_low else '['}{low:g}, {high:g}]"
-        raise bad_request(f"'{name}' must be in {interval}, got {value}", name)
+        raise bad_request(f"'{name}' must be in {interval}, got {_number(value)}", name)
     return float(value)
 
 
@@ -181,6 +186,12 @@ def read_ponder(value: Any) -> dict[str, Any]:
         if v is not None:
             out[key] = v
     return out
+
+
+def _number(value: int | float) -> str:
+    """A number as an error repeats it: a hostile one of thousands of digits stays short."""
+    text = str(value)
+    return text if len(text) <= 40 else f"an integer of {len(text.lstrip('-'))} digits"
 
 
 def kind(value: Any) -> str:

@@ -1,13 +1,17 @@
 """What one request may ask for, and the gate every request passes first.
 
-The gate is plain ASGI middleware so it runs before any body is read: it checks the API
-key (constant-time), the concurrency limit (429) and the declared body size. The body's
-actual size is checked again while it is read (`read_body`), since Content-Length can be
-missing (chunked uploads) or wrong.
+The gate is plain ASGI middleware so it runs before any route: it checks the API key
+(constant-time) and the declared body size, then reads a POST's body whole, refusing it as
+soon as it grows past the limit (Content-Length can be missing, for chunked uploads, or
+wrong) or when it has not all arrived within BODY_SECONDS (408), and only then takes one
+of the concurrency slots (429 when none is free). Why in that order: a client that sends
+its body slowly, or never finishes it, then holds a connection for at most BODY_SECONDS and
+never a slot, so a few such clients cannot lock everyone else out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from dataclasses import dataclass, fields
@@ -60,6 +64,13 @@ class Counters:
         self.rejected = 0
 
 
+# How long a request's body may take to arrive (1 MB at ~35 kB/s); the request's own
+# deadline (max_request_seconds) when that is shorter.
+BODY_SECONDS = 30.0
+# How much of a body over the limit is read and dropped before the refusal goes out.
+DRAIN_BYTES = 16 << 20
+
+
 async def read_body(receive_stream, limit: int) -> bytes:
     """The whole body, refusing as soon as it grows past `limit` bytes."""
     parts, size = [], 0
@@ -94,6 +105,10 @@ class Gate:
         # Only generation requests take a slot; /health and /v1/models stay answerable.
         counted = scope["method"] == "POST"
         if counted:
+            body = await self._body(receive, send)
+            if body is None:  # refused, or the client left while sending it
+                return
+            receive = _replay(body, receive)
             if self.counters.in_flight >= self.limits.max_concurrent:
                 self.counters.rejected += 1
                 return await _send_error(send, LimitError(
@@ -107,6 +122,38 @@ class Gate:
             if counted:
                 self.counters.in_flight -= 1
                 self.counters.served += 1
+
+    async def _body(self, receive, send) -> bytes | None:
+        """The whole body, or None once a refusal is sent (too large, or too slow: 408) or the
+        client has gone. A body found too large is read on, and dropped, up to DRAIN_BYTES
+        within its time, so the client that is still sending it reads the refusal instead of
+        a reset connection."""
+        seconds = min(BODY_SECONDS, self.limits.max_request_seconds)
+        parts, size, error = [], 0, None
+        try:
+            async with asyncio.timeout(seconds):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.limits.max_body_bytes and error is None:
+                        error, parts = body_too_large(self.limits.max_body_bytes), []
+                    if error is None:
+                        parts.append(chunk)
+                    if not message.get("more_body", False) or size > DRAIN_BYTES:
+                        break
+        except TimeoutError:
+            error = error or ApiError(408, f"the request body did not arrive within "
+                                      f"{seconds:g} s (it had {size} bytes); send the whole "
+                                      "body at once", type="invalid_request_error",
+                                      code="body_timeout")
+        if error is None:
+            return b"".join(parts)
+        self.counters.rejected += 1
+        await _send_error(send, error)
+        return None
 
     def _check_key(self, headers: dict[str, str]) -> ApiError | None:
         if self.api_key is None:
@@ -132,6 +179,21 @@ class Gate:
         return None
 
 
+def _replay(body: bytes, receive):
+    """An ASGI receive that gives the body already read, then what the client sends next
+    (its disconnect, which the routes watch for)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
 async def _send_error(send, error: ApiError) -> None:
     payload = json.dumps(error.body()).encode()
     headers = [(b"content-type", b"application/json"),
@@ -144,19 +206,25 @@ async def _send_error(send, error: ApiError) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-def over_budget(what: str, tokens: int, prompt_tokens: int, budget: int,
-                options: dict[str, object]) -> LimitError:
-    """The 400 for a request whose worst case is over the per-request budget, naming the
-    options the cost grows with (and their values) so the user knows what to lower."""
+def over_budget(what: str, tokens: int, prompt_tokens: int | None, budget: int,
+                options: dict[str, object], own: bool = False) -> LimitError:
+    """The 400 for a request whose worst case is over its budget, naming the options the
+    cost grows with (and their values) so the user knows what to lower. prompt_tokens None:
+    checked before the prompt is tokenized (the cost without it). own: the budget is the
+    request's own (ponder.budget or X-Ponder-Budget), not the server's limit."""
     named = ", ".join(f"{k}={v}" for k, v in options.items())
     names = list(options) or ["max_tokens"]
     lower = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
     first = next(iter(options), "max_tokens")
-    return LimitError(
-        f"{what} may cost up to {tokens} tokens ({prompt_tokens} prompt tokens; {named}), over "
-        f"this server's budget of {budget} tokens per request (max_request_tokens, "
-        f"--max-request-tokens): lower {lower}",
-        param=first if first in ("n", "max_tokens") else f"ponder.{first}")
+    counted = ("before its prompt is counted" if prompt_tokens is None
+               else f"{prompt_tokens} prompt tokens")
+    whose = (f"this request's own budget of {budget} tokens (ponder.budget or the "
+             f"X-Ponder-Budget header): raise the budget, or lower {lower}" if own else
+             f"this server's budget of {budget} tokens per request (max_request_tokens, "
+             f"--max-request-tokens): lower {lower}")
+    param = first if first in ("n", "max_tokens") else f"ponder.{first}"
+    return LimitError(f"{what} may cost up to {tokens} tokens ({counted}; {named}), over {whose}",
+                      param="ponder.budget" if own else param)
 
 
 def over_context(prompt_tokens: int, longest: int, context: int, field: str) -> LimitError:

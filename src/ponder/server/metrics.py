@@ -97,14 +97,15 @@ class Metrics:
         just before its last byte goes out, so a client that has its answer sees it counted."""
         started = time.perf_counter()
         state = scope.setdefault("state", {})
-        seen: dict[str, Any] = {"status": 500, "stream": False, "first": None, "done": False}
+        seen: dict[str, Any] = {"status": None, "stream": False, "first": None, "done": False}
 
         def finish() -> None:
             if seen["done"]:
                 return
             seen["done"] = True
             name = state.get(STATE_KEY, UNKNOWN)
-            self.requests.labels(endpoint, name, str(seen["status"])).inc()
+            # No response at all: the client left before one (499, as nginx logs it).
+            self.requests.labels(endpoint, name, str(seen["status"] or 499)).inc()
             self.latency.labels(endpoint, name).observe(time.perf_counter() - started)
             if seen["first"] is not None:
                 self.ttft.labels(endpoint, name).observe(seen["first"] - started)
@@ -125,6 +126,9 @@ class Metrics:
 
         try:
             await app(scope, receive, watch)
+        except Exception:  # not a cancellation: that is the client leaving (499)
+            seen["status"] = seen["status"] or 500  # the app failed before answering
+            raise
         finally:
             finish()  # no last message went out (the client left, or the app failed)
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ponder.server.errors import deadline_error
-from ponder.server.jobs import Job
+from ponder.server.jobs import Job, whole_requests
 from ponder.strategies.cost import Cost, sampling_cost
 from ponder.types import GenerateRequest, Generation
 
@@ -78,12 +78,13 @@ class PlainRun:
         self.results: dict[int, Generation] = {}  # detailed jobs' generations, by position
         self.waiting: list[tuple[Job, list[int]]] = []  # held until the shorter ones are done
         self.shorter: set[int] = set()  # positions of the jobs they wait for
+        self.streamed: set[int] = set()  # ids of the jobs whose client has had tokens
 
     def first_round(self, jobs: list[Job]) -> list[GenerateRequest]:
         """The requests of jobs that arrived together: all of them, or, where admit() will be
         called (an engine with follow-ups), the short ones, the long ones held (see the
         module's docstring)."""
-        checked = [(job, ids) for job in jobs if (ids := self._check(job)) is not None]
+        checked = whole_requests(jobs, self._check)
         sizes = [_tokens(job) for job, _ in checked]
         limit = SHORT_FIRST_RATIO * min(filter(None, sizes), default=0)
         samples = [job.params.n for job, _ in checked]
@@ -103,11 +104,6 @@ class PlainRun:
                      len(self.waiting), len(now))
         return now
 
-    def enter(self, job: Job) -> GenerateRequest | None:
-        """Check a job in; its engine request, or None (refused, or nothing to generate)."""
-        ids = self._check(job)
-        return None if ids is None else self._start(job, ids)
-
     def _check(self, job: Job) -> list[int] | None:
         return self.worker.check(job, lambda tokens: plain_cost(job, tokens), "this request",
                                  {"n": job.params.n, "max_tokens": job.params.max_tokens})
@@ -120,10 +116,12 @@ class PlainRun:
             return None
         self.generating.append((job, ids))
         stop = (lambda _i, _v: job.stopped()) if self.worker.can_stop else None
-        return GenerateRequest(ids, job.params, should_stop=stop)
+        return GenerateRequest(ids, job.params, should_stop=stop, abandoned=job.stopped)
 
     def requests(self, jobs: list[Job]) -> list[GenerateRequest]:
-        return [r for r in map(self.enter, jobs) if r is not None]
+        """Check jobs in (a request whole or not at all); their engine requests."""
+        return [r for job, ids in whole_requests(jobs, self._check)
+                if (r := self._start(job, ids)) is not None]
 
     def admit(self) -> list[GenerateRequest]:
         """The round's held jobs once the shorter ones are done, then plain jobs waiting at
@@ -137,6 +135,7 @@ class PlainRun:
     def on_token(self, request: int, sample: int, _token: int, delta: str) -> None:
         job = self.generating[request - self.first][0]
         if job.stream and delta and not job.cancelled:
+            self.streamed.add(id(job))
             self.worker.emit(job, "token", (sample, delta))
 
     def follow_up(self, request: int, generation: Generation) -> list[GenerateRequest]:
@@ -149,13 +148,13 @@ class PlainRun:
             return
         self.finished.add(position)
         job, _ids = self.generating[position]
-        if job.cancelled:
+        if job.expired():  # first: the app marks a request it gave up on cancelled too
+            self.worker.expired += 1
+            self.worker.emit(job, "error", deadline_error(job.seconds))
+        elif job.cancelled:
             self.worker.cancelled += 1
             log.info("request cancelled by its client after %d generated tokens",
                      generation.usage.generated_tokens)
-        elif job.expired():
-            self.worker.expired += 1
-            self.worker.emit(job, "error", deadline_error(job.seconds))
         elif job.output is None or not job.output.wanted:
             self.worker.emit(job, "done", generation)
         else:

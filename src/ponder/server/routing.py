@@ -32,7 +32,8 @@ NUMBER_SETS = {"self_refine": "iterations"}
 # Strategies served on the plain-sampling path: one sample, real token streaming, batched.
 SINGLE_SAMPLE = {"greedy", "sample"}
 DEFAULT_SCORER = "mean_logprob"
-_PREFIX = re.compile(r"^([a-z][a-z_]*?)(\d+)?$")
+# At most 6 digits: a count past any limit reads as a clear 400, never a huge int().
+_PREFIX = re.compile(r"^([a-z][a-z_]*?)(\d{1,6})?$")
 
 
 @dataclass(frozen=True)
@@ -50,18 +51,25 @@ def split_model(model: str, served: tuple[str, ...]) -> tuple[str | None, int | 
         return None, None
     prefix, sep, base = model.partition(":")
     if not sep or base not in served:
-        raise ApiError(404, f"the model {model!r} is not served here; use {served[0]!r} or a "
+        raise ApiError(404, f"the model {_shown(model)} is not served here; use {served[0]!r} or a "
                        f"strategy prefix such as 'sc8:{served[0]}' (see GET /v1/models)",
                        param="model", code="model_not_found")
     match = _PREFIX.match(prefix.strip().lower().replace("-", "_"))
     if not match:
-        raise bad_request(f"cannot read the strategy prefix {prefix!r}: write NAME or NAME<N>, "
+        raise bad_request(f"cannot read the strategy prefix {_shown(prefix)}: write NAME or "
+                          f"NAME<N> (N of at most 6 digits), "
                           f"e.g. 'sc8:{served[0]}'", "model", "unknown_strategy")
     return match.group(1), int(match.group(2)) if match.group(2) else None
 
 
-def resolve_strategy(name: str) -> str:
-    """A prefix or registry name -> the registry's canonical name, or a clear 400."""
+def _shown(text: str, most: int = 60) -> str:
+    """A client's string as an error repeats it: cut short, so a hostile one stays small."""
+    return repr(text) if len(text) <= most else repr(text[:most]) + f"... ({len(text)} chars)"
+
+
+def resolve_strategy(name: str, param: str = "model") -> str:
+    """A prefix or registry name -> the registry's canonical name, or a clear 400 naming
+    `param` (where the name came from)."""
     key = name.strip().lower().replace("-", "_")
     for candidate in (*PREFIXES.get(key, ()), key):
         try:
@@ -70,10 +78,11 @@ def resolve_strategy(name: str) -> str:
             continue
     known = ", ".join(sorted(set(PREFIXES) | set(registry.STRATEGIES)))
     if key in PREFIXES:
-        raise bad_request(f"strategy {name!r} is not available in this build; available: "
-                          f"{', '.join(available_strategies())}", "model",
+        raise bad_request(f"strategy {_shown(name)} is not available in this build; available: "
+                          f"{', '.join(available_strategies())}", param,
                           "strategy_not_available")
-    raise bad_request(f"unknown strategy {name!r}; known: {known}", "model", "unknown_strategy")
+    raise bad_request(f"unknown strategy {_shown(name)}; known: {known}", param,
+                      "unknown_strategy")
 
 
 def available_strategies() -> list[str]:
@@ -92,7 +101,7 @@ def route(model: str, served: tuple[str, ...], ponder: dict[str, Any]) -> Route:
     scorer = options.pop("scorer", None)
     name = resolve_strategy(prefix) if prefix else None
     if asked is not None:
-        other = resolve_strategy(asked)
+        other = resolve_strategy(asked, "ponder.strategy")
         if name is not None and other != name:
             raise bad_request(f"the model prefix asks for {name!r} but ponder.strategy asks "
                               f"for {other!r}: give one", "ponder.strategy", "conflict")

@@ -31,7 +31,7 @@ from ponder.server.routing import SINGLE_SAMPLE, Route, route
 from ponder.strategies import registry
 from ponder.strategies.budget import BudgetError
 from ponder.strategies.cost import cost_options
-from ponder.types import Prompt, SamplingParams
+from ponder.types import TOP_K_MAX, Prompt, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class Plan:
     budget: int
     output: Output = Output()
     options: tuple[str, ...] = ()  # the strategy options the request set
+    own_budget: bool = False  # the budget is the request's own, under the server's limit
 
     @property
     def plain(self) -> bool:
@@ -94,10 +95,11 @@ def with_budget_header(body: dict[str, Any], header: str | None) -> dict[str, An
     """The X-Ponder-Budget header as ponder.budget (the smaller one when both are given)."""
     if header is None:
         return body
-    try:
-        budget = int(header.strip())
-    except ValueError:
-        budget = 0
+    text = header.strip()
+    budget = 0
+    if text.isascii() and text.isdigit():
+        # Past 18 digits, more than any server's limit: the limit is what applies.
+        budget = int(text) if len(text) <= 18 else 10**18
     if budget < 1:
         raise bad_request(f"the X-Ponder-Budget header must be a positive integer (tokens), "
                           f"got {header[:40]!r}", "X-Ponder-Budget", "invalid_value")
@@ -125,7 +127,32 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise bad_request(f"the body must be a JSON object, got {kind(data)}",
                           code="invalid_json")
+    where = _lone_surrogate(data, "")
+    if where is not None:
+        raise bad_request(f"'{where}' is not valid Unicode: it holds a lone surrogate (a "
+                          "\\ud800-\\udfff escape without its pair); send whole characters",
+                          where, "invalid_text")
     return data
+
+
+def _lone_surrogate(value: Any, where: str) -> str | None:
+    """The path of the first string holding half a surrogate pair (JSON's \\ud800 escape
+    alone), which no tokenizer can encode; None when there is none. A loop, not recursion:
+    a body may nest as deep as the JSON parser allows."""
+    stack = [(value, where)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "body"
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                stack += [(item, f"{where}.{key}" if where else str(key)), (key, where)]
+        elif isinstance(value, list):
+            stack += [(item, f"{where}[{i}]") for i, item in reversed(list(enumerate(value)))]
+    return None
 
 
 def parse_chat(body: dict[str, Any], served: tuple[str, ...], limits: Limits) -> Plan:
@@ -210,7 +237,7 @@ def _plan(endpoint, body, prompts, question, tokens_field, served, limits: Limit
     sampling = {
         "temperature": read_number(body, "temperature", None, 0.0, 2.0),
         "top_p": read_number(body, "top_p", None, 0.0, 1.0, open_low=True),
-        "top_k": read_int(body, "top_k", None, low=0),
+        "top_k": read_int(body, "top_k", None, low=0, high=TOP_K_MAX),
         "min_p": read_number(body, "min_p", None, 0.0, 1.0),
         "seed": read_int(body, "seed", None),
     }
@@ -228,6 +255,7 @@ def _plan(endpoint, body, prompts, question, tokens_field, served, limits: Limit
     # server's per-request limit.
     budget = limits.max_request_tokens if asked is None else min(asked,
                                                                   limits.max_request_tokens)
+    own = asked is not None and asked < limits.max_request_tokens
     if max_tokens > limits.max_tokens:
         raise LimitError(f"{tokens_field}={max_tokens} is over this server's limit of "
                          f"{limits.max_tokens} new tokens per sample (max_tokens, --max-tokens)",
@@ -247,10 +275,10 @@ def _plan(endpoint, body, prompts, question, tokens_field, served, limits: Limit
         samples = params.n * len(prompts)
         _check_n(samples, limits, "n")
         if samples * max_tokens > budget:
-            raise over_budget("this request", samples * max_tokens, 0, budget,
-                              {"n": n, "max_tokens": max_tokens})
+            raise over_budget("this request", samples * max_tokens, None, budget,
+                              {"n": n, "max_tokens": max_tokens}, own)
         return Plan(endpoint, model, prompts, question, params, None, where.strategy, None,
-                    stream, include_usage, return_candidates, budget, output)
+                    stream, include_usage, return_candidates, budget, output, own_budget=own)
     if output.wanted or any(isinstance(p, tuple) for p in prompts):  # tuple: token ids
         field = ("echo" if output.echo else "logprobs") if output.wanted else "prompt"
         raise bad_request("log-probabilities, echo and token-id prompts are for plain sampling: "
@@ -279,11 +307,11 @@ def _plan(endpoint, body, prompts, question, tokens_field, served, limits: Limit
     except BudgetError as exc:
         raise LimitError(str(exc), param="ponder.budget") from None
     if cost.tokens > budget:
-        raise over_budget(f"strategy {strategy.name!r}", cost.tokens, 1, budget,
-                          cost_options(strategy, cost, tuple(where.options)))
+        raise over_budget(f"strategy {strategy.name!r}", cost.tokens, None, budget,
+                          cost_options(strategy, cost, tuple(where.options)), own)
     return Plan(endpoint, model, prompts, question, params, strategy, where.strategy,
                 where.scorer, stream, include_usage, return_candidates, budget,
-                options=tuple(where.options))
+                options=tuple(where.options), own_budget=own)
 
 
 

@@ -220,6 +220,7 @@ class OptionError(ValueError):
         self.option = option
 
 
+INT_OPTION_MAX = 2**31 - 1
 SAMPLING_TYPES = {"n": int, "max_tokens": int, "top_k": int, "seed": int, "temperature": float,
                   "top_p": float, "min_p": float}
 
@@ -234,8 +235,18 @@ def coerce_option(strategy: str, key: str, value: Any) -> Any:
     out = _coerce(kind, value)
     if out is None:
         raise OptionError(key, f"option {key!r} of strategy {strategy!r} must be "
-                               f"{_TYPE_WORDS[kind]}, got {value!r}")
+                               f"{_TYPE_WORDS[kind]}, got {_shown(value)}")
+    # Counts past 2**31 are no one's intent and overflow the C sizes they end up in (a
+    # window's deque, a tensor); a seed is any integer.
+    if kind is int and key != "seed" and abs(out) > INT_OPTION_MAX:
+        raise OptionError(key, f"option {key!r} of strategy {strategy!r} must be at most "
+                               f"{INT_OPTION_MAX} in size, got {_shown(value)}")
     return out
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + f"... ({len(text)} chars)"
 
 
 def _coerce(kind: type, value: Any) -> Any:
