@@ -34,7 +34,11 @@ from ponder.types import GenerateRequest, Generation
 
 class Runner(Protocol):
     """What the loop needs from a backend. Rows of `logits()` and of `step()` are the live
-    samples, in the loop's order: the backend keeps its per-row state in that order."""
+    samples, in the loop's order: the backend keeps its per-row state in that order.
+
+    Optionally `ready(job) -> bool` and `prepare(job)`: a job not ready (a long prompt) has
+    its prompt fed ahead, one chunk per prepare() call, between decode steps (see _Queue),
+    instead of in one prefill that would hold every live sample up."""
 
     max_positions: int
 
@@ -86,7 +90,7 @@ def run_decode(runner: Runner, requests: Sequence[GenerateRequest],
             if not (queue.pending or live):
                 break
             joining = queue.admit(live, [])
-            if not (live or joining):
+            if not (live or joining or queue.preparing):
                 raise RuntimeError(f"request {queue.pending[0].index} does not fit in the "
                                    "engine even alone (its prompt and max_tokens need more "
                                    "room than the batch or the KV cache has)")
@@ -123,11 +127,21 @@ def _finished(job: JobRecord) -> bool:
     return len(job.samples) == job.params.n and all(s.done for s in job.samples)
 
 
+# While samples decode, a long prompt (Runner.prepare) gets one chunk fed every this many
+# decode steps: the live samples keep most of the machine, and the prompt still advances.
+FEED_EVERY = 4
+
+
 class _Queue:
-    """Requests waiting for room, first come first served."""
+    """Requests waiting for room, first come first served; except that a request whose
+    prompt the runner feeds ahead in chunks (its optional `ready` and `prepare`) lets later
+    ones pass it until it is ready, and gets a chunk fed each iteration while nothing else
+    decodes, else every FEED_EVERY decode steps."""
 
     def __init__(self, runner: Runner, jobs: list[JobRecord]):
         self.runner, self.jobs, self.pending = runner, jobs, deque(jobs)
+        self.preparing = False  # a job was still being fed ahead at the last admit()
+        self.since_fed = FEED_EVERY  # iterations since a chunk was fed ahead
 
     def add(self, requests: Sequence[GenerateRequest]) -> None:
         """New requests joining a running loop take the next indices, in order."""
@@ -144,8 +158,22 @@ class _Queue:
         `live` (their logits come from it), those that join the next step are returned.
         With only_joins, stop at the first job that would need a prefill."""
         runner, new_joins = self.runner, []
-        while self.pending:
-            job = self.pending[0]
+        ready = getattr(runner, "ready", None)
+        if not only_joins:
+            self.since_fed += 1
+        self.preparing, fed, i = False, False, 0
+        while i < len(self.pending):
+            job = self.pending[i]
+            if ready is not None and not job.samples and not ready(job):
+                if only_joins:
+                    break
+                if not fed and (not live or self.since_fed >= FEED_EVERY):
+                    runner.prepare(job)  # one chunk an iteration at most
+                    fed, self.since_fed = True, 0
+                if not ready(job):
+                    self.preparing = True
+                    i += 1  # later requests may start meanwhile
+                    continue
             joins = runner.joins(job)
             if only_joins and not joins:
                 break
@@ -156,5 +184,5 @@ class _Queue:
             samples = runner.start(job, started, take)
             (new_joins if joins else live).extend(samples)
             if started + take == job.params.n:
-                self.pending.popleft()
+                del self.pending[i]
         return new_joins
