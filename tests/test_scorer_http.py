@@ -16,6 +16,7 @@ import json
 import pytest
 from ponder_server import Server
 
+from ponder.engines.openai_pool import ServerError
 from ponder.scorers.base import ScoreItem
 from ponder.scorers.registry import make_scorer
 from ponder.testing.random_models import build_qwen_prm  # also used by the vLLM test
@@ -112,7 +113,7 @@ def test_what_the_server_refuses_fails_clearly_without_retrying(prm_server, orm_
         wrong_key.close()
         no_steps.close()
     nobody = make_scorer("http-orm:http://127.0.0.1:9", max_retries=1, backoff=0.01)
-    with pytest.raises(RuntimeError, match="giving up after 2 attempts.*127.0.0.1:9"):
+    with pytest.raises(ServerError, match="giving up after 2 attempts.*127.0.0.1:9"):
         nobody.score(items(THREE))
     nobody.close()
 

@@ -9,6 +9,15 @@ import sys
 
 from ponder.openmp import wait_briefly
 
+EPILOG = """examples:
+  ponder models                                         what can be loaded
+  ponder generate "What is 12 + 35?"                    one sample, streamed
+  ponder eval --recipe demo --out runs.db               the main job on the bundled model
+  ponder run "What is 12 + 35?" --strategy sc --n 8     one question by self-consistency
+  ponder report runs.db --html report.html              tables, plots and a page of a store
+  ponder serve --api-key secret                         every strategy behind an OpenAI API
+"""
+
 # Order here is the order `ponder --help` lists them.
 COMMANDS = ["generate", "run", "eval", "sweep", "report", "models", "rescore", "serve",
             "train-verifier"]
@@ -19,11 +28,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ponder",
         description="Inference-time scaling for LLM reasoning: spend more compute at inference "
         "to get better answers. Run `ponder COMMAND --help` for each command.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"ponder {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"ponder.commands.{name.replace('-', '_')}").register(sub)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ponder")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "(not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except ValueError as exc:  # bad input the user can fix: no traceback
+    except (ValueError, OSError, ImportError) as exc:
+        # Bad input, a path that cannot be read or written, an optional engine not installed,
+        # a server that cannot be reached: each a message to act on, not a traceback.
         print(f"ponder {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -97,9 +97,11 @@ def strategy_names() -> str:
                          "prompt style).", 88)
 
 
-def add_strategy_args(p: argparse.ArgumentParser, multi: bool = False) -> None:
+def add_strategy_args(p: argparse.ArgumentParser, multi: bool = False,
+                      stored: bool = True) -> None:
     """Strategy, prompt and sampling flags (`run`, `eval`, `sweep`); unset flags are None
-    so the strategy's (or the recipe's) defaults apply."""
+    so the strategy's (or the recipe's) defaults apply. stored: the command stores runs
+    (so --label names them)."""
     g = p.add_argument_group("strategy")
     g.add_argument("--strategy", help="a strategy name (see below), e.g. greedy, cot, sc"
                    + ("; a comma list runs each (sampling flags then apply to the "
@@ -115,7 +117,8 @@ def add_strategy_args(p: argparse.ArgumentParser, multi: bool = False) -> None:
     g.add_argument("--iterations", type=int, help="self_refine rounds (default 2)")
     g.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
                    help="any other strategy option, e.g. -o alpha=4 (repeatable)")
-    g.add_argument("--label", help="a name for the run in tables")
+    if stored:
+        g.add_argument("--label", help="a name for the run in tables")
     s = p.add_argument_group("sampling (default: the strategy's own)")
     s.add_argument("--n", type=int, help="samples per problem")
     s.add_argument("--temperature", type=float, help="0 = greedy")
@@ -168,7 +171,8 @@ def greedy(strategy: str) -> bool:
 def add_task_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     task = p.add_argument_group("task")
     task.add_argument("--task", required=required,
-                      help="arith, arith:1..3, math500, gsm8k, aime24, amc23 or a .jsonl")
+                      help="arith, arith:1..3, arith-train:1..3 (arith's training split), "
+                           "math500, gsm8k, aime24, amc23, humaneval or a .jsonl")
     task.add_argument("--limit", type=int, help="first N problems (after filters and shuffle)")
     task.add_argument("--levels", help="comma list of levels to keep (math500, arith)")
     task.add_argument("--subjects", help="comma list of subjects to keep (math500)")

@@ -7,11 +7,13 @@ import json
 import sys
 
 from ponder.commands._common import add_engine_args, engine_config_from_args
+from ponder.streaming import StopHoldback
 
 EPILOG = """examples:
   ponder generate "What is 12 + 35?"                       greedy-ish chat answer, streamed
   ponder generate "What is 12 + 35?" --n 4 --temperature 0.8 --seed 1
-  ponder generate "Q: What is 2 + 3?\\nA:" --raw --temperature 0 --stop "\\n"
+  ponder generate $'Q: What is 2 + 3?\\nA:' --raw --temperature 0 --stop $'\\n'
+                                      (bash's $'...' turns \\n into a newline; "\\n" does not)
   ponder generate "Hi" --json                               one JSON object per completion
 """
 
@@ -41,9 +43,12 @@ def run(args: argparse.Namespace) -> int:
     prompt = args.prompt if args.raw else [{"role": "user", "content": args.prompt}]
     engine = build_engine(engine_config_from_args(args))
     stream = params.n == 1 and not args.json
+    # The engine streams a token's text before it sees that it completes a stop string;
+    # hold back what a stop string may still cut, as the final text is cut.
+    held = StopHoldback(params.stop)
 
     def on_token(_request, _sample, _token, delta):
-        sys.stdout.write(delta)
+        sys.stdout.write(held.push(delta))
         sys.stdout.flush()
 
     [generation] = engine.generate([GenerateRequest(prompt, params)],
@@ -55,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                               "seed": c.seed}))
             continue
         if stream:
-            print()
+            print(held.finish(c.text))
         else:
             print(f"--- sample {i}")
             print(c.text)

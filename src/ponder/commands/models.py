@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+EPILOG = """examples:
+  ponder models                            the bundled models (installed, converted) and the
+                                           shipped verifiers
+  ponder models --json                     the same as one JSON object
+  ponder generate hi --model NAME          use one of them (or an HF folder, .gguf, hub id)
+  ponder eval --task arith:1 --strategy bon --n 8 --scorer verifier:smollm2-135m-arith-orm
+"""
+
 
 def register(sub) -> None:
     p = sub.add_parser("models", help="list loadable models and shipped verifiers",
@@ -13,7 +21,8 @@ def register(sub) -> None:
                                    "verifier:NAME). Besides these, --model takes any HF model "
                                    "folder, a .gguf file, or a hub id (loaded by transformers "
                                    "where the hub is reachable), and --scorer verifier:FOLDER "
-                                   "any folder `ponder train-verifier` made.")
+                                   "any folder `ponder train-verifier` made.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true",
                    help='print one JSON object: {"models": [...], "verifiers": [...]}')
     p.set_defaults(func=run)

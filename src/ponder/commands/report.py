@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 EPILOG = """\
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ponder.eval.report import format_table, summarize_store
     from ponder.eval.store import Store
 
+    _check_outputs(args)
     with Store(args.store, read_only=True) as store:
         summaries = summarize_store(store, args.run)
         done = {s.run_id: s for s in summaries}  # computed once for every output
@@ -56,6 +58,21 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"wrote {write_html(args.store, args.html, done)}", file=sys.stderr)
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Where --png and --html write, made ready (folders created) before any work, so a bad
+    path fails first, with a message."""
+    if args.png:
+        if Path(args.png).exists() and not Path(args.png).is_dir():
+            raise ValueError(f"--png {args.png}: that is a file; give a folder for the plots "
+                             "(it is created when missing)")
+        Path(args.png).mkdir(parents=True, exist_ok=True)
+    if args.html:
+        if Path(args.html).is_dir():
+            raise ValueError(f"--html {args.html}: that is a folder; give a file name, e.g. "
+                             f"{Path(args.html) / 'report.html'}")
+        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _write_pngs(store: Any, folder: str, summaries: dict) -> None:

@@ -159,7 +159,8 @@ def _read(args: argparse.Namespace, methods: tuple[str, ...]) -> tuple[list[_Lin
     else:
         path = Path(args.file)
         if not path.is_file():
-            raise ValueError(f"no such file: {args.file}")
+            what = "is a folder; give a .jsonl file" if path.is_dir() else "no such file"
+            raise ValueError(f"{args.file}: {what}")
         text = path.read_text("utf-8", errors="replace")
     lines: list[_Line] = []
     skipped = 0

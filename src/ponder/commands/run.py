@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
                        "the chosen answer, the vote table (voting strategies) or the scored "
                        "candidates, and the compute used.", epilog=EPILOG)
     p.add_argument("question", help="the question, rendered with --prompt")
-    add_strategy_args(p)
+    add_strategy_args(p, stored=False)  # nothing stored: no --label
     add_engine_args(p)
     p.add_argument("-v", "--verbose", action="store_true", help="print every candidate's text")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -85,14 +85,18 @@ def _print_result(result, verbose: bool) -> None:
     print(f"answer: {result.answer}")
     if votes:
         print("votes:")
-        width = max(len(str(v["answer"])) for v in votes)
+        # Voters without an answer: where only some candidates vote (RSA's last population),
+        # the trace says how many voted.
+        voters = result.trace.get("voters")
+        abstained = (voters - sum(v["votes"] for v in votes) if voters is not None
+                     else sum(c.answer is None for c in result.candidates))
+        width = max([len(str(v["answer"])) for v in votes] + [len("(no answer)")] * bool(abstained))
         weighted = any(v["weight"] != v["votes"] for v in votes)
         for v in votes:
             print(f"  {str(v['answer']):<{width}}  {v['votes']:3d} vote(s)"
                   + (f"  weight {v['weight']:.4f}" if weighted else ""))
-        abstained = len(result.candidates) - sum(v["votes"] for v in votes)
         if abstained:
-            print(f"  (no answer)  {abstained:3d}")
+            print(f"  {'(no answer)':<{width}}  {abstained:3d} voter(s) gave none")
     elif len(result.candidates) > 1:
         chosen = result.chosen
         print("candidates:")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import os
+import socket
 import sys
 
 from ponder.commands._common import add_engine_args
@@ -112,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         from ponder.scorers.registry import make_scorer
 
         make_scorer(reward_spec)  # a wrong style or name fails here, before the model loads
+    # Before the model loads: a port in use fails at once, with a message.
+    _check_port(args.host, args.port)
     if not args.api_key and not _loopback(args.host):
         print(f"ponder serve: warning: {args.host} is reachable from other machines and no "
               "--api-key is set", file=sys.stderr)
@@ -135,6 +139,18 @@ def run(args: argparse.Namespace) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=5)
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """ValueError where uvicorn could not listen on host:port (checked by listening there a
+    moment, as it will)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        socket.create_server((host, port), family=family).close()
+    except OSError as exc:
+        why = ("is in use (another server?); pick another --port"
+               if exc.errno == errno.EADDRINUSE else f"cannot be listened on: {exc.strerror}")
+        raise ValueError(f"{host}:{port} {why}") from None
 
 
 def operator_scorers(items: list[str]) -> dict[str, str]:

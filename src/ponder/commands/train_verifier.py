@@ -15,7 +15,8 @@ EPILOG = """examples:
                                                              made again
   ponder train-verifier --kind process --rollouts 4 --out verifiers/arith-prm
   ponder train-verifier --recipe smollm2-arith-prm           the process verifier measured in
-                                                             docs/verifiers.md (12-17 min here)
+                                                             docs/verifiers.md (~7 min on a
+                                                             2-core AMD EPYC, 12-17 on a Xeon)
   ponder train-verifier --head lora --out verifiers/arith-orm-lora
                                                              LoRA on the top layers instead of
                                                              a probe (slower to train)

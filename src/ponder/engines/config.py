@@ -59,6 +59,8 @@ class EngineConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value!r}")
+        if self.device is not None:
+            _check_device(self.device)
         if self.engine == "openai" and not self.base_urls:
             raise ValueError("--engine openai needs --base-url URL[,URL...], e.g. "
                              "--base-url http://127.0.0.1:8000/v1 (start one with `ponder serve`)")
@@ -78,6 +80,20 @@ class EngineConfig:
         if unknown:
             raise ValueError(f"unknown engine option(s) {unknown}; known: {', '.join(known)}")
         return cls(**{k: v for k, v in options.items() if v is not None})
+
+
+def _check_device(device: str) -> None:
+    """A clear error for a device this torch cannot use, before any model loads."""
+    import torch
+
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda (cuda:N for one GPU), got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        why = ("this torch is a CPU build" if torch.version.cuda is None
+               else "torch sees no CUDA GPU here")
+        raise ValueError(f"--device {device}: {why}; use --device cpu, or on a machine with an "
+                         "NVIDIA GPU install a CUDA build of torch (scripts/install.sh does)")
 
 
 def build_engine(config: EngineConfig):

@@ -24,8 +24,10 @@ import httpx
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
-class ServerError(RuntimeError):
-    """A server kept failing (or could not be reached) after every retry."""
+class ServerError(ConnectionError):
+    """A server kept failing (or could not be reached) after every retry, or answered with
+    something that is not an answer. An OSError, as a failed connection is: the CLI reports
+    it as a message, not a traceback."""
 
 
 class ServerTimeout(ServerError, TimeoutError):

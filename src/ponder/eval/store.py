@@ -142,7 +142,8 @@ class Store:
     def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
         if read_only and not self.path.is_file():
-            raise ValueError(f"no such run store: {self.path}")
+            raise ValueError(f"{self.path} is a folder, not a run store (a .db file)"
+                             if self.path.is_dir() else f"no such run store: {self.path}")
         if not read_only and self.path.parent and not self.path.parent.is_dir():
             raise ValueError(f"the folder of {self.path} does not exist")
         if self.path.is_dir():

@@ -89,6 +89,7 @@ class HFRewardModel:
             return self
         import transformers
 
+        _check_path(self.path)
         kwargs = {"trust_remote_code": self.trust_remote_code}
         try:
             config = transformers.AutoConfig.from_pretrained(self.path, **kwargs)
@@ -294,3 +295,19 @@ def _body_without_head(config):
     except KeyError:  # a config class transformers does not map: its usual loader decides
         return transformers.AutoModel
     return type(base.__name__, (base,), {"_keys_to_ignore_on_load_unexpected": [r"^score\."]})
+
+
+def _check_path(path: str) -> None:
+    """A clear error for a reward model that is neither a local folder nor a hub id, before
+    transformers turns it into a question to the hub (which may be unreachable)."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ValueError(f"reward model {path!r} is a folder but has no config.json: not a "
+                             "Hugging Face model folder")
+        return
+    if local.exists() or path.startswith((".", "/", "~")):
+        raise ValueError(f"no reward-model folder at {path!r}")
+    if "/" not in path or " " in path:
+        raise ValueError(f"no reward-model folder {path!r} here, and it is not a hub id "
+                         "(org/name): give a folder or a hub id such as Qwen/Qwen2.5-Math-PRM-7B")

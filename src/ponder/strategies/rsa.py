@@ -106,6 +106,7 @@ class RSA:
             chosen = offset + first_voter if first_voter is not None else None
             out.append(result(problem, answer, tuple(every[i]), usage[i], chosen=chosen,
                               populations=traces[i], votes=vote_table(answers),
+                              voters=len(answers),
                               k=self.k, steps=self.steps))
         return out
 

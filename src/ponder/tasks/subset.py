@@ -11,7 +11,8 @@ from ponder.types import Problem
 def check_limit(limit: object) -> None:
     """ValueError unless `limit` is a positive integer or None (checked before loading)."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+        raise ValueError(f"limit (--limit) must be a whole number >= 1, or none for every "
+                         f"problem; got {limit!r}")
 
 
 def subset(problems: list[Problem], limit: int | None,
