@@ -103,7 +103,7 @@ def test_ctrl_c_between_statements_leaves_nothing_half_written(store):
 
 def test_duplicate_problem_is_refused_and_the_first_kept(store):
     store.add_problem("r1", row("p"))
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(ValueError, match="another ponder process is writing this run"):
         store.add_problem("r1", row("p"))
     assert store.counts() == (1, 1, 2)
 

@@ -161,7 +161,11 @@ def _read(args: argparse.Namespace, methods: tuple[str, ...]) -> tuple[list[_Lin
         if not path.is_file():
             what = "is a folder; give a .jsonl file" if path.is_dir() else "no such file"
             raise ValueError(f"{args.file}: {what}")
-        text = path.read_text("utf-8", errors="replace")
+        with path.open("rb") as f:
+            if f.read(16) == b"SQLite format 3\x00":
+                raise ValueError(f"{args.file} is a SQLite file (a run store?): rescore reads "
+                                 "JSONL samples; `ponder report` reads run stores")
+        text = path.read_text("utf-8-sig", errors="replace")
     lines: list[_Line] = []
     skipped = 0
 

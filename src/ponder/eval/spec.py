@@ -4,7 +4,7 @@
 
 A RunSpec is everything that defines a run. Its `config()` (task and filters, strategy and
 its resolved options, prompt style, model, dtype, scorer, seed; for a trained verifier, a
-digest of its files) hashes to the run id; the limit and the label do not, so raising
+digest of its files; for a task file, a digest of its contents) hashes to the run id; the limit and the label do not, so raising
 --limit extends a run instead of starting over.
 
 A recipe (YAML) is a mapping of run options, optionally with `runs:`, a list of mappings,
@@ -13,8 +13,11 @@ each a run; `make_spec` validates each into a RunSpec. `ponder.eval.runner` runs
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from ponder.engines.config import EngineConfig
@@ -60,6 +63,9 @@ class RunSpec:
                   "model": self.model, "dtype": self.dtype, "scorer": self.scorer}
         if self.engine != "hf":
             config["engine"] = self.engine
+        contents = task_file_digest(self.task)
+        if contents is not None:  # a task file edited in place is another task
+            config["task_digest"] = contents
         if self.scorer:
             from ponder.scorers.trained import verifier_fingerprint
 
@@ -71,6 +77,7 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         return run_id_for(self.config())
+
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -263,3 +270,18 @@ def load_recipe(name_or_path: str) -> list[dict[str, Any]]:
                                                                for e in entries):
         raise ValueError(f"{source}: `runs:` must be a non-empty list of mappings")
     return [{**base, **entry} for entry in entries]
+
+
+def task_file_digest(task: str) -> str | None:
+    """A digest of a task file's contents (None for a named task): part of a run's id, so a
+    file changed since a run began starts a new run instead of mixing into the old one."""
+    path = Path(task).expanduser()
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return _file_digest(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_digest(path: str, _mtime_ns: int, _size: int) -> str:  # re-read when it changes
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

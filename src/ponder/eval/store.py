@@ -158,8 +158,17 @@ class Store:
                              "file you can write") from None
         try:
             if read_only:
-                self._check_schema()
+                try:
+                    self._check_schema()
+                except sqlite3.OperationalError:
+                    # A folder this process cannot write: WAL's shared-memory file cannot be
+                    # made there, so read the file as it stands (nothing writes it then).
+                    self.conn.close()
+                    self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?immutable=1",
+                                                uri=True, isolation_level=None)
+                    self._check_schema()
             else:
+                self._check_not_foreign()
                 self.conn.execute("PRAGMA journal_mode = WAL")
                 # NORMAL is durable across process kills in WAL mode (only power loss can
                 # drop the last commits), and much faster than FULL.
@@ -202,10 +211,25 @@ class Store:
             self._rollback()
             raise
 
+    def _check_not_foreign(self) -> None:
+        """A SQLite file of another program is never written into: ValueError naming it."""
+        tables = {name for (name,) in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return  # a new or empty file
+        ours = "meta" in tables and self.conn.execute(
+            "SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone() is not None
+        if not ours:
+            shown = ", ".join(sorted(tables)[:5])
+            raise ValueError(f"{self.path} is a SQLite database of another program (tables: "
+                             f"{shown}), not a ponder run store: give a new --out file")
+
     def _check_schema(self) -> None:
         try:
             row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
             row = None
         if row is None:
             raise ValueError(f"{self.path} is not a ponder run store (no schema version)")
@@ -228,6 +252,9 @@ class Store:
                 "updated=excluded.updated",
                 (run_id, label, canonical_json(config), canonical_json(spec), planned, now, now))
             self.conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            self._rollback()
+            raise self._write_error(exc) from None
         except BaseException:
             self._rollback()
             raise
@@ -251,9 +278,25 @@ class Store:
                 [(run_id, row.problem_id, i, s.text, s.extracted, _real(s.score),
                   int(s.correct), s.tokens, _dumps(s.meta)) for i, s in enumerate(row.samples)])
             self.conn.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            self._rollback()
+            if "UNIQUE constraint failed: problems" not in str(exc):
+                raise  # a row that breaks the schema: ponder's bug, not the user's
+            raise ValueError(f"problem {row.problem_id!r} of run {run_id} is already in "
+                             f"{self.path}: another ponder process is writing this run to the "
+                             "same store; let it finish (then resume this one), or give "
+                             "another --out") from None
+        except sqlite3.OperationalError as exc:
+            self._rollback()
+            raise self._write_error(exc) from None
         except BaseException:
             self._rollback()
             raise
+
+    def _write_error(self, exc: sqlite3.OperationalError) -> ValueError:
+        """A write the file refused (read-only, locked past the timeout) as a message."""
+        return ValueError(f"cannot write to the run store {self.path} ({exc}): give a path to "
+                          "a file you can write")
 
     def _rollback(self) -> None:
         # A Ctrl-C that lands just after COMMIT returned finds no transaction to undo.

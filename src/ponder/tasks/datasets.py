@@ -101,7 +101,7 @@ def _load_all(
     if path.suffix.lower() in (".jsonl", ".json") or path.exists():
         if not path.is_file():
             raise ValueError(f"no such file: {path}")
-        text = path.read_text("utf-8")
+        text = read_text_file(path)
         rows = list(jsonl_rows(text, str(path)))
         if not rows:
             raise ValueError(f"{path} holds no problems (an empty JSONL file)")
@@ -117,17 +117,33 @@ def _load_all(
     )
 
 
+def read_text_file(path: Path) -> str:
+    """A text file's UTF-8 text (a leading byte-order mark dropped, as editors on Windows
+    write one); bytes that are not UTF-8 are an error naming the file and the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x}); save "
+                         "the file as UTF-8") from None
+
+
 def jsonl_rows(text: str, source: str, skip: Callable[[int, str], None] | None = None
                ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line. A line that is not a JSON object is
     an error naming it, or, with `skip`, reported to skip(line number, why) and passed over."""
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: str.splitlines() also breaks at U+2028, U+0085 and others,
+    # which JSON strings may hold as they are.
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             why = f"not valid JSON ({exc.msg})"
+        except RecursionError:
+            why = "not valid JSON here (nested too deeply)"
         else:
             if isinstance(row, dict):
                 yield lineno, row

@@ -125,6 +125,9 @@ def samples_from_store(store, run_ids: list[str] | None = None, force: bool = Fa
     if not out:
         raise ValueError("the store has no runs to learn from" + (
             f" named {run_ids}" if run_ids else ""))
+    if not any(row.samples for _, rows in out for _, row in rows):
+        raise ValueError(f"the store's runs ({', '.join(s.label or s.strategy for s, _ in out)}) "
+                         "hold no samples yet: let an eval store some first")
     return out
 
 
