@@ -264,7 +264,7 @@ def test_bad_requests_raise_clear_errors(engine):
         GenerateRequest(None, SamplingParams())
     with pytest.raises(ValueError, match="token ids"):
         engine.generate([GenerateRequest([10**9], SamplingParams())])
-    with pytest.raises(ValueError, match="prompt must be"):
+    with pytest.raises(ValueError, match="message 0 has role None"):
         engine.generate([GenerateRequest([{"text": "no role"}], SamplingParams())])
     with pytest.raises(ValueError, match="unknown model 'no-such-model'.*smollm2-135m"):
         from ponder.models import resolve

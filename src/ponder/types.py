@@ -13,9 +13,13 @@ from typing import Any
 
 # The largest top_k: more than any vocabulary, and within the int32 the engines' tensors hold.
 TOP_K_MAX = 2**31 - 1
+# Samples one request may ask for: more than any method here uses; each sample's record is
+# made when it starts, but a huge n is a mistake to refuse, not memory to spend.
+N_MAX = 65536
 # Temperatures above 0 and below this sample greedily; top_p below TOP_P_FLOOR is raised to it
 # (why: SamplingParams.__post_init__).
 GREEDY_BELOW = 1e-5
+SEED_LIMIT = 2**63
 TOP_P_FLOOR = 1e-7
 
 # A prompt is raw text, chat messages ({"role", "content"} mappings, rendered with the
@@ -102,9 +106,16 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
-        elif not isinstance(self.stop, tuple):
+        elif isinstance(self.stop, list | tuple):
             object.__setattr__(self, "stop", tuple(self.stop))
+        else:
+            raise ValueError(f"stop must be a string or a list of strings, got {self.stop!r}")
         _check_int("n", self.n, 1, "ask for at least one sample")
+        if self.n > N_MAX:
+            raise ValueError(f"n must be at most {N_MAX} samples a request, got {self.n}: ask "
+                             "for more in several requests")
+        if not isinstance(self.ignore_eos, bool):
+            raise ValueError(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
         _check_int("max_tokens", self.max_tokens, 1, "ask for at least one new token")
         _check_int("top_k", self.top_k, 0, "use 0 to turn top-k off")
         if self.top_k > TOP_K_MAX:
@@ -132,6 +143,11 @@ class SamplingParams:
             raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        # Samples' seeds are taken modulo 2**63 (sampling.sample_seed): a seed outside
+        # [0, 2**63) would give the same samples as another one.
+        if self.seed is not None and not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"seed must be in [0, 2**63), got "
+                             f"{self.seed if abs(self.seed) < 10**30 else 'a huge integer'}")
 
     @property
     def greedy(self) -> bool:
@@ -160,6 +176,15 @@ class SequenceState:
     cache: Any = field(default=None, repr=False)  # engine-specific; covers token_ids[:cached]
     cached: int = 0
 
+    def __post_init__(self) -> None:
+        # Cheap checks only: states are made at every step of a search.
+        if not isinstance(self.token_ids, tuple):
+            object.__setattr__(self, "token_ids", tuple(self.token_ids))
+        if (isinstance(self.cached, bool) or not isinstance(self.cached, int)
+                or not 0 <= self.cached <= len(self.token_ids)):
+            raise ValueError(f"cached must be a whole number in [0, {len(self.token_ids)}] "
+                             f"(the tokens its cache covers), got {self.cached!r}")
+
     def __len__(self) -> int:
         return len(self.token_ids)
 
@@ -173,6 +198,8 @@ class SequenceState:
 
     def extend(self, token_ids: Sequence[int]) -> SequenceState:
         """The state with `token_ids` appended (their cache is computed when next used)."""
+        if isinstance(token_ids, str) or not _is_token_ids(token_ids):
+            raise ValueError(f"extend takes token ids (a list of ints), got {token_ids!r:.60}")
         return SequenceState(self.token_ids + tuple(token_ids), self.cache, self.cached)
 
 
@@ -214,6 +241,18 @@ class GenerateRequest:
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.state is None):
             raise ValueError("a GenerateRequest needs exactly one of prompt or state")
+        if self.prompt is not None:
+            check_prompt(self.prompt, "the prompt")
+        if not isinstance(self.params, SamplingParams):
+            raise ValueError(f"params must be a SamplingParams, got {type(self.params).__name__}")
+        if self.state is not None and not isinstance(self.state, SequenceState):
+            raise ValueError(f"state must be a SequenceState, got {type(self.state).__name__}")
+        if not isinstance(self.keep_state, bool):
+            raise ValueError(f"keep_state must be true or false, got {self.keep_state!r}")
+        for name in ("should_stop", "abandoned"):
+            hook = getattr(self, name)
+            if hook is not None and not callable(hook):
+                raise ValueError(f"{name} must be a function or None, got {hook!r}")
         if self.prompt is not None and len(self.prompt) == 0:
             raise ValueError("the prompt is empty: give some text, messages or token ids")
         if self.state is not None and len(self.state) == 0:
@@ -278,10 +317,43 @@ class ScoreRequest:
     params: SamplingParams | None = None  # also return log q under this distribution
 
     def __post_init__(self) -> None:
+        check_prompt(self.prompt, "the prompt to score after")
+        if not (isinstance(self.continuation, str) or _is_token_ids(self.continuation)):
+            raise ValueError("the continuation must be text or a list of token ids, got "
+                             f"{type(self.continuation).__name__}")
+        if self.params is not None and not isinstance(self.params, SamplingParams):
+            raise ValueError(f"params must be a SamplingParams or None, got "
+                             f"{type(self.params).__name__}")
         if len(self.prompt) == 0:
             raise ValueError("the prompt to score after is empty")
         if len(self.continuation) == 0:
             raise ValueError("the continuation to score is empty")
+
+
+ROLES = frozenset({"system", "user", "assistant"})
+
+
+def check_prompt(prompt: Any, what: str) -> None:
+    """ValueError unless `prompt` is a Prompt: text, chat messages ({"role", "content"}
+    with a known role and text content) or token ids (bytes are none of these)."""
+    if isinstance(prompt, str) or _is_token_ids(prompt):
+        return
+    if isinstance(prompt, list | tuple) and all(isinstance(m, Mapping) for m in prompt):
+        for i, m in enumerate(prompt):
+            if m.get("role") not in ROLES:
+                raise ValueError(f"{what}: message {i} has role {m.get('role')!r}; roles are "
+                                 f"{', '.join(sorted(ROLES))}")
+            if not isinstance(m.get("content"), str):
+                raise ValueError(f"{what}: message {i}'s content must be text, got "
+                                 f"{type(m.get('content')).__name__}")
+        return
+    raise ValueError(f"{what} must be text, chat messages or a list of token ids, got "
+                     f"{type(prompt).__name__}")
+
+
+def _is_token_ids(value: Any) -> bool:
+    return (isinstance(value, list | tuple | range)
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in value))
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,7 @@ class HFEngine:
     def job(self, index: int, request: GenerateRequest) -> _Job:
         if request.state is not None:
             ids, cache, cached = list(request.state.token_ids), request.state.cache, request.state.cached
+            self._check_state(index, ids, cache)
         else:
             ids, cache, cached = self.tokenize(request.prompt), None, 0
         if len(ids) >= self.max_positions:
@@ -148,6 +149,24 @@ class HFEngine:
         cached = min(cached, len(ids) - 1) if cache is not None else 0
         return _Job(index, request, request.params, ids, request_seed(request.params),
                     cache=cache, cached=cached)
+
+    def _check_state(self, index: int, ids: list[int], cache) -> None:
+        """A state this engine can continue: its tokens in the vocabulary, its cache (if any)
+        of this model's dtype (one made by another engine or by hand is named so)."""
+        vocab = self.model.config.vocab_size
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+            raise ValueError(f"request {index}: the state's token ids must be in [0, {vocab})")
+        if cache:
+            try:
+                dtype = cache[0][0].dtype
+            except (TypeError, IndexError, AttributeError):
+                raise ValueError(f"request {index}: the state's cache is not this engine's "
+                                 "(per layer, keys and values): drop it with "
+                                 "SequenceState(state.token_ids)") from None
+            if dtype != self.model.dtype:
+                raise ValueError(f"request {index}: the state's cache is {dtype}, this engine "
+                                 f"runs {self.model.dtype}: continue it on the engine that "
+                                 "made it, or drop the cache with SequenceState(state.token_ids)")
 
     # ---- scoring ----------------------------------------------------------------------
 
@@ -200,13 +219,24 @@ class HFEngine:
             # past the end, so the continuation's predictors end one before it.
             cont = r.continuation
             predictors = logits[i, keep - 1 - len(cont): keep - 1]
-            model_lp, sampling_lp = continuation_logprobs(predictors, cont, r.params)
-            certainty = tuple(self_certainty(predictors.float().log_softmax(dim=-1)).tolist())
+            model_lp, sampling_lp, certainty = (), None if r.params is None else (), ()
+            # SCORE_ROWS positions at a time: each step below copies its rows' whole
+            # vocabulary (a 6000-token echo took ~6 GB at once).
+            for a in range(0, len(cont), SCORE_ROWS):
+                rows_a, cont_a = predictors[a:a + SCORE_ROWS], cont[a:a + SCORE_ROWS]
+                model_a, sampling_a = continuation_logprobs(rows_a, cont_a, r.params)
+                model_lp += model_a
+                if sampling_a is not None:
+                    sampling_lp += sampling_a
+                certainty += tuple(self_certainty(rows_a.float().log_softmax(dim=-1)).tolist())
             out.append(Scored(tuple(cont), model_lp, sampling_lp,
                               Usage(prompt_tokens=len(r.prompt),
                                     forward_tokens=len(r.prompt) + len(cont)), certainty))
         return out
 
+
+# Scored positions whose log-probabilities are worked out at once (see _score_batch).
+SCORE_ROWS = 512
 
 # Prompt tokens that sharing a common start must save before it gets its own forward call
 # (the call's fixed cost is about that of feeding a few dozen tokens on a CPU).

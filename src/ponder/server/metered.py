@@ -144,18 +144,22 @@ class MeteredEngine:
 
     def _stoppable(self, request: GenerateRequest, owner: int | None) -> GenerateRequest:
         """The request with a stop hook that ends its samples once its job (or, with no
-        known owner, every job) has stopped, besides any hook of the strategy's own."""
+        known owner, every job) has stopped, besides any hook of the strategy's own; and
+        the same as its `abandoned`, so a long prompt stops being fed too."""
         if not self._engine.capabilities.early_stop:
             return request
         jobs = self._jobs if owner is None else [self._jobs[owner]]
         own_hook = request.should_stop
 
+        def abandoned() -> bool:  # asked between a long prompt's chunks
+            return all(job.stopped() for job in jobs)
+
         def should_stop(sample: int, step) -> bool:
-            if all(job.stopped() for job in jobs):
+            if abandoned():
                 return True
             return own_hook is not None and own_hook(sample, step)
 
-        return replace(request, should_stop=should_stop)
+        return replace(request, should_stop=should_stop, abandoned=abandoned)
 
     def _guard(self, worst: int, what: str) -> None:
         if self.spent + worst > self._budget:

@@ -31,7 +31,7 @@ from ponder.server.routing import SINGLE_SAMPLE, Route, route
 from ponder.strategies import registry
 from ponder.strategies.budget import BudgetError
 from ponder.strategies.cost import cost_options
-from ponder.types import TOP_K_MAX, Prompt, SamplingParams
+from ponder.types import SEED_LIMIT, TOP_K_MAX, Prompt, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ def _plan(endpoint, body, prompts, question, tokens_field, served, limits: Limit
         "top_p": read_number(body, "top_p", None, 0.0, 1.0, open_low=True),
         "top_k": read_int(body, "top_k", None, low=0, high=TOP_K_MAX),
         "min_p": read_number(body, "min_p", None, 0.0, 1.0),
-        "seed": read_int(body, "seed", None),
+        "seed": read_int(body, "seed", None, low=0, high=SEED_LIMIT - 1),
     }
     stop = read_stop(body.get("stop"))
     ignore_eos = read_bool(body, "ignore_eos", False)

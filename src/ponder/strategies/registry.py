@@ -272,6 +272,9 @@ def _coerce(kind: type, value: Any) -> Any:
 
 
 def canonical_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise ValueError(f"a strategy name must be a string, e.g. 'self_consistency'; got "
+                         f"{name!r}")
     key = name.strip().lower().replace("-", "_")
     key = ALIASES.get(key, key)
     if key not in STRATEGIES:
@@ -288,6 +291,10 @@ def make_strategy(name: str, budget: int | None = None, **options: Any):
     tokens, Usage.charged_tokens), the strategy is held to it per problem: its knobs are
     fitted to each prompt (strategies/budget.py), options given here being their caps."""
     if budget is not None:
+        value = _coerce(int, budget)  # "4000" from a recipe or a command line reads too
+        if value is None or value < 1:
+            raise ValueError(f"budget must be a whole number of tokens >= 1, got {budget!r}")
+        budget = value
         given = tuple(k for k, v in options.items() if v is not None)
         return held_to_budget(name, make_strategy(name, **options), int(budget), given)
     key = canonical_name(name)

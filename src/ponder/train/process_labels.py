@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from ponder.sampling import SEED_MOD
 from ponder.scorers.hf_prm import split_steps
 from ponder.strategies.base import problem_seed
 from ponder.tasks.extract import extract_answer
@@ -46,7 +47,7 @@ def mc_labels(engine, prefixes: Sequence[Sequence[int]],
     engine together. `params` is one SamplingParams for every prefix (prefix i then seeded
     with its seed + i) or one per prefix."""
     if isinstance(params, SamplingParams):
-        params = [replace(params, seed=None if params.seed is None else params.seed + i)
+        params = [replace(params, seed=None if params.seed is None else (params.seed + i) % SEED_MOD)
                   for i in range(len(prefixes))]
     requests = [GenerateRequest(list(ids), replace(p, n=rollouts))
                 for ids, p in zip(prefixes, params, strict=True)]
@@ -119,7 +120,7 @@ def _roll_out(engine, pending: list[_Pending], store, config) -> None:
     ids = [prompt_ids[p.problem.id] + engine.tokenizer.encode(text, add_special_tokens=False)
            for p, _, text, _ in jobs]
     params = [SamplingParams(temperature=config.temperature, max_tokens=config.max_tokens,
-                             seed=p.seed + j) for p, _, _, j in jobs]
+                             seed=(p.seed + j) % SEED_MOD) for p, _, _, j in jobs]
     made = mc_labels(engine, ids, lambda i, c: is_equiv(
         extract_answer(jobs[i][2] + c.text), jobs[i][0].problem.answer), config.rollouts, params)
     store.conn.execute("BEGIN IMMEDIATE")

@@ -137,8 +137,8 @@ def _draw(logits: torch.Tensor, params: list, uniforms: list[float], top_k: int)
     log_z, entropies, certainties = _stats(logits)
     chosen_model = logits.gather(1, tokens.unsqueeze(1)).squeeze(1) - log_z
     top = None
-    if top_k:
-        values, indices = logits.topk(top_k, dim=-1)
+    if top_k:  # more than the vocabulary asked for: all of it
+        values, indices = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
         top = torch.return_types.topk((values - log_z.unsqueeze(1), indices))
     return tokens, chosen_model, chosen_sampling, entropies, top, certainties
 
